@@ -1,0 +1,148 @@
+"""The event schema: one ``msgspec.Struct`` per record, used to validate, encode and document.
+
+``NewEvent`` is what a writer may send (strict: unknown fields and bad values are refused).
+``Event`` is what the log holds and queries return; the sidecar fills in ``id`` (when the
+writer gave none), ``seq`` and ``timestamp``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from sidecar.errors import InvalidParams
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+CONVERSATION_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+
+EventId = Annotated[str, Meta(pattern=UUID_PATTERN, description="A UUID (the sidecar assigns UUIDv7).")]
+ConversationId = Annotated[
+    str,
+    Meta(
+        pattern=CONVERSATION_ID_PATTERN,
+        description="Names the log file, so it may not contain '/' or '..'.",
+    ),
+]
+EventType = Annotated[
+    str, Meta(pattern=EVENT_TYPE_PATTERN, max_length=128, description="Dotted lower case, e.g. agent.progress.")
+]
+Label = Annotated[str, Meta(min_length=1, max_length=256)]
+Turn = Annotated[int, Meta(ge=0)]
+Seq = Annotated[int, Meta(ge=0)]
+Visibility = Literal["user", "status", "internal"]
+Level = Literal["milestone", "decision", "action", "state", "detail"]
+
+VISIBILITIES: tuple[str, ...] = ("user", "status", "internal")
+LEVELS: tuple[str, ...] = ("milestone", "decision", "action", "state", "detail")
+
+
+class NewEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An event as a writer offers it. ``expected_seq`` is a precondition, not stored."""
+
+    conversation_id: ConversationId
+    type: EventType
+    id: EventId | None = None
+    visibility: Visibility = "internal"
+    level: Level = "action"
+    agent_id: Label | None = None
+    task_id: Label | None = None
+    turn: Turn | None = None
+    caused_by: list[EventId] = []
+    data: dict[str, Any] = {}
+    expected_seq: Seq | None = None
+
+    def __post_init__(self) -> None:
+        # UUIDs compare case-insensitively; store one canonical spelling so ids stay idempotent.
+        if self.id is not None:
+            self.id = self.id.lower()
+        if self.caused_by:
+            self.caused_by = [ref.lower() for ref in self.caused_by]
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One line of a conversation log. Field order is the on-disk order."""
+
+    id: str
+    seq: int
+    timestamp: str
+    conversation_id: str
+    type: str
+    visibility: Visibility
+    level: Level
+    agent_id: str | None = None
+    task_id: str | None = None
+    turn: int | None = None
+    caused_by: list[str]
+    data: dict[str, Any]
+
+
+class AppendResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The acknowledgement of one durable append; ``duplicate`` marks an idempotent repeat."""
+
+    id: str
+    seq: int
+    timestamp: str
+    duplicate: bool = False
+
+
+class ConversationInfo(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    event_count: int
+    first_timestamp: str | None
+    last_timestamp: str | None
+    last_seq: int
+
+
+class Page(msgspec.Struct, kw_only=True):
+    """A page of events in (timestamp, conversation_id, seq) order; pass ``next_cursor`` back for more."""
+
+    events: list[Event]
+    next_cursor: str | None = None
+
+
+class Causality(msgspec.Struct, kw_only=True):
+    """An event with what led to it (``upstream``) and what it led to (``downstream``)."""
+
+    event: Event
+    upstream: list[Event]
+    downstream: list[Event]
+    missing: list[str] = []
+    truncated: bool = False
+
+
+_event_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    """One log line, newline included."""
+    return _event_encoder.encode(event) + b"\n"
+
+
+def decode_event(line: bytes) -> Event:
+    return _event_decoder.decode(line)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """Plain builtins for callers of the embedded API."""
+    return msgspec.to_builtins(event)
+
+
+def as_new_event(obj: NewEvent | dict[str, Any]) -> NewEvent:
+    """Validate a writer's input; any problem becomes :class:`InvalidParams` naming the field."""
+    if isinstance(obj, NewEvent):
+        # Built in Python, so constraints have not run yet: round-trip through the validator.
+        obj = msgspec.structs.asdict(obj)
+        obj = {k: v for k, v in obj.items() if v is not None}
+    if not isinstance(obj, dict):
+        raise InvalidParams(f"an event must be a JSON object, not {type(obj).__name__}")
+    for field in ("seq", "timestamp"):
+        if field in obj:
+            raise InvalidParams(f"`{field}` is assigned by the sidecar; leave it out", {"field": field})
+    try:
+        return msgspec.convert(obj, NewEvent)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid event: {exc}") from None

@@ -1,0 +1,105 @@
+"""Small, careful file-system primitives: locks, full writes, directory fsync.
+
+Every write path in the log goes through these so the durability rules live in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+
+# Indirection points for fault-injection tests: patch these to simulate a failing disk.
+fdatasync = os.fdatasync
+fsync = os.fsync
+
+
+def fsync_dir(path: str) -> None:
+    """Make a create, rename or unlink inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``write`` until every byte is out; a short write followed by an error raises."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """Read ``size`` bytes at ``offset`` (fewer only at end of file)."""
+    parts: list[bytes] = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def shared_lock(fd: int) -> Iterator[None]:
+    """Hold ``LOCK_SH`` on ``fd``: no writer is between write and fsync while we read."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def lock_path(path: str, *, exclusive: bool, create: bool) -> int | None:
+    """Open ``path`` and flock it, making sure the lock is on the file the path names now.
+
+    A writer that rotates a segment renames it while holding the lock, so someone who
+    opened the old file and then waited must notice and open the new one. Returns the
+    locked fd, or ``None`` when the file does not exist and ``create`` is false.
+    """
+    flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC if exclusive else os.O_RDONLY | os.O_CLOEXEC
+    if create:
+        flags |= os.O_CREAT
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    while True:
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, mode)
+            if same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+
+
+def flock_exclusive(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def unlock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def unlock_close(fd: int) -> None:
+    unlock(fd)
+    os.close(fd)

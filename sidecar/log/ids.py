@@ -1,0 +1,39 @@
+"""Time-ordered event ids (UUIDv7, RFC 9562) and the compact key the id index uses."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+class Uuid7Factory:
+    """Makes UUIDv7 strings that sort by creation time, even within one millisecond.
+
+    The 12-bit ``rand_a`` field carries a counter (RFC 9562 method 1) that restarts at a
+    random point each millisecond, so ids from one process are strictly increasing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._counter = 0
+
+    def new(self, unix_ms: int) -> str:
+        with self._lock:
+            if unix_ms <= self._last_ms:
+                unix_ms = self._last_ms
+                self._counter += 1
+                if self._counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                    unix_ms += 1
+                    self._counter = 0
+            else:
+                self._counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
+            self._last_ms = unix_ms
+            counter = self._counter
+        rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+        value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_event_id = Uuid7Factory().new

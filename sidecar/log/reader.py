@@ -1,0 +1,136 @@
+"""Read views of one conversation: a consistent snapshot across archive and active segment.
+
+A snapshot takes the shared lock only long enough to learn how many bytes are committed;
+bytes below that never change, so the reading itself holds no lock and never stalls writers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sidecar.log.files import shared_lock
+from sidecar.log.segments import (
+    ArchiveListing,
+    active_path,
+    bisect_lines,
+    iter_lines,
+    iter_lines_backward,
+    line_end_before,
+    line_with_seq,
+    read_line_at,
+    seq_of,
+    timestamp_of,
+)
+
+
+@dataclass(slots=True)
+class SegmentView:
+    """One segment's readable bytes ``[0, end)``; ``first_seq`` is the seq of its first line."""
+
+    path: str
+    end: int
+    first_seq: int
+    fd: int = -1
+
+
+class Snapshot:
+    """Every segment of a conversation as of one moment, oldest first. Use as a context manager."""
+
+    def __init__(self, logs_dir: str, listing: ArchiveListing, cid: str) -> None:
+        self.cid = cid
+        self.segments: list[SegmentView] = []
+        active = self._open_active(active_path(logs_dir, cid))
+        archived = listing.get(cid)
+        if active is not None and archived and archived[-1].last_seq + 1 != active.first_seq:
+            archived = listing.get(cid, refresh=True)  # a rotation the cached listing missed
+        for seg in archived:
+            if active is not None and seg.first_seq >= active.first_seq:
+                continue  # rotated after we opened the active file: we already hold its bytes
+            try:
+                size = os.stat(seg.path).st_size
+            except FileNotFoundError:
+                continue
+            self.segments.append(SegmentView(seg.path, size, seg.first_seq))
+        if active is not None and active.end > 0:
+            self.segments.append(active)
+        elif active is not None:
+            os.close(active.fd)
+
+    @staticmethod
+    def _open_active(path: str) -> SegmentView | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            with shared_lock(fd):
+                end = line_end_before(fd, 0, os.fstat(fd).st_size)
+            first_seq = seq_of(read_line_at(fd, 0, end)) if end else 0
+        except BaseException:
+            os.close(fd)
+            raise
+        return SegmentView(path, end, first_seq, fd)
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for seg in self.segments:
+            if seg.fd >= 0:
+                os.close(seg.fd)
+                seg.fd = -1
+
+    def _fd(self, seg: SegmentView) -> int:
+        if seg.fd < 0:
+            seg.fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        return seg.fd
+
+    @property
+    def empty(self) -> bool:
+        return not self.segments
+
+    def newest_lines(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` newest lines, oldest first, reading backwards: O(limit), not O(log)."""
+        out: list[bytes] = []
+        for seg in reversed(self.segments):
+            for line in iter_lines_backward(self._fd(seg), 0, seg.end):
+                if line.strip():
+                    out.append(line)
+                    if len(out) >= limit:
+                        break
+            if len(out) >= limit:
+                break
+        out.reverse()
+        return out
+
+    def first_line(self) -> bytes | None:
+        if not self.segments:
+            return None
+        seg = self.segments[0]
+        return read_line_at(self._fd(seg), 0, seg.end)
+
+    def line_at_seq(self, seq: int) -> bytes | None:
+        """The line holding ``seq`` by binary search inside its segment."""
+        for seg in reversed(self.segments):
+            if seg.first_seq <= seq:
+                return line_with_seq(self._fd(seg), seg.end, seq)
+        return None
+
+    def lines_from(self, *, timestamp: str | None = None, until: str | None = None) -> Iterator[bytes]:
+        """Lines in seq order from the first with ``timestamp >=`` the given, up to ``until``."""
+        for seg in self.segments:
+            fd = self._fd(seg)
+            start = bisect_lines(fd, 0, seg.end, timestamp_of, timestamp) if timestamp else 0
+            stop = seg.end
+            if until is not None:
+                # "~" sorts after every character of a timestamp: the first line past ``until``
+                stop = bisect_lines(fd, start, seg.end, timestamp_of, until + "~")
+            for _, line in iter_lines(fd, start, stop):
+                if line.strip():
+                    yield line
+

@@ -1,0 +1,232 @@
+"""Segment files: where a conversation's lines live and how to read them without loading them.
+
+A conversation is the archived segments ``archive/{cid}.{first:012d}-{last:012d}.jsonl``
+(oldest first, so ``ls`` shows the order) followed by the active segment
+``logs/{cid}.jsonl``. Every function here reads through an fd with byte bounds, so callers
+decide about locks and snapshots, and a query costs what it returns, not what the file holds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+
+from sidecar.log.files import fsync_dir, pread_exact
+
+SUFFIX = ".jsonl"
+_ARCHIVE_RE = re.compile(r"^(?P<cid>.+)\.(?P<first>\d{12})-(?P<last>\d{12})\.jsonl$")
+_BLOCK = 64 * 1024
+_PROBE = 4096
+
+K = TypeVar("K")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedSegment:
+    """A sealed, immutable segment: its lines hold seqs ``first_seq..last_seq``."""
+
+    path: str
+    first_seq: int
+    last_seq: int
+
+
+class LineHead(msgspec.Struct):
+    """The leading fields of a line: enough to index and to binary-search, cheap to decode."""
+
+    id: str
+    seq: int
+    timestamp: str
+    caused_by: list[str] = []
+
+
+head_decoder = msgspec.json.Decoder(LineHead)
+heads_decoder = msgspec.json.Decoder(list[LineHead])
+
+
+def active_path(logs_dir: str, cid: str) -> str:
+    return os.path.join(logs_dir, cid + SUFFIX)
+
+
+def archive_path(archive_dir: str, cid: str, first_seq: int, last_seq: int) -> str:
+    return os.path.join(archive_dir, f"{cid}.{first_seq:012d}-{last_seq:012d}{SUFFIX}")
+
+
+def list_archive(archive_dir: str) -> dict[str, list[ArchivedSegment]]:
+    """Every archived segment, grouped by conversation, oldest first."""
+    found: dict[str, list[ArchivedSegment]] = {}
+    with os.scandir(archive_dir) as entries:
+        for entry in entries:
+            m = _ARCHIVE_RE.match(entry.name)
+            if m:
+                seg = ArchivedSegment(entry.path, int(m["first"]), int(m["last"]))
+                found.setdefault(m["cid"], []).append(seg)
+    for segs in found.values():
+        segs.sort(key=lambda s: s.first_seq)
+    return found
+
+
+def rotate(active: str, archive_dir: str, cid: str, first_seq: int, last_seq: int) -> ArchivedSegment:
+    """Seal the active segment into the archive; both directories are fsync'd before return."""
+    target = archive_path(archive_dir, cid, first_seq, last_seq)
+    os.rename(active, target)
+    fsync_dir(archive_dir)
+    fsync_dir(os.path.dirname(active))
+    return ArchivedSegment(target, first_seq, last_seq)
+
+
+class ArchiveListing:
+    """A cached :func:`list_archive`, refreshed when the directory changes or a reader asks."""
+
+    def __init__(self, archive_dir: str) -> None:
+        self._dir = archive_dir
+        self._stamp: int | None = None
+        self._by_cid: dict[str, list[ArchivedSegment]] = {}
+
+    def get(self, cid: str, *, refresh: bool = False) -> list[ArchivedSegment]:
+        self._maybe_refresh(refresh)
+        return self._by_cid.get(cid, [])
+
+    def conversations(self) -> set[str]:
+        self._maybe_refresh(False)
+        return set(self._by_cid)
+
+    def _maybe_refresh(self, force: bool) -> None:
+        stamp = os.stat(self._dir).st_mtime_ns
+        if force or stamp != self._stamp:
+            self._by_cid = list_archive(self._dir)
+            self._stamp = stamp
+
+
+# --- reading lines -------------------------------------------------------------------------
+
+
+def line_end_before(fd: int, start: int, end: int) -> int:
+    """The offset just past the last newline in ``[start, end)``, or ``start`` when none.
+
+    Bytes after it are an unterminated line: a write in progress elsewhere or a torn one.
+    """
+    pos = end
+    while pos > start:
+        lo = max(start, pos - _PROBE)
+        block = os.pread(fd, pos - lo, lo)
+        i = block.rfind(b"\n")
+        if i >= 0:
+            return lo + i + 1
+        pos = lo
+    return start
+
+
+def iter_lines(fd: int, start: int, end: int, first_block: int = 16 * 1024) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` for each complete line in ``[start, end)``, newline stripped.
+
+    Reads grow from ``first_block`` so a short page is cheap and a long scan is fast.
+    """
+    block = first_block
+    pos = start
+    carry = b""
+    carry_at = start
+    while pos < end:
+        chunk = pread_exact(fd, min(block, end - pos), pos)
+        if not chunk:
+            return
+        pos += len(chunk)
+        block = min(block * 2, 4 * 1024 * 1024)
+        data = carry + chunk if carry else chunk
+        base = carry_at
+        lines = data.split(b"\n")
+        carry = lines.pop()
+        offset = base
+        for line in lines:
+            yield offset, line
+            offset += len(line) + 1
+        carry_at = offset
+
+
+def iter_lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
+    """Complete lines of ``[start, end)``, newest first; a trailing unterminated part is skipped."""
+    end = line_end_before(fd, start, end)
+    pos = end
+    carry = b""
+    block = _BLOCK
+    while pos > start:
+        lo = max(start, pos - block)
+        data = os.pread(fd, pos - lo, lo) + carry
+        pos = lo
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        carry = lines[0] if pos > start else b""
+        for line in reversed(lines[1:] if pos > start else lines):
+            yield line
+    if carry:
+        yield carry
+
+
+def read_line_at(fd: int, offset: int, end: int) -> bytes:
+    """The line starting at ``offset`` (without its newline)."""
+    size = _PROBE
+    while True:
+        data = pread_exact(fd, min(size, end - offset), offset)
+        i = data.find(b"\n")
+        if i >= 0:
+            return data[:i]
+        if offset + len(data) >= end:
+            return data
+        size *= 4
+
+
+def _line_start_at_or_after(fd: int, pos: int, start: int, end: int) -> int:
+    if pos <= start:
+        return start
+    probe = pos - 1  # pos is a line start exactly when the byte before it is a newline
+    while probe < end:
+        data = os.pread(fd, min(_PROBE, end - probe), probe)
+        if not data:
+            break
+        i = data.find(b"\n")
+        if i >= 0:
+            return probe + i + 1
+        probe += len(data)
+    return end
+
+
+def bisect_lines(fd: int, start: int, end: int, key: Callable[[bytes], K], target: K) -> int:
+    """Offset of the first line in ``[start, end)`` whose ``key`` is ``>= target`` (else ``end``).
+
+    The lines must be sorted by ``key``; the cost is O(log bytes) small reads.
+    """
+    lo, hi, answer = start, end, end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        line_start = _line_start_at_or_after(fd, mid, lo, hi)
+        if line_start >= hi:
+            hi = mid
+            continue
+        line = read_line_at(fd, line_start, end)
+        if key(line) < target:  # type: ignore[operator]
+            lo = line_start + len(line) + 1
+        else:
+            answer = hi = line_start
+    return answer
+
+
+def line_with_seq(fd: int, end: int, seq: int) -> bytes | None:
+    """The line holding ``seq`` in a segment ``[0, end)``, by binary search."""
+    offset = bisect_lines(fd, 0, end, seq_of, seq)
+    if offset >= end:
+        return None
+    line = read_line_at(fd, offset, end)
+    return line if seq_of(line) == seq else None
+
+
+def seq_of(line: bytes) -> int:
+    return head_decoder.decode(line).seq
+
+
+def timestamp_of(line: bytes) -> str:
+    return head_decoder.decode(line).timestamp

@@ -1,0 +1,340 @@
+"""``EventStore``: the event log of one data directory, for use in-process or by the daemon.
+
+Writes go through group commit: callers queue their events, one of them (the leader) hands
+the whole queue to the :class:`~sidecar.log.writer.LogWriter`, and everyone is answered
+after the single fdatasync per file. Reads work straight on the files through snapshots,
+so they never wait behind a commit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+import structlog
+
+from sidecar.errors import InvalidParams, SidecarError
+from sidecar.log.conversation import LogPaths
+from sidecar.log.events import (
+    CONVERSATION_ID_PATTERN,
+    UUID_PATTERN,
+    AppendResult,
+    Causality,
+    ConversationInfo,
+    Event,
+    NewEvent,
+    Page,
+    as_new_event,
+    decode_event,
+)
+from sidecar.log.index import IdIndex
+from sidecar.log.reader import Snapshot
+from sidecar.log.scan import QueryFilter, as_filter, decode_lines, run_query
+from sidecar.log.segments import SUFFIX, ArchiveListing, head_decoder
+from sidecar.log.writer import AppendRequest, LogWriter
+
+DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+
+log = structlog.get_logger("sidecar.log")
+
+_CID_RE = re.compile(CONVERSATION_ID_PATTERN)
+_UUID_RE = re.compile(UUID_PATTERN)
+
+
+def check_conversation_id(cid: object) -> str:
+    """``cid`` if it is a safe conversation id; it names a file, so this guards the path."""
+    if not isinstance(cid, str) or not _CID_RE.match(cid):
+        raise InvalidParams(
+            f"invalid conversation_id {cid!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..'",
+            {"field": "conversation_id"},
+        )
+    return cid
+
+
+def check_event_id(event_id: object) -> str:
+    if not isinstance(event_id, str) or not _UUID_RE.match(event_id):
+        raise InvalidParams(f"invalid event id {event_id!r}: expected a UUID", {"field": "event_id"})
+    return event_id.lower()
+
+
+class EventStore:
+    """The append-only, per-conversation event log under ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        rotate_bytes: int = DEFAULT_ROTATE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.paths = LogPaths(os.path.join(self.data_dir, "logs"), os.path.join(self.data_dir, "archive"))
+        os.makedirs(self.paths.logs_dir, exist_ok=True)
+        os.makedirs(self.paths.archive_dir, exist_ok=True)
+        self._listing = ArchiveListing(self.paths.archive_dir)
+        self._index = IdIndex()
+        self._writer = LogWriter(
+            self.paths,
+            ArchiveListing(self.paths.archive_dir),
+            self._index,
+            now_ns=clock.now_ns,
+            max_event_bytes=max_event_bytes,
+            rotate_bytes=rotate_bytes,
+        )
+        self._write_lock = threading.Lock()  # whoever holds it drives the writer
+        self._queue_lock = threading.Condition()
+        self._queue: list[AppendRequest] = []
+        self._leader = False
+        self._indexed_all = False
+        self._closed = False
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def append(self, event: NewEvent | dict[str, Any], *, expected_seq: int | None = None) -> AppendResult:
+        """Durably append one event; returns once it is fdatasync'd."""
+        new = as_new_event(event)
+        if expected_seq is not None:
+            new = msgspec.structs.replace(new, expected_seq=expected_seq)
+        return self.submit([new])[0]
+
+    def append_many(self, events: Sequence[NewEvent | dict[str, Any]]) -> list[AppendResult]:
+        """Append several events, all or none; answers in order."""
+        return self.submit([as_new_event(e) for e in events])
+
+    def submit(self, events: list[NewEvent]) -> list[AppendResult]:
+        """Queue validated events for the next group commit and wait for its outcome."""
+        if not events:
+            return []
+        req = AppendRequest(events)
+        with self._queue_lock:
+            self._check_open()
+            self._queue.append(req)
+            while self._leader and not req.done:
+                self._queue_lock.wait()
+            if req.done:  # another caller's commit carried ours
+                return req.outcome()
+            self._leader = True
+            batch, self._queue = self._queue, []
+        try:
+            self.commit(batch)
+        finally:
+            with self._queue_lock:
+                self._leader = False
+                self._queue_lock.notify_all()
+        return req.outcome()
+
+    def commit(self, batch: list[AppendRequest]) -> None:
+        """Write a batch of requests now (for a caller that does its own queueing)."""
+        try:
+            with self._write_lock:
+                self._writer.commit(batch)
+        except Exception as exc:  # a bug, not a disk error: still answer every caller
+            log.exception("log.commit_crashed")
+            for req in batch:
+                if req.error is None and not req.results:
+                    req.error = SidecarError(f"internal error while writing: {exc!r}")
+        finally:
+            for req in batch:
+                req.done = True
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Read and index every conversation: repairs torn tails and flags damaged logs.
+
+        The daemon calls this at start-up; the embedded API does it on first need.
+        ``progress(done, total)`` is called after each conversation.
+        """
+        cids = self.conversation_ids()
+        with self._write_lock:
+            for done, cid in enumerate(cids, 1):
+                self._writer.index_conversations([cid])
+                if progress is not None:
+                    progress(done, len(cids))
+            self._indexed_all = True
+
+    def damaged(self) -> dict[str, str]:
+        """Conversations whose logs are refused for writing, with the reason."""
+        return {c.cid: c.corrupt for c in self._writer.by_no if c.corrupt is not None}
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def snapshot(self, cid: str) -> Snapshot:
+        return Snapshot(self.paths.logs_dir, self._listing, check_conversation_id(cid))
+
+    def conversation_ids(self) -> list[str]:
+        """Every conversation with a log file, active or archived, sorted."""
+        found = set(self._listing.conversations())
+        with os.scandir(self.paths.logs_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(SUFFIX):
+                    found.add(entry.name[: -len(SUFFIX)])
+        return sorted(cid for cid in found if _CID_RE.match(cid))
+
+    def tail(self, conversation_id: str, limit: int = 20) -> list[Event]:
+        """The newest ``limit`` events, oldest first; costs O(limit) whatever the log's size."""
+        if not isinstance(limit, int) or limit < 0:
+            raise InvalidParams(f"limit must be a non-negative integer, not {limit!r}")
+        with self.snapshot(conversation_id) as snap:
+            return decode_lines(snap.newest_lines(limit), conversation_id) if limit else []
+
+    def get(self, event_id: str) -> Event | None:
+        """The event with this id (the earliest, should two conversations share it)."""
+        event_id = check_event_id(event_id)
+        if not self._indexed_all:
+            self.load()
+        found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id)
+        if not found:  # perhaps written by another process since we indexed
+            with self._write_lock:
+                self._writer.index_conversations(self.conversation_ids())
+            found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id)
+        return min(found, key=_order) if found else None
+
+    def _verified(self, places: Iterable[tuple[int, int]], check: Callable[[Event], bool]) -> list[Event]:
+        out: list[Event] = []
+        for no, seq in places:
+            cid = self._writer.by_no[no].cid
+            with self.snapshot(cid) as snap:
+                line = snap.line_at_seq(seq)
+            if line is None:
+                continue
+            try:
+                event = decode_event(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if check(event):
+                out.append(event)
+        return out
+
+    def query(self, flt: QueryFilter | dict[str, Any] | None = None, **fields: Any) -> Page:
+        """Events matching a filter (see :class:`QueryFilter`), one page at a time."""
+        merged = dict(fields)
+        if isinstance(flt, QueryFilter):
+            merged = {**{k: v for k, v in msgspec.structs.asdict(flt).items() if v is not None}, **merged}
+        elif flt is not None:
+            merged = {**flt, **merged}
+        return run_query(as_filter(merged), self.conversation_ids(), self.snapshot)
+
+    def since(self, timestamp: str, *, limit: int | None = None, cursor: str | None = None) -> Page:
+        """Events of every conversation with ``timestamp >=`` the given, in time order."""
+        return self.query(start=timestamp, limit=limit, cursor=cursor)
+
+    def by_type(
+        self,
+        types: str | Sequence[str],
+        visibility: str | Sequence[str] | None = None,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        """Events of the given types (and visibility), in time order."""
+        types = [types] if isinstance(types, str) else list(types)
+        vis = visibility if visibility is None or isinstance(visibility, str) else list(visibility)
+        return self.query(types=types, visibility=vis, limit=limit, cursor=cursor)
+
+    def causality(self, event_id: str, *, max_depth: int = 16, max_events: int = 1000) -> Causality | None:
+        """What led to an event and what followed from it through ``caused_by``.
+
+        Breadth-first both ways, each event visited once (so cycles end), at most
+        ``max_depth`` steps and ``max_events`` events per direction; ``truncated`` says so.
+        """
+        root = self.get(event_id)
+        if root is None:
+            return None
+        truncated = False
+        missing: list[str] = []
+
+        def walk(step: Callable[[Event], list[Event]]) -> list[Event]:
+            nonlocal truncated
+            seen = {root.id}
+            found: list[Event] = []
+            frontier = [root]
+            for _ in range(max_depth):
+                nxt: list[Event] = []
+                for ev in frontier:
+                    for other in step(ev):
+                        if other.id in seen:
+                            continue
+                        if len(found) >= max_events:
+                            truncated = True
+                            return found
+                        seen.add(other.id)
+                        found.append(other)
+                        nxt.append(other)
+                if not nxt:
+                    return found
+                frontier = nxt
+            truncated = truncated or any(step(ev) for ev in frontier)
+            return found
+
+        def parents(ev: Event) -> list[Event]:
+            out = []
+            for ref in ev.caused_by:
+                parent = self.get(ref)
+                if parent is None:
+                    if ref not in missing:
+                        missing.append(ref)
+                else:
+                    out.append(parent)
+            return out
+
+        def children(ev: Event) -> list[Event]:
+            return self._verified(self._index.children(ev.id), lambda e: ev.id in e.caused_by)
+
+        upstream = sorted(walk(parents), key=_order)
+        downstream = sorted(walk(children), key=_order)
+        return Causality(event=root, upstream=upstream, downstream=downstream, missing=missing, truncated=truncated)
+
+    def conversations(self) -> list[ConversationInfo]:
+        """Each conversation with its event count and first and last timestamps."""
+        out = []
+        for cid in self.conversation_ids():
+            with self.snapshot(cid) as snap:
+                first, newest = snap.first_line(), snap.newest_lines(1)
+            if first is None or not newest:
+                continue
+            try:
+                head_first, head_last = head_decoder.decode(first), head_decoder.decode(newest[0])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            out.append(
+                ConversationInfo(
+                    conversation_id=cid,
+                    event_count=head_last.seq,
+                    first_timestamp=head_first.timestamp,
+                    last_timestamp=head_last.timestamp,
+                    last_seq=head_last.seq,
+                )
+            )
+        return out
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the event store is closed")
+
+    def close(self) -> None:
+        with self._queue_lock:
+            self._closed = True
+        with self._write_lock:
+            self._writer.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _order(event: Event) -> tuple[str, str, int]:
+    return event.timestamp, event.conversation_id, event.seq

@@ -1,0 +1,39 @@
+"""RFC 3339 timestamps in the one spelling the log uses: UTC, microseconds, ``Z``.
+
+Fixed width means plain string comparison orders them in time, which the log relies on
+for binary search and merging.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sidecar.errors import InvalidParams
+
+_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def format_timestamp(ns: int) -> str:
+    """``ns`` since the epoch as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return f"{datetime.fromtimestamp(seconds, UTC).strftime(_FORMAT)}.{rest // 1000:06d}Z"
+
+
+def normalize_timestamp(value: str | datetime) -> str:
+    """Any RFC 3339 / ISO 8601 time (a naive one is taken as UTC) in the log's spelling."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidParams(f"not an RFC 3339 timestamp: {value!r}") from None
+    elif isinstance(value, datetime):
+        parsed = value
+    else:
+        raise InvalidParams(f"a timestamp must be a string, not {type(value).__name__}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    p = parsed.astimezone(UTC)
+    return (
+        f"{p.year:04d}-{p.month:02d}-{p.day:02d}T{p.hour:02d}:{p.minute:02d}:{p.second:02d}"
+        f".{p.microsecond:06d}Z"
+    )

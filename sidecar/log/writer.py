@@ -1,0 +1,360 @@
+"""The log's single writer: group commit, one write and one fdatasync per file per batch.
+
+A batch is every append request that queued while the previous batch was on its way to
+disk (flush-when-idle, as EventStoreDB does). Each request is all-or-nothing against
+validation and preconditions. An I/O failure fails the whole batch, cuts every file back to
+where it was, and is never retried: after a failed fsync the page cache cannot be trusted.
+
+Only one thread at a time may call into a :class:`LogWriter` (the store's commit leader).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import structlog
+
+from sidecar.errors import ConflictError, InvalidParams, SidecarError, StorageError
+from sidecar.log import files
+from sidecar.log.conversation import Conversation, LogPaths
+from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_event
+from sidecar.log.ids import new_event_id
+from sidecar.log.index import IdIndex
+from sidecar.log.segments import ArchiveListing, active_path, line_with_seq, rotate
+from sidecar.log.timestamps import format_timestamp
+
+log = structlog.get_logger("sidecar.log")
+
+_MAX_OPEN_FILES = 256
+
+
+class AppendRequest:
+    """One caller's events, and the outcome the writer fills in."""
+
+    __slots__ = ("events", "results", "error", "done")
+
+    def __init__(self, events: list[NewEvent]) -> None:
+        self.events = events
+        self.results: list[AppendResult] = []
+        self.error: SidecarError | None = None
+        self.done = False
+
+    def outcome(self) -> list[AppendResult]:
+        if self.error is not None:
+            raise self.error
+        return self.results
+
+
+@dataclass
+class _Pending:
+    """Tentative appends to one conversation within the batch being built."""
+
+    conv: Conversation
+    fd: int
+    next_seq: int
+    last_ts: str
+    lines: list[bytes] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    fresh: dict[str, Event] = field(default_factory=dict)
+
+    def mark(self) -> tuple[int, str, int]:
+        return self.next_seq, self.last_ts, len(self.lines)
+
+    def rollback(self, mark: tuple[int, str, int]) -> None:
+        self.next_seq, self.last_ts, n = mark
+        for event in self.events[n:]:
+            self.fresh.pop(event.id, None)
+        del self.lines[n:], self.events[n:]
+
+
+class LogWriter:
+    """Owns every write to the log files of one data directory, for this process."""
+
+    def __init__(
+        self,
+        paths: LogPaths,
+        listing: ArchiveListing,
+        index: IdIndex,
+        *,
+        now_ns: Callable[[], int],
+        max_event_bytes: int,
+        rotate_bytes: int,
+    ) -> None:
+        self.paths = paths
+        self.listing = listing
+        self.index = index
+        self.now_ns = now_ns
+        self.max_event_bytes = max_event_bytes
+        self.rotate_bytes = rotate_bytes
+        self.conversations: dict[str, Conversation] = {}
+        self.by_no: list[Conversation] = []
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # --- conversations and their files -----------------------------------------------------
+
+    def conversation(self, cid: str) -> Conversation:
+        conv = self.conversations.get(cid)
+        if conv is None:
+            conv = Conversation(cid, len(self.by_no), self.paths, self.index, self.listing)
+            self.conversations[cid] = conv
+            self.by_no.append(conv)
+        return conv
+
+    def _acquire(self, cid: str, want_index: bool) -> tuple[Conversation, int]:
+        """The conversation, caught up with the disk, and its active segment locked ``LOCK_EX``."""
+        path = active_path(self.paths.logs_dir, cid)
+        fd = self._fds.pop(cid, None)
+        if fd is not None:
+            files.flock_exclusive(fd)
+            if not files.same_file(fd, path):
+                files.unlock_close(fd)
+                fd = None
+        if fd is None:
+            fd = files.lock_path(path, exclusive=True, create=True)
+            assert fd is not None
+        self._fds[cid] = fd
+        conv = self.conversation(cid)
+        try:
+            conv.sync(fd, want_index=want_index)
+        except BaseException:
+            self._release(cid, broken=True)
+            raise
+        return conv, fd
+
+    def _release(self, cid: str, *, broken: bool = False) -> None:
+        fd = self._fds.get(cid)
+        if fd is None:
+            return
+        if broken:
+            del self._fds[cid]
+            files.unlock_close(fd)
+        else:
+            files.unlock(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # --- reading back, for idempotence --------------------------------------------------------
+
+    def find_existing(self, conv: Conversation, event_id: str, fd: int) -> Event | None:
+        """The event ``event_id`` already in ``conv``, checked against the bytes on disk."""
+        for no, seq in self.index.locate(event_id):
+            if no != conv.no or seq > conv.last_seq:
+                continue
+            line = self._line_at(conv, seq, fd)
+            if line is not None:
+                event = decode_event(line)
+                if event.id == event_id:
+                    return event
+        return None
+
+    def _line_at(self, conv: Conversation, seq: int, fd: int) -> bytes | None:
+        if seq >= conv.active_first_seq:
+            return line_with_seq(fd, conv.active_size, seq)
+        for seg in conv.archived:
+            if seg.first_seq <= seq <= seg.last_seq:
+                with open(seg.path, "rb", buffering=0) as f:
+                    return line_with_seq(f.fileno(), os.fstat(f.fileno()).st_size, seq)
+        return None
+
+    def index_conversations(self, cids: Iterable[str]) -> None:
+        """Load and index ``cids`` (repairing torn tails, flagging damage)."""
+        for cid in cids:
+            conv = self.conversations.get(cid)
+            if conv is not None and conv.indexed and not self._changed_on_disk(conv):
+                continue
+            try:
+                self._acquire(cid, True)
+            except OSError as exc:
+                log.error("log.index_failed", conversation_id=cid, error=str(exc))
+                continue
+            self._release(cid)
+
+    def _changed_on_disk(self, conv: Conversation) -> bool:
+        try:
+            st = os.stat(active_path(self.paths.logs_dir, conv.cid))
+        except FileNotFoundError:
+            return conv.active_ident is not None
+        return (st.st_dev, st.st_ino) != conv.active_ident or st.st_size != conv.active_size
+
+    # --- the commit ------------------------------------------------------------------------
+
+    def commit(self, batch: list[AppendRequest]) -> None:
+        """Write ``batch`` durably; fills in every request's results or error.
+
+        Files are locked in sorted order so writers in several processes never deadlock.
+        """
+        wanted: dict[str, bool] = {}
+        for req in batch:
+            for ev in req.events:
+                wanted[ev.conversation_id] = wanted.get(ev.conversation_id, False) or ev.id is not None
+        pendings: dict[str, _Pending] = {}
+        unopened: dict[str, SidecarError] = {}
+        try:
+            for cid in sorted(wanted):
+                try:
+                    conv, fd = self._acquire(cid, wanted[cid])
+                except OSError as exc:
+                    unopened[cid] = _storage_error(exc, f"open the log of {cid!r}")
+                    continue
+                pendings[cid] = _Pending(conv, fd, conv.last_seq + 1, conv.last_ts)
+
+            now = self.now_ns()
+            stamp = format_timestamp(now)
+            for req in batch:
+                self._stage(req, pendings, unopened, stamp, now // 1_000_000)
+
+            written = [p for p in pendings.values() if p.lines]
+            try:
+                self._write_and_sync(written)
+            except OSError as exc:
+                error = _storage_error(exc, "write the log")
+                log.error("log.write_failed", error=str(exc), conversations=[p.conv.cid for p in written])
+                for p in written:
+                    _truncate_back(p)
+                    self._release(p.conv.cid, broken=True)
+                for req in batch:
+                    req.error, req.results = req.error or error, []
+                return
+            for p in written:
+                self._apply(p)
+                if p.conv.active_size > self.rotate_bytes:
+                    self._rotate(p.conv)
+        finally:
+            for cid in pendings:
+                self._release(cid)
+            while len(self._fds) > _MAX_OPEN_FILES:  # all unlocked now: close the coldest
+                os.close(self._fds.popitem(last=False)[1])
+
+    def _stage(
+        self,
+        req: AppendRequest,
+        pendings: dict[str, _Pending],
+        unopened: dict[str, SidecarError],
+        stamp: str,
+        now_ms: int,
+    ) -> None:
+        marks: dict[str, tuple[int, str, int]] = {}
+        try:
+            for ev in req.events:
+                cid = ev.conversation_id
+                if cid in unopened:
+                    raise unopened[cid]
+                p = pendings[cid]
+                if cid not in marks:
+                    marks[cid] = p.mark()
+                req.results.append(self._stage_one(p, ev, stamp, now_ms))
+        except SidecarError as exc:
+            for cid, mark in marks.items():
+                pendings[cid].rollback(mark)
+            req.error, req.results = exc, []
+
+    def _stage_one(self, p: _Pending, ev: NewEvent, stamp: str, now_ms: int) -> AppendResult:
+        p.conv.refuse_if_corrupt()
+        if ev.id is not None:
+            seen = p.fresh.get(ev.id) or self.find_existing(p.conv, ev.id, p.fd)
+            if seen is not None:
+                return AppendResult(id=seen.id, seq=seen.seq, timestamp=seen.timestamp, duplicate=True)
+        last = p.next_seq - 1
+        if ev.expected_seq is not None and ev.expected_seq != last:
+            raise ConflictError(
+                f"conversation {ev.conversation_id!r} is at seq {last}, not {ev.expected_seq}",
+                {"conversation_id": ev.conversation_id, "expected_seq": ev.expected_seq, "last_seq": last},
+            )
+        event = Event(
+            id=ev.id or new_event_id(now_ms),
+            seq=p.next_seq,
+            timestamp=max(stamp, p.last_ts),  # never backwards, even when the wall clock is
+            conversation_id=ev.conversation_id,
+            type=ev.type,
+            visibility=ev.visibility,
+            level=ev.level,
+            agent_id=ev.agent_id,
+            task_id=ev.task_id,
+            turn=ev.turn,
+            caused_by=ev.caused_by,
+            data=ev.data,
+        )
+        line = encode_event(event)
+        if len(line) > self.max_event_bytes:
+            raise InvalidParams(
+                f"event is {len(line)} bytes encoded, over the limit of {self.max_event_bytes}",
+                {"bytes": len(line), "max_event_bytes": self.max_event_bytes},
+            )
+        p.lines.append(line)
+        p.events.append(event)
+        p.fresh[event.id] = event
+        p.next_seq += 1
+        p.last_ts = event.timestamp
+        return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp)
+
+    def _write_and_sync(self, written: list[_Pending]) -> None:
+        for p in written:
+            files.write_all(p.fd, b"".join(p.lines))
+        if len(written) == 1:
+            files.fdatasync(written[0].fd)
+        elif written:
+            # Parallel fdatasyncs overlap their waits on the device (see shared/MEASURED.md).
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-fsync")
+            futures = [self._pool.submit(files.fdatasync, p.fd) for p in written]
+            failure = next((e for e in (f.exception() for f in futures) if e is not None), None)
+            if failure is not None:
+                raise failure
+        if any(p.conv.new_file for p in written):
+            files.fsync_dir(self.paths.logs_dir)  # a new file's directory entry must be durable too
+
+    def _apply(self, p: _Pending) -> None:
+        conv = p.conv
+        conv.new_file = False
+        conv.active_size += sum(map(len, p.lines))
+        conv.last_seq = p.next_seq - 1
+        conv.last_ts = p.last_ts
+        if conv.indexed:
+            for event in p.events:
+                self.index.add(event.id, conv.no, event.seq, event.caused_by)
+
+    def _rotate(self, conv: Conversation) -> None:
+        """Seal the active segment into the archive while we still hold its lock."""
+        try:
+            seg = rotate(
+                active_path(self.paths.logs_dir, conv.cid),
+                self.paths.archive_dir,
+                conv.cid,
+                conv.active_first_seq,
+                conv.last_seq,
+            )
+        except OSError as exc:
+            log.error("log.rotate_failed", conversation_id=conv.cid, error=str(exc))
+            return
+        conv.archived.append(seg)
+        conv.active_first_seq = conv.last_seq + 1
+        conv.active_ident, conv.active_size = None, 0
+        log.info("log.rotated", conversation_id=conv.cid, segment=seg.path, last_seq=seg.last_seq)
+
+
+def _truncate_back(p: _Pending) -> None:
+    try:
+        os.ftruncate(p.fd, p.conv.active_size)
+    except OSError:
+        pass  # the next writer finds the partial line and repairs it as a torn tail
+    p.conv.loaded = False  # never trust state after a failed sync: re-read the disk next time
+
+
+def _storage_error(exc: OSError, doing: str) -> StorageError:
+    code = exc.errno or errno.EIO
+    name = errno.errorcode.get(code, "EIO")
+    full = code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    reason = "the disk is full" if full else os.strerror(code)
+    return StorageError(f"could not {doing}: {reason} ({name}); nothing was acknowledged", {"errno": name})
