@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgspec
+
 from sidecar.log.files import shared_lock
 from sidecar.log.segments import (
     ArchiveListing,
@@ -43,6 +45,8 @@ class Snapshot:
         self.segments: list[SegmentView] = []
         active = self._open_active(active_path(logs_dir, cid))
         archived = listing.get(cid)
+        if active is not None and active.first_seq == 0:  # damaged first line: assume it follows
+            active.first_seq = archived[-1].last_seq + 1 if archived else 1
         if active is not None and archived and archived[-1].last_seq + 1 != active.first_seq:
             archived = listing.get(cid, refresh=True)  # a rotation the cached listing missed
         for seg in archived:
@@ -53,10 +57,8 @@ class Snapshot:
             except FileNotFoundError:
                 continue
             self.segments.append(SegmentView(seg.path, size, seg.first_seq))
-        if active is not None and active.end > 0:
+        if active is not None:
             self.segments.append(active)
-        elif active is not None:
-            os.close(active.fd)
 
     @staticmethod
     def _open_active(path: str) -> SegmentView | None:
@@ -67,7 +69,13 @@ class Snapshot:
         try:
             with shared_lock(fd):
                 end = line_end_before(fd, 0, os.fstat(fd).st_size)
-            first_seq = seq_of(read_line_at(fd, 0, end)) if end else 0
+            if end == 0:  # empty: a fresh segment after a rotation, or a log yet to be written
+                os.close(fd)
+                return None
+            try:
+                first_seq = seq_of(read_line_at(fd, 0, end))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                first_seq = 0  # a damaged first line: read what we can, the writer refuses it
         except BaseException:
             os.close(fd)
             raise
