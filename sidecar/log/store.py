@@ -37,7 +37,7 @@ from sidecar.log.index import IdIndex
 from sidecar.log.reader import Snapshot
 from sidecar.log.scan import QueryFilter, as_filter, decode_lines, run_query
 from sidecar.log.segments import SUFFIX, ArchiveListing, head_decoder
-from sidecar.log.writer import AppendRequest, LogWriter
+from sidecar.log.writer import AppendRequest, CommitThread, LogWriter
 
 DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
@@ -91,11 +91,8 @@ class EventStore:
             rotate_bytes=rotate_bytes,
         )
         self._write_lock = threading.Lock()  # whoever holds it drives the writer
-        self._queue_lock = threading.Condition()
-        self._queue: list[AppendRequest] = []
-        self._leader = False
+        self._committer = CommitThread(self.commit, name=f"sidecar-commit:{self.data_dir}")
         self._indexed_all = False
-        self._closed = False
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -111,29 +108,15 @@ class EventStore:
         return self.submit([as_new_event(e) for e in events])
 
     def submit(self, events: list[NewEvent]) -> list[AppendResult]:
-        """Queue validated events for the next group commit and wait for its outcome."""
+        """Queue validated events for the next group commit and wait until they are durable."""
         if not events:
             return []
         req = AppendRequest(events)
-        with self._queue_lock:
-            self._check_open()
-            self._queue.append(req)
-            while self._leader and not req.done:
-                self._queue_lock.wait()
-            if req.done:  # another caller's commit carried ours
-                return req.outcome()
-            self._leader = True
-            batch, self._queue = self._queue, []
-        try:
-            self.commit(batch)
-        finally:
-            with self._queue_lock:
-                self._leader = False
-                self._queue_lock.notify_all()
-        return req.outcome()
+        self._committer.submit(req)
+        return req.wait()
 
     def commit(self, batch: list[AppendRequest]) -> None:
-        """Write a batch of requests now (for a caller that does its own queueing)."""
+        """Write a batch of requests now and answer each (the commit thread's work)."""
         try:
             with self._write_lock:
                 self._writer.commit(batch)
@@ -144,7 +127,7 @@ class EventStore:
                     req.error = SidecarError(f"internal error while writing: {exc!r}")
         finally:
             for req in batch:
-                req.done = True
+                req.finish()
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -319,13 +302,9 @@ class EventStore:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("the event store is closed")
-
     def close(self) -> None:
-        with self._queue_lock:
-            self._closed = True
+        """Commit what is queued, then release every file."""
+        self._committer.stop()
         with self._write_lock:
             self._writer.close()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,20 +36,92 @@ _MAX_OPEN_FILES = 256
 
 
 class AppendRequest:
-    """One caller's events, and the outcome the writer fills in."""
+    """One caller's events, and the outcome the writer fills in.
 
-    __slots__ = ("events", "results", "error", "done")
+    ``on_done`` runs in the writer's thread once the outcome is known; the default wakes a
+    thread blocked in :meth:`wait`. The daemon passes its own to wake an async task.
+    """
 
-    def __init__(self, events: list[NewEvent]) -> None:
+    __slots__ = ("events", "results", "error", "_pending", "on_done")
+
+    def __init__(self, events: list[NewEvent], on_done: Callable[[], None] | None = None) -> None:
         self.events = events
         self.results: list[AppendResult] = []
         self.error: SidecarError | None = None
-        self.done = False
+        self._pending = threading.Lock()  # held until finished: a raw lock is the cheapest wakeup
+        self._pending.acquire()
+        self.on_done = on_done
+
+    def finish(self) -> None:
+        self._pending.release()
+        if self.on_done is not None:
+            self.on_done()
+
+    def wait(self) -> list[AppendResult]:
+        self._pending.acquire()
+        self._pending.release()
+        return self.outcome()
 
     def outcome(self) -> list[AppendResult]:
         if self.error is not None:
             raise self.error
         return self.results
+
+
+class CommitThread:
+    """The one thread that drives a :class:`LogWriter`: it takes every queued request as a
+    batch, commits it, answers, and repeats (flush-when-idle; no timers, no added latency)."""
+
+    _STOP = None
+
+    def __init__(self, commit: Callable[[list[AppendRequest]], None], name: str) -> None:
+        self._commit = commit
+        self._name = name
+        self._queue: queue.SimpleQueue[AppendRequest | None] = queue.SimpleQueue()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def submit(self, req: AppendRequest) -> None:
+        with self._start_lock:
+            if self._stopping:
+                raise RuntimeError("the event store is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._queue.put(req)
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            first = get()
+            batch = [first] if first is not None else []
+            stop = first is None
+            try:
+                while True:
+                    more = get_nowait()
+                    if more is None:
+                        stop = True
+                    else:
+                        batch.append(more)
+            except queue.Empty:
+                pass
+            if batch:
+                self._commit(batch)
+            if stop:
+                return
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        with self._start_lock:
+            self._stopping = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(self._STOP)
+            thread.join()
 
 
 @dataclass
