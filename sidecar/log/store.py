@@ -34,6 +34,7 @@ from sidecar.log.events import (
     decode_event,
 )
 from sidecar.log.index import IdIndex
+from sidecar.log.journal import Journal, replay_orphans
 from sidecar.log.reader import Snapshot
 from sidecar.log.scan import QueryFilter, as_filter, decode_lines, run_query
 from sidecar.log.segments import SUFFIX, ArchiveListing, head_decoder
@@ -41,6 +42,7 @@ from sidecar.log.writer import AppendRequest, CommitThread, LogWriter
 
 DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024
 
 log = structlog.get_logger("sidecar.log")
 
@@ -75,9 +77,12 @@ class EventStore:
         rotate_bytes: int = DEFAULT_ROTATE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Clock = SYSTEM_CLOCK,
+        journal: bool = True,
+        journal_bytes: int = DEFAULT_JOURNAL_BYTES,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.paths = LogPaths(os.path.join(self.data_dir, "logs"), os.path.join(self.data_dir, "archive"))
+        self.journal_dir = os.path.join(self.data_dir, "journal")
         os.makedirs(self.paths.logs_dir, exist_ok=True)
         os.makedirs(self.paths.archive_dir, exist_ok=True)
         self._listing = ArchiveListing(self.paths.archive_dir)
@@ -89,10 +94,12 @@ class EventStore:
             now_ns=clock.now_ns,
             max_event_bytes=max_event_bytes,
             rotate_bytes=rotate_bytes,
+            journal=Journal(self.journal_dir, journal_bytes) if journal else None,
         )
         self._write_lock = threading.Lock()  # whoever holds it drives the writer
         self._committer = CommitThread(self.commit, name=f"sidecar-commit:{self.data_dir}")
         self._indexed_all = False
+        self.recover()
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -130,6 +137,16 @@ class EventStore:
                 req.finish()
 
     # --- loading ---------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Replay the journals of dead writers (after a power cut); returns how many."""
+        with self._write_lock:
+            return replay_orphans(self.journal_dir, self._writer.restore)
+
+    def checkpoint(self) -> None:
+        """Make every log file durable on its own and empty this process's journal."""
+        with self._write_lock:
+            self._writer.checkpoint()
 
     def load(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Read and index every conversation: repairs torn tails and flags damaged logs.

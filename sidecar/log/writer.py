@@ -1,7 +1,9 @@
-"""The log's single writer: group commit, one write and one fdatasync per file per batch.
+"""The log's single writer: group commit, one write per file and one fdatasync per batch.
 
 A batch is every append request that queued while the previous batch was on its way to
-disk (flush-when-idle, as EventStoreDB does). Each request is all-or-nothing against
+disk (flush-when-idle, as EventStoreDB does). With a :class:`~sidecar.log.journal.Journal`
+the batch costs one fdatasync of the journal however many conversations it touched; without
+one, each touched file is fdatasync'd (in parallel). Each request is all-or-nothing against
 validation and preconditions. An I/O failure fails the whole batch, cuts every file back to
 where it was, and is never retried: after a failed fsync the page cache cannot be trusted.
 
@@ -27,6 +29,7 @@ from sidecar.log.conversation import Conversation, LogPaths
 from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_event
 from sidecar.log.ids import new_event_id
 from sidecar.log.index import IdIndex
+from sidecar.log.journal import Journal
 from sidecar.log.segments import ArchiveListing, active_path, line_with_seq, rotate
 from sidecar.log.timestamps import format_timestamp
 
@@ -158,8 +161,13 @@ class LogWriter:
         now_ns: Callable[[], int],
         max_event_bytes: int,
         rotate_bytes: int,
+        journal: Journal | None,
     ) -> None:
         self.paths = paths
+        self.journal = journal
+        self._dirty: set[str] = set()  # files with bytes only the journal has made durable
+        self._poisoned = False  # a checkpoint fsync failed: never empty the journal again
+        self.stats = WriterStats()
         self.listing = listing
         self.index = index
         self.now_ns = now_ns
@@ -194,8 +202,13 @@ class LogWriter:
             assert fd is not None
         self._fds[cid] = fd
         conv = self.conversation(cid)
+        before = (conv.active_ident, conv.active_size, conv.loaded)
         try:
             conv.sync(fd, want_index=want_index)
+            if self.journal is not None and (conv.active_ident, conv.active_size, conv.loaded) != before:
+                # Lines we did not write (another process, or one that crashed) may be in the
+                # page cache only: make them durable before building on them.
+                files.fdatasync(fd)
         except BaseException:
             self._release(cid, broken=True)
             raise
@@ -212,12 +225,72 @@ class LogWriter:
             files.unlock(fd)
 
     def close(self) -> None:
+        """Checkpoint, remove the journal, release every file."""
+        if self.journal is not None:
+            try:
+                self.checkpoint()
+            except OSError as exc:
+                log.error("log.checkpoint_failed", error=str(exc))
+            if not self._poisoned:
+                self.journal.close()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    # --- the journal -------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """fdatasync every file the journal covers, then empty the journal."""
+        if self.journal is None or not self._dirty:
+            return
+        opened: list[int] = []
+        fds = []
+        for cid in sorted(self._dirty):
+            fd = self._fds.get(cid)
+            if fd is None:
+                try:
+                    fd = os.open(active_path(self.paths.logs_dir, cid), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # rotated, and fdatasync'd when it was
+                opened.append(fd)
+            fds.append(fd)
+        try:
+            self._sync_all(fds)
+        except OSError as exc:
+            self._poisoned = True  # fsync failed once: its pages may be gone; keep the journal
+            log.error("log.checkpoint_failed", error=str(exc), files=len(fds))
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)
+        self._dirty.clear()
+        if not self._poisoned:
+            self.journal.reset()
+        self.stats.checkpoints += 1
+
+    def restore(self, cid: str, lines: list[tuple[int, bytes]]) -> None:
+        """Put back journal lines a conversation file lost (a power cut before a checkpoint)."""
+        conv, fd = self._acquire(cid, False)
+        try:
+            missing = [(seq, line) for seq, line in lines if seq > conv.last_seq]
+            expected = conv.last_seq + 1
+            good = []
+            for seq, line in missing:
+                if seq != expected:
+                    log.error("log.replay_gap", conversation_id=cid, expected=expected, found=seq)
+                    break
+                good.append(line + b"\n")
+                expected += 1
+            if good:
+                files.write_all(fd, b"".join(good))
+                files.fdatasync(fd)
+                log.warning("log.replayed", conversation_id=cid, events=len(good), last_seq=expected - 1)
+            conv.loaded = False  # re-read it, ids and all, next time
+        finally:
+            self._release(cid)
 
     # --- reading back, for idempotence --------------------------------------------------------
 
@@ -304,12 +377,29 @@ class LogWriter:
             for p in written:
                 self._apply(p)
                 if p.conv.active_size > self.rotate_bytes:
-                    self._rotate(p.conv)
+                    self._rotate(p.conv, p.fd)
         finally:
             for cid in pendings:
                 self._release(cid)
-            while len(self._fds) > _MAX_OPEN_FILES:  # all unlocked now: close the coldest
-                os.close(self._fds.popitem(last=False)[1])
+            self._trim_fds()
+        if self.journal is not None and self.journal.full:
+            try:
+                self.checkpoint()
+            except OSError:
+                pass  # logged; the journal keeps everything durable meanwhile
+
+    def _trim_fds(self) -> None:
+        """Close the coldest files past the limit (all are unlocked between batches)."""
+        while len(self._fds) > _MAX_OPEN_FILES:
+            cid, fd = self._fds.popitem(last=False)
+            if cid in self._dirty:
+                try:
+                    files.fdatasync(fd)
+                    self._dirty.discard(cid)
+                except OSError as exc:
+                    self._poisoned = True
+                    log.error("log.checkpoint_failed", error=str(exc), conversation_id=cid)
+            os.close(fd)
 
     def _stage(
         self,
@@ -374,20 +464,40 @@ class LogWriter:
         return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp)
 
     def _write_and_sync(self, written: list[_Pending]) -> None:
-        for p in written:
-            files.write_all(p.fd, b"".join(p.lines))
-        if len(written) == 1:
-            files.fdatasync(written[0].fd)
-        elif written:
-            # Parallel fdatasyncs overlap their waits on the device (see shared/MEASURED.md).
+        if not written:
+            return
+        chunks = [b"".join(p.lines) for p in written]
+        for p, chunk in zip(written, chunks):
+            files.write_all(p.fd, chunk)
+        if self.journal is not None:
+            mark = self.journal.size
+            self.journal.write(b"".join(chunks))
+            try:
+                self.journal.sync()
+            except OSError:
+                self.journal.cut(mark)
+                raise
+            self._dirty.update(p.conv.cid for p in written)
+            self.stats.fsyncs += 1
+        else:
+            self._sync_all([p.fd for p in written])
+        if any(p.conv.new_file for p in written):
+            files.fsync_dir(self.paths.logs_dir)  # a new file's directory entry must be durable too
+        self.stats.batches += 1
+        self.stats.events += sum(len(p.lines) for p in written)
+
+    def _sync_all(self, fds: list[int]) -> None:
+        """fdatasync ``fds``, in parallel when several: their waits on the device overlap."""
+        self.stats.fsyncs += len(fds)
+        if len(fds) == 1:
+            files.fdatasync(fds[0])
+        elif fds:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-fsync")
-            futures = [self._pool.submit(files.fdatasync, p.fd) for p in written]
+            futures = [self._pool.submit(files.fdatasync, fd) for fd in fds]
             failure = next((e for e in (f.exception() for f in futures) if e is not None), None)
             if failure is not None:
                 raise failure
-        if any(p.conv.new_file for p in written):
-            files.fsync_dir(self.paths.logs_dir)  # a new file's directory entry must be durable too
 
     def _apply(self, p: _Pending) -> None:
         conv = p.conv
@@ -399,9 +509,12 @@ class LogWriter:
             for event in p.events:
                 self.index.add(event.id, conv.no, event.seq, event.caused_by)
 
-    def _rotate(self, conv: Conversation) -> None:
+    def _rotate(self, conv: Conversation, fd: int) -> None:
         """Seal the active segment into the archive while we still hold its lock."""
         try:
+            if conv.cid in self._dirty:
+                files.fdatasync(fd)  # an archived segment is durable on its own
+                self._dirty.discard(conv.cid)
             seg = rotate(
                 active_path(self.paths.logs_dir, conv.cid),
                 self.paths.archive_dir,
@@ -416,6 +529,16 @@ class LogWriter:
         conv.active_first_seq = conv.last_seq + 1
         conv.active_ident, conv.active_size = None, 0
         log.info("log.rotated", conversation_id=conv.cid, segment=seg.path, last_seq=seg.last_seq)
+
+
+@dataclass
+class WriterStats:
+    """Counters for ``sys.stats``: batches, events, fdatasyncs of log files, checkpoints."""
+
+    batches: int = 0
+    events: int = 0
+    fsyncs: int = 0
+    checkpoints: int = 0
 
 
 def _truncate_back(p: _Pending) -> None:
