@@ -1,31 +1,34 @@
-"""Group commit for async callers: a writer task owns the queue, one worker-thread hop per batch.
+"""Group commit for async callers, through the store's own commit thread.
 
-Many coroutines appending at once cost one thread switch per *batch* here, where threads
-blocking in :meth:`EventStore.append` cost one per *event*. This is how the daemon writes.
+Coroutines queue into an open batch; a flusher task hands each batch to the commit thread
+and is woken once, by one call into the event loop, when the batch is durable. Many
+coroutines appending at once thus cost one wakeup per *batch*, where threads blocking in
+:meth:`EventStore.append` cost a switch per *event*. This is how the daemon writes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from sidecar.log.events import AppendResult, NewEvent, as_new_event
 from sidecar.log.store import EventStore
 from sidecar.log.writer import AppendRequest
 
 
-class _Waiter:
-    __slots__ = ("request", "event")
+class _Batch:
+    """Requests that will be committed together, and the one event that wakes them all."""
 
-    def __init__(self, request: AppendRequest) -> None:
-        self.request = request
-        self.event = anyio.Event()
+    __slots__ = ("requests", "done")
+
+    def __init__(self) -> None:
+        self.requests: list[AppendRequest] = []
+        self.done = anyio.Event()
 
 
 class AsyncAppender:
@@ -33,9 +36,9 @@ class AsyncAppender:
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        send, receive = anyio.create_memory_object_stream[_Waiter](max_buffer_size=math.inf)
-        self._send: MemoryObjectSendStream[_Waiter] = send
-        self._receive: MemoryObjectReceiveStream[_Waiter] = receive
+        self._open = _Batch()
+        self._wakeup = anyio.Event()
+        self._closed = False
 
     async def append(self, event: NewEvent | dict[str, Any], *, expected_seq: int | None = None) -> AppendResult:
         new = as_new_event(event)
@@ -48,37 +51,49 @@ class AsyncAppender:
 
     async def submit(self, events: list[NewEvent]) -> list[AppendResult]:
         """Queue validated events for the next batch and wait until they are durable."""
+        if self._closed:
+            raise RuntimeError("the event store is closed")
         if not events:
             return []
-        waiter = _Waiter(AppendRequest(events))
-        await self._send.send(waiter)
-        await waiter.event.wait()
-        return waiter.request.outcome()
+        req = AppendRequest(events)
+        batch = self._open
+        batch.requests.append(req)
+        self._wakeup.set()
+        await batch.done.wait()
+        return req.outcome()
 
     def depth(self) -> int:
         """Requests waiting for the next batch."""
-        return self._receive.statistics().current_buffer_used
+        return len(self._open.requests)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: take everything queued, commit it in a worker thread, answer, repeat."""
+        """The flusher task: hand each batch to the commit thread, wake its callers, repeat."""
+        token = anyio.lowlevel.current_token()
         task_status.started()
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            batch, self._open = self._open, _Batch()
+            if batch.requests:
+                durable = anyio.Event()
+                # The commit thread finishes requests in order, so the last one's callback
+                # means the whole batch is answered. (run_sync_soon: anyio's non-blocking
+                # call into an event loop, the one its own BlockingPortal uses.)
+                batch.requests[-1].on_done = lambda: token.backend_class.run_sync_soon(
+                    durable.set, (), token.native_token
+                )
+                self.store.enqueue(batch.requests)
                 # Shielded: once a batch is handed to the disk, its callers get their answer.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.store.commit, [w.request for w in batch])
-                for waiter in batch:
-                    waiter.event.set()
+                    await durable.wait()
+                batch.done.set()
+            if self._closed and not self._open.requests:
+                return
 
     async def aclose(self) -> None:
         """Stop taking requests; the writer task finishes what is queued and returns."""
-        await self._send.aclose()
+        self._closed = True
+        self._wakeup.set()
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 
 
@@ -17,6 +18,13 @@ class Uuid7Factory:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._counter = 0
+        # Ids must be unique, not secret: a generator seeded from the OS avoids a syscall per id.
+        self._random = random.Random(os.urandom(32))
+        os.register_at_fork(after_in_child=self._reseed)  # a forked child must not repeat our ids
+
+    def _reseed(self) -> None:
+        self._random.seed(os.urandom(32))
+        self._last_ms = -1
 
     def new(self, unix_ms: int) -> str:
         with self._lock:
@@ -27,10 +35,10 @@ class Uuid7Factory:
                     unix_ms += 1
                     self._counter = 0
             else:
-                self._counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
+                self._counter = self._random.getrandbits(11)
             self._last_ms = unix_ms
             counter = self._counter
-        rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+            rand_b = self._random.getrandbits(62)
         value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -119,8 +119,12 @@ class EventStore:
         if not events:
             return []
         req = AppendRequest(events)
-        self._committer.submit(req)
+        self._committer.submit([req])
         return req.wait()
+
+    def enqueue(self, reqs: list[AppendRequest]) -> None:
+        """Queue requests for the commit thread; each ``on_done`` says when it is answered."""
+        self._committer.submit(reqs)
 
     def commit(self, batch: list[AppendRequest]) -> None:
         """Write a batch of requests now and answer each (the commit thread's work)."""

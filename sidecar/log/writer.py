@@ -80,19 +80,20 @@ class CommitThread:
     def __init__(self, commit: Callable[[list[AppendRequest]], None], name: str) -> None:
         self._commit = commit
         self._name = name
-        self._queue: queue.SimpleQueue[AppendRequest | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[AppendRequest] | None] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
 
-    def submit(self, req: AppendRequest) -> None:
+    def submit(self, reqs: list[AppendRequest]) -> None:
+        """Queue requests; they go to disk together (or with others), answered in order."""
         with self._start_lock:
             if self._stopping:
                 raise RuntimeError("the event store is closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._queue.put(req)
+            self._queue.put(reqs)
 
     def depth(self) -> int:
         return self._queue.qsize()
@@ -100,16 +101,16 @@ class CommitThread:
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            first = get()
-            batch = [first] if first is not None else []
-            stop = first is None
+            item = get()
+            stop = item is None
+            batch = [] if item is None else list(item)
             try:
                 while True:
-                    more = get_nowait()
-                    if more is None:
+                    item = get_nowait()
+                    if item is None:
                         stop = True
                     else:
-                        batch.append(more)
+                        batch.extend(item)
             except queue.Empty:
                 pass
             if batch:

@@ -131,3 +131,18 @@ def test_normalize_timestamp(given: str, expected: str) -> None:
 def test_normalize_rejects_garbage() -> None:
     with pytest.raises(InvalidParams, match="RFC 3339"):
         normalize_timestamp("yesterday")
+
+
+def test_uuid7_differs_in_a_forked_child() -> None:
+    import os
+
+    from sidecar.log.ids import new_event_id
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, new_event_id(1_790_000_000_000).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 64).decode()
+    assert child != new_event_id(1_790_000_000_000)
