@@ -32,6 +32,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` until every byte is out."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
     """Read ``size`` bytes at ``offset`` (fewer only at end of file)."""
     parts: list[bytes] = []

@@ -39,14 +39,21 @@ _key_decoder = msgspec.json.Decoder(_LineKey)
 
 
 class Journal:
-    """This process's journal. Only the log's single writer touches it."""
+    """This process's journal. Only the log's single writer touches it.
 
-    def __init__(self, directory: str, limit_bytes: int) -> None:
+    The file is zero-filled ahead of the writes (a MiB at a time), so the fdatasync after
+    each batch flushes data blocks only, with no size change for the file system to journal:
+    measured here, 120 us against 200 us for a growing file. Replay stops at the zeros.
+    """
+
+    def __init__(self, directory: str, limit_bytes: int, zero_step: int = 1 << 20) -> None:
         self.directory = directory
         self.limit_bytes = limit_bytes
+        self.zero_step = zero_step
         self.path: str | None = None
         self._fd = -1
-        self.size = 0
+        self.size = 0  # bytes of lines written
+        self._zeroed = 0  # bytes of the file zero-filled and durable
 
     def _open(self) -> int:
         if self._fd < 0:
@@ -55,49 +62,78 @@ class Journal:
             if created:
                 files.fsync_dir(os.path.dirname(self.directory))
             self.path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}")
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for life: tells replayers we live
             files.fsync_dir(self.directory)
-            self._fd, self.size = fd, 0
+            self._fd, self.size, self._zeroed = fd, 0, 0
         return self._fd
 
     def write(self, data: bytes) -> None:
-        """Append ``data`` (whole lines); on error the journal is cut back to where it was."""
+        """Add ``data`` (whole lines) after what is there; durable only after :meth:`sync`."""
         fd = self._open()
+        end = self.size + len(data)
+        if end > self._zeroed:
+            try:
+                self._zero_to(max(end, self._zeroed + self.zero_step))
+            except OSError:
+                self._zero_to(end)  # a nearly full disk: ask for no more than this batch needs
+        start, self.size = self.size, end
         try:
-            files.write_all(fd, data)
+            files.pwrite_all(fd, data, start)
         except OSError:
-            self.cut(self.size)
+            self.erase(start)
             raise
-        self.size += len(data)
+
+    def _zero_to(self, end: int) -> None:
+        block = bytes(min(self.zero_step, end - self._zeroed))
+        offset = self._zeroed
+        try:
+            while offset < end:
+                files.pwrite_all(self._fd, block[: end - offset], offset)
+                offset += min(len(block), end - offset)
+            files.fdatasync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._zeroed)
+            raise
+        self._zeroed = end
 
     def sync(self) -> None:
         files.fdatasync(self._fd)
 
-    def cut(self, size: int) -> None:
-        """Drop everything after ``size`` (a failed batch)."""
+    def erase(self, start: int) -> None:
+        """Zero out everything written after ``start`` (a failed batch), best effort."""
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, size)
-        self.size = size
+            files.pwrite_all(self._fd, bytes(self.size - start), start)
+        self.size = start
 
     @property
     def full(self) -> bool:
         return self.size >= self.limit_bytes
 
-    def reset(self) -> None:
-        """Empty the journal: call only once every file it covers is fdatasync'd."""
-        if self._fd >= 0 and self.size:
-            os.ftruncate(self._fd, 0)
-            files.fsync(self._fd)
-            self.size = 0
+    def detach(self) -> None:
+        """Stop using this journal but keep the file: the next start replays it.
 
-    def close(self) -> None:
-        """Remove the journal: call only after a checkpoint."""
+        For when the files it covers could not be fdatasync'd: only the journal holds them.
+        """
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the lock: from now on it is an orphan like any other
+            self._fd = -1
+            self.size = self._zeroed = 0
+            log.error("log.journal_detached", path=self.path)
+
+    def retire(self) -> None:
+        """Delete the journal: call only once every file it covers is fdatasync'd.
+
+        The next write starts a fresh file, so a journal whose fsync once failed is never
+        trusted again.
+        """
         if self._fd >= 0:
             assert self.path is not None
             os.unlink(self.path)
             os.close(self._fd)
             self._fd = -1
+            self.size = self._zeroed = 0
             with contextlib.suppress(OSError):
                 files.fsync_dir(self.directory)
 
@@ -133,6 +169,8 @@ def replay_orphans(directory: str, restore: Callable[[str, list[tuple[int, bytes
         by_cid: dict[str, dict[int, bytes]] = {}
         for path, fd in orphans:
             for _, line in iter_lines(fd, 0, os.fstat(fd).st_size):
+                if line.startswith(b"\0"):
+                    break  # the zero-filled space after the last batch
                 try:
                     key = _key_decoder.decode(line)
                     head_decoder.decode(line)

@@ -167,7 +167,6 @@ class LogWriter:
         self.paths = paths
         self.journal = journal
         self._dirty: set[str] = set()  # files with bytes only the journal has made durable
-        self._poisoned = False  # a checkpoint fsync failed: never empty the journal again
         self.stats = WriterStats()
         self.listing = listing
         self.index = index
@@ -232,8 +231,6 @@ class LogWriter:
                 self.checkpoint()
             except OSError as exc:
                 log.error("log.checkpoint_failed", error=str(exc))
-            if not self._poisoned:
-                self.journal.close()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -244,8 +241,8 @@ class LogWriter:
     # --- the journal -------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
-        """fdatasync every file the journal covers, then empty the journal."""
-        if self.journal is None or not self._dirty:
+        """fdatasync every file the journal covers, then delete the journal."""
+        if self.journal is None:
             return
         opened: list[int] = []
         fds = []
@@ -261,16 +258,22 @@ class LogWriter:
         try:
             self._sync_all(fds)
         except OSError as exc:
-            self._poisoned = True  # fsync failed once: its pages may be gone; keep the journal
             log.error("log.checkpoint_failed", error=str(exc), files=len(fds))
+            self.journal.detach()  # the only durable copy now: kept for replay, never reused
             raise
         finally:
             for fd in opened:
                 os.close(fd)
         self._dirty.clear()
-        if not self._poisoned:
-            self.journal.reset()
+        self.journal.retire()
         self.stats.checkpoints += 1
+
+    def _abandon_journal(self) -> None:
+        """After a failed journal fsync: make the files durable on their own, start a new journal."""
+        try:
+            self.checkpoint()
+        except OSError:
+            pass  # logged; the old journal was kept for replay
 
     def restore(self, cid: str, lines: list[tuple[int, bytes]]) -> None:
         """Put back journal lines a conversation file lost (a power cut before a checkpoint)."""
@@ -372,6 +375,8 @@ class LogWriter:
                 for p in written:
                     _truncate_back(p)
                     self._release(p.conv.cid, broken=True)
+                if self.journal is not None:
+                    self._abandon_journal()  # never fsync a journal again after its fsync failed
                 for req in batch:
                     req.error, req.results = req.error or error, []
                 return
@@ -398,8 +403,9 @@ class LogWriter:
                     files.fdatasync(fd)
                     self._dirty.discard(cid)
                 except OSError as exc:
-                    self._poisoned = True
                     log.error("log.checkpoint_failed", error=str(exc), conversation_id=cid)
+                    if self.journal is not None:
+                        self.journal.detach()
             os.close(fd)
 
     def _stage(
@@ -476,7 +482,7 @@ class LogWriter:
             try:
                 self.journal.sync()
             except OSError:
-                self.journal.cut(mark)
+                self.journal.erase(mark)
                 raise
             self._dirty.update(p.conv.cid for p in written)
             self.stats.fsyncs += 1

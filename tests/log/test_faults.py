@@ -21,10 +21,6 @@ def ev(cid: str = "c1", size: int = 10) -> dict:
     return {"conversation_id": cid, "type": "test.event", "data": {"pad": "x" * size}}
 
 
-def json_lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)
-
-
 def check_log(path: Path) -> list[int]:
     raw = path.read_bytes()
     assert raw == b"" or raw.endswith(b"\n")
@@ -49,14 +45,16 @@ def test_fsync_failure_fails_the_batch_and_cuts_it_back(data_dir: Path, monkeypa
     with pytest.raises(StorageError, match="EIO") as info:
         store.append_many([ev("a"), ev("b")])
     assert info.value.code == -32006
-    assert len(calls) == (1 if journal else 2)  # the journal, or each file, tried once: never retried
+    assert len(calls) == len(set(calls))  # no fsync was ever retried on the same file
     for c in "ab":
         assert (data_dir / "logs" / f"{c}.jsonl").stat().st_size == sizes[c]
     if journal:
         (wal,) = (data_dir / "journal").glob("*.wal")
-        assert b"".join(json_lines(wal)) == b"".join(
+        assert wal.read_bytes().rstrip(b"\0") == b"".join(
             (data_dir / "logs" / f"{c}.jsonl").read_bytes() for c in "ab"
-        )  # the failed batch was cut from the journal too
+        )  # the failed batch was erased from the journal too
+    else:
+        assert len(calls) == 2
     monkeypatch.undo()
     assert store.append(ev("a")).seq == 2  # the next write starts afresh, with no gap
     assert check_log(data_dir / "logs" / "a.jsonl") == [1, 2]

@@ -76,8 +76,8 @@ def test_journal_is_emptied_when_full(data_dir: Path, monkeypatch: pytest.Monkey
     with EventStore(data_dir, journal_bytes=2000) as s:
         for _ in range(30):
             s.append_many([ev("a"), ev("b")])
-        (wal,) = journals(data_dir)
-        assert wal.stat().st_size < 2000 + 400
+        assert s._writer.journal.size < 2000 + 400
+        assert len(journals(data_dir)) == 1
         assert s._writer.stats.checkpoints >= 3
         assert s._writer.stats.checkpoints * 2 <= len(synced)  # both files synced at each checkpoint
 
@@ -141,3 +141,29 @@ def test_torn_journal_tail_is_ignored(data_dir: Path) -> None:
     with EventStore(data_dir) as s:
         assert [e.id for e in s.tail("c1")] == [good["id"]]
         assert s.append(ev()).seq == 2
+
+
+def test_a_journal_whose_files_cannot_be_synced_is_kept_for_replay(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EventStore(data_dir)
+    store.append(ev("a"))
+    (first,) = journals(data_dir)
+    calls: list[int] = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(log_files, "fdatasync", failing)
+    with pytest.raises(Exception, match="EIO"):
+        store.append(ev("a"))
+    assert len(calls) == len(set(calls))  # the journal and the file each tried once
+    monkeypatch.undo()
+    assert store.append(ev("a")).seq == 2  # a new journal takes over
+    assert first.exists() and len(journals(data_dir)) == 2
+    store.close()
+    assert journals(data_dir) == [first]  # ours retired; the detached one waits for replay
+    with EventStore(data_dir) as again:
+        assert [e.seq for e in again.tail("a")] == [1, 2]
+    assert journals(data_dir) == []
