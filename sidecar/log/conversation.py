@@ -20,6 +20,7 @@ from sidecar.log.files import fsync, fsync_dir, pread_exact, write_all
 from sidecar.log.index import IdIndex
 from sidecar.log.segments import (
     ArchivedSegment,
+    active_path,
     ArchiveListing,
     LineHead,
     head_decoder,
@@ -68,11 +69,15 @@ class Conversation:
     _corrupt_stamp: tuple[int, int, int, int] | None = None
     new_file: bool = False  # the active file appeared since the last commit: fsync its directory
 
+    def __post_init__(self) -> None:
+        self.path = active_path(self.paths.logs_dir, self.cid)
+
     # --- catching up -----------------------------------------------------------------------
 
-    def sync(self, fd: int, *, want_index: bool) -> None:
-        """Bring this state up to date with the locked active segment ``fd``."""
-        st = os.fstat(fd)
+    def sync(self, fd: int, *, want_index: bool, st: os.stat_result | None = None) -> None:
+        """Bring this state up to date with the locked active segment ``fd`` (``st``: its fstat)."""
+        if st is None:
+            st = os.fstat(fd)
         ident = (st.st_dev, st.st_ino)
         if ident != self.active_ident:
             self.new_file = True

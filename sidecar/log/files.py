@@ -92,12 +92,16 @@ def lock_path(path: str, *, exclusive: bool, create: bool) -> int | None:
 
 def same_file(fd: int, path: str) -> bool:
     """Whether ``path`` still names the file open as ``fd``."""
+    return names(path, os.fstat(fd))
+
+
+def names(path: str, st: os.stat_result) -> bool:
+    """Whether ``path`` names the file whose ``fstat`` is ``st``."""
     try:
-        st = os.stat(path)
+        pst = os.stat(path)
     except FileNotFoundError:
         return False
-    fst = os.fstat(fd)
-    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+    return (pst.st_ino, pst.st_dev) == (st.st_ino, st.st_dev)
 
 
 def flock_exclusive(fd: int) -> None:
@@ -105,8 +109,10 @@ def flock_exclusive(fd: int) -> None:
 
 
 def unlock(fd: int) -> None:
-    with contextlib.suppress(OSError):
+    try:
         fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass  # the fd is closed next anyway, which releases the lock
 
 
 def unlock_close(fd: int) -> None:

@@ -190,21 +190,22 @@ class LogWriter:
 
     def _acquire(self, cid: str, want_index: bool) -> tuple[Conversation, int]:
         """The conversation, caught up with the disk, and its active segment locked ``LOCK_EX``."""
-        path = active_path(self.paths.logs_dir, cid)
+        conv = self.conversation(cid)
         fd = self._fds.pop(cid, None)
-        if fd is not None:
+        st = None
+        if fd is not None:  # the usual case: our cached fd, if the path still names its file
             files.flock_exclusive(fd)
-            if not files.same_file(fd, path):
+            st = os.fstat(fd)
+            if not files.names(conv.path, st):
                 files.unlock_close(fd)
-                fd = None
+                fd = st = None
         if fd is None:
-            fd = files.lock_path(path, exclusive=True, create=True)
+            fd = files.lock_path(conv.path, exclusive=True, create=True)
             assert fd is not None
         self._fds[cid] = fd
-        conv = self.conversation(cid)
         before = (conv.active_ident, conv.active_size, conv.loaded)
         try:
-            conv.sync(fd, want_index=want_index)
+            conv.sync(fd, want_index=want_index, st=st)
             if self.journal is not None and (conv.active_ident, conv.active_size, conv.loaded) != before:
                 # Lines we did not write (another process, or one that crashed) may be in the
                 # page cache only: make them durable before building on them.
