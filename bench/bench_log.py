@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,14 +134,22 @@ def bench_appends(tmp: Path, per_writer: int) -> None:
         for shared, where in ((True, "one conversation"), (False, "16 conversations")):
             report(f"16 async writers, 1 in flight, {where}", async_appends(store, 16, per_writer, shared=shared))
         for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            report(f"16 async writers, 8 in flight, {where}",
-                   async_appends(store, 16, per_writer * 2, shared=shared, in_flight=8), target=False)
+            report(
+                f"16 async writers, 8 in flight, {where}",
+                async_appends(store, 16, per_writer * 2, shared=shared, in_flight=8),
+                target=False,
+            )
         for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            report(f"16 threads, blocking API, {where}", store_appends(store, 16, per_writer, shared=shared), target=False)
+            report(
+                f"16 threads, blocking API, {where}", store_appends(store, 16, per_writer, shared=shared), target=False
+            )
         report("1 thread, one at a time", store_appends(store, 1, per_writer * 4, shared=True), target=False)
     with EventStore(tmp / "per-file", journal=False) as store:
-        report("16 async writers, 1 in flight, 16 conversations, no journal (fsync per file)",
-               async_appends(store, 16, per_writer, shared=False), target=False)
+        report(
+            "16 async writers, 1 in flight, 16 conversations, no journal (fsync per file)",
+            async_appends(store, 16, per_writer, shared=False),
+            target=False,
+        )
 
 
 # --- a big log -----------------------------------------------------------------------------
@@ -188,8 +195,12 @@ def bench_queries(data_dir: Path, ids: list[str]) -> None:
         store.load()
         t_tail = per_call(lambda: store.tail("big", 20), 2000)
         b_tail = per_call(naive_tail, 2)
-        row(f"tail(20) on {len(ids):,} events / {size_mb:.0f} MB", ms(t_tail), ms(b_tail) + " read-all",
-            "OK (< 1 ms)" if t_tail < 1e-3 else "ABOVE 1 ms")
+        row(
+            f"tail(20) on {len(ids):,} events / {size_mb:.0f} MB",
+            ms(t_tail),
+            ms(b_tail) + " read-all",
+            "OK (< 1 ms)" if t_tail < 1e-3 else "ABOVE 1 ms",
+        )
 
         picks = random.Random(7).sample(ids, 2000)
         it = iter(picks)
@@ -228,13 +239,22 @@ print(json.dumps({"open_s": took, "raw_read_s": raw, "rss_mb": peak_mb()}))
 
 
 def bench_open(data_dir: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", OPEN_SCRIPT, str(data_dir), str(ROOT)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", OPEN_SCRIPT, str(data_dir), str(ROOT)], capture_output=True, text=True, check=True
+    )
     res = json.loads(out.stdout.splitlines()[-1])
-    row("open + recover + index the big log (s)", f"{res['open_s']:.2f} s", f"{res['raw_read_s']:.2f} s raw read",
-        "OK (< 3 s)" if res["open_s"] < 3 else "ABOVE 3 s")
-    row("peak RSS of that process (MB)", f"{res['rss_mb']:.0f} MB", "-",
-        "OK (< 300 MB)" if res["rss_mb"] < 300 else "ABOVE 300 MB")
+    row(
+        "open + recover + index the big log (s)",
+        f"{res['open_s']:.2f} s",
+        f"{res['raw_read_s']:.2f} s raw read",
+        "OK (< 3 s)" if res["open_s"] < 3 else "ABOVE 3 s",
+    )
+    row(
+        "peak RSS of that process (MB)",
+        f"{res['rss_mb']:.0f} MB",
+        "-",
+        "OK (< 300 MB)" if res["rss_mb"] < 300 else "ABOVE 300 MB",
+    )
 
 
 def main() -> None:

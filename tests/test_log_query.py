@@ -14,7 +14,8 @@ from sidecar.log import query
 
 
 def test_append_event_returns_the_id_and_writes_the_line(data_dir: Path) -> None:
-    eid = query.append_event({"conversation_id": "c1", "type": "agent.progress", "data": {"step": 1}}, data_dir=data_dir)
+    event = {"conversation_id": "c1", "type": "agent.progress", "data": {"step": 1}}
+    eid = query.append_event(event, data_dir=data_dir)
     (line,) = (data_dir / "logs" / "c1.jsonl").read_text().splitlines()
     stored = json.loads(line)
     assert stored["id"] == eid and stored["seq"] == 1 and stored["data"] == {"step": 1}

@@ -79,8 +79,8 @@ class AsyncAppender:
                 # The commit thread finishes requests in order, so the last one's callback
                 # means the whole batch is answered. (run_sync_soon: anyio's non-blocking
                 # call into an event loop, the one its own BlockingPortal uses.)
-                batch.requests[-1].on_done = lambda: token.backend_class.run_sync_soon(
-                    durable.set, (), token.native_token
+                batch.requests[-1].on_done = lambda done=durable: token.backend_class.run_sync_soon(
+                    done.set, (), token.native_token
                 )
                 self.store.enqueue(batch.requests)
                 # Shielded: once a batch is handed to the disk, its callers get their answer.

@@ -20,9 +20,9 @@ from sidecar.log.files import fsync, fsync_dir, pread_exact, write_all
 from sidecar.log.index import IdIndex
 from sidecar.log.segments import (
     ArchivedSegment,
-    active_path,
     ArchiveListing,
     LineHead,
+    active_path,
     head_decoder,
     heads_decoder,
     iter_lines_backward,
@@ -283,9 +283,7 @@ def _now_tag() -> str:
     return str(int.from_bytes(os.urandom(4), "big"))
 
 
-def _chunks_of_heads(
-    fd: int, start: int, end: int
-) -> Iterator[tuple[int, list[LineHead], tuple[int, int] | None]]:
+def _chunks_of_heads(fd: int, start: int, end: int) -> Iterator[tuple[int, list[LineHead], tuple[int, int] | None]]:
     """``(offset, heads, bad)`` per chunk of whole lines; ``bad`` is the first unparseable line.
 
     The fast path decodes a chunk of lines as one JSON array; a chunk with a bad line is

@@ -167,7 +167,7 @@ def replay_orphans(directory: str, restore: Callable[[str, list[tuple[int, bytes
         if not orphans:
             return 0
         by_cid: dict[str, dict[int, bytes]] = {}
-        for path, fd in orphans:
+        for _, fd in orphans:
             for _, line in iter_lines(fd, 0, os.fstat(fd).st_size):
                 if line.startswith(b"\0"):
                     break  # the zero-filled space after the last batch

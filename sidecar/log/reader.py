@@ -141,4 +141,3 @@ class Snapshot:
             for _, line in iter_lines(fd, start, stop):
                 if line.strip():
                     yield line
-

@@ -161,10 +161,7 @@ def iter_lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
         if lines and lines[-1] == b"":
             lines.pop()
         carry = lines[0] if pos > start else b""
-        for line in reversed(lines[1:] if pos > start else lines):
-            yield line
-    if carry:
-        yield carry
+        yield from reversed(lines[1:] if pos > start else lines)
 
 
 def read_line_at(fd: int, offset: int, end: int) -> bytes:

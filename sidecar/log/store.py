@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
-
-from sidecar.clock import SYSTEM_CLOCK, Clock
 import structlog
 
+from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import InvalidParams, SidecarError
 from sidecar.log.conversation import LogPaths
 from sidecar.log.events import (

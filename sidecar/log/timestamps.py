@@ -33,7 +33,4 @@ def normalize_timestamp(value: str | datetime) -> str:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     p = parsed.astimezone(UTC)
-    return (
-        f"{p.year:04d}-{p.month:02d}-{p.day:02d}T{p.hour:02d}:{p.minute:02d}:{p.second:02d}"
-        f".{p.microsecond:06d}Z"
-    )
+    return f"{p.year:04d}-{p.month:02d}-{p.day:02d}T{p.hour:02d}:{p.minute:02d}:{p.second:02d}.{p.microsecond:06d}Z"

@@ -81,8 +81,15 @@ def test_uuid_spelling_is_canonical() -> None:
 
 def test_stored_line_round_trips_and_keeps_required_fields() -> None:
     ev = Event(
-        id=str(uuid.uuid4()), seq=1, timestamp="2026-11-23T10:00:00.000000Z", conversation_id="c",
-        type="a.b", visibility="status", level="state", caused_by=[], data={"k": "v"},
+        id=str(uuid.uuid4()),
+        seq=1,
+        timestamp="2026-11-23T10:00:00.000000Z",
+        conversation_id="c",
+        type="a.b",
+        visibility="status",
+        level="state",
+        caused_by=[],
+        data={"k": "v"},
     )
     line = encode_event(ev)
     assert line.endswith(b"\n") and line.count(b"\n") == 1

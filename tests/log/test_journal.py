@@ -48,7 +48,8 @@ def kill(proc: subprocess.Popen) -> dict[str, int]:
     assert proc.stdout is not None
     rest = proc.stdout.read().decode()
     proc.wait(timeout=30)
-    return {l.split()[0]: int(l.split()[1]) for l in rest.splitlines(keepends=True) if l.endswith("\n")}
+    whole = [line.split() for line in rest.splitlines(keepends=True) if line.endswith("\n")]
+    return {eid: int(seq) for eid, seq in whole}
 
 
 def test_one_fsync_per_batch_across_conversations(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,9 +135,17 @@ def test_a_live_writers_journal_is_left_alone(data_dir: Path) -> None:
 
 def test_torn_journal_tail_is_ignored(data_dir: Path) -> None:
     (data_dir / "journal").mkdir(parents=True)
-    good = {"id": "0192a3b4-0000-7000-8000-000000000001", "seq": 1, "timestamp": "2026-11-23T10:00:00.000000Z",
-            "conversation_id": "c1", "type": "a.b", "visibility": "internal", "level": "action",
-            "caused_by": [], "data": {}}
+    good = {
+        "id": "0192a3b4-0000-7000-8000-000000000001",
+        "seq": 1,
+        "timestamp": "2026-11-23T10:00:00.000000Z",
+        "conversation_id": "c1",
+        "type": "a.b",
+        "visibility": "internal",
+        "level": "action",
+        "caused_by": [],
+        "data": {},
+    }
     (data_dir / "journal" / "999999-dead.wal").write_bytes(json.dumps(good).encode() + b'\n{"id": "torn')
     with EventStore(data_dir) as s:
         assert [e.id for e in s.tail("c1")] == [good["id"]]

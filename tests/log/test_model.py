@@ -57,8 +57,16 @@ class LogModel(RuleBasedStateMachine):
     def of(self, cid: str) -> list[dict]:
         return [e for e in self.events if e["conversation_id"] == cid]
 
-    @rule(cid=CIDS, type_=TYPES, vis=VIS, level=LEVELS, agent=AGENTS, turn=TURNS, own_id=st.booleans(),
-          step=st.integers(-2_000_000, 3_000_000))
+    @rule(
+        cid=CIDS,
+        type_=TYPES,
+        vis=VIS,
+        level=LEVELS,
+        agent=AGENTS,
+        turn=TURNS,
+        own_id=st.booleans(),
+        step=st.integers(-2_000_000, 3_000_000),
+    )
     def append(self, cid, type_, vis, level, agent, turn, own_id, step) -> None:
         self.clock.set_wall(self.clock.now_ns() + step * 1000)  # the wall clock may step back
         event = {"conversation_id": cid, "type": type_, "visibility": vis, "level": level, "turn": turn}
@@ -107,8 +115,13 @@ class LogModel(RuleBasedStateMachine):
         got = self.store.by_type(types, vis).events
         assert [key(e) for e in got] == [key(e) for e in sorted(want, key=key)]
 
-    @rule(cid=st.one_of(st.none(), CIDS), agents=st.one_of(st.none(), st.lists(st.sampled_from(["coder", "rag"]), min_size=1)),
-          levels=st.one_of(st.none(), st.lists(LEVELS, min_size=1)), turn_lo=TURNS, turn_hi=TURNS)
+    @rule(
+        cid=st.one_of(st.none(), CIDS),
+        agents=st.one_of(st.none(), st.lists(st.sampled_from(["coder", "rag"]), min_size=1)),
+        levels=st.one_of(st.none(), st.lists(LEVELS, min_size=1)),
+        turn_lo=TURNS,
+        turn_hi=TURNS,
+    )
     def query(self, cid, agents, levels, turn_lo, turn_hi) -> None:
         def ok(e: dict) -> bool:
             if cid is not None and e["conversation_id"] != cid:
@@ -126,8 +139,9 @@ class LogModel(RuleBasedStateMachine):
                     return False
             return True
 
-        got = self.store.query(conversation_id=cid, agent_ids=agents, levels=levels, turn_start=turn_lo,
-                               turn_end=turn_hi, limit=None).events
+        got = self.store.query(
+            conversation_id=cid, agent_ids=agents, levels=levels, turn_start=turn_lo, turn_end=turn_hi, limit=None
+        ).events
         assert [key(e) for e in got] == [key(e) for e in sorted(filter(ok, self.events), key=key)]
 
     @precondition(lambda self: self.events)
@@ -150,7 +164,10 @@ class LogModel(RuleBasedStateMachine):
         for cid in {e["conversation_id"] for e in self.events}:
             mine = self.of(cid)
             assert info[cid].last_seq == len(mine)
-            assert (info[cid].first_timestamp, info[cid].last_timestamp) == (mine[0]["timestamp"], mine[-1]["timestamp"])
+            assert (info[cid].first_timestamp, info[cid].last_timestamp) == (
+                mine[0]["timestamp"],
+                mine[-1]["timestamp"],
+            )
 
 
 TestLogModel = LogModel.TestCase

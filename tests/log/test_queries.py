@@ -70,9 +70,7 @@ def test_get_sees_events_written_by_another_store(data_dir: Path, busy: EventSto
 def test_since_spans_conversations_in_time_order(busy: EventStore, clock: ManualClock) -> None:
     start = clock.now_ns() - 8 * 10**9  # the first event's time
     all_events = busy.since(format_timestamp(start)).events
-    assert keys(all_events) == [
-        ("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3), ("c", 2), ("b", 3)
-    ]
+    assert keys(all_events) == [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3), ("c", 2), ("b", 3)]
     later = busy.since(format_timestamp(start + 5 * 10**9)).events
     assert keys(later) == [("a", 3), ("c", 2), ("b", 3)]
     assert busy.since("2999-01-01T00:00:00Z").events == []
@@ -116,7 +114,8 @@ def test_query_filters(busy: EventStore, clock: ManualClock) -> None:
     assert keys(busy.query(conversation_id="a", turn_start=2).events) == [("a", 2), ("a", 3)]
     assert keys(busy.query(turn_start=2, turn_end=2).events) == [("a", 2), ("b", 2)]
     assert keys(busy.query(visibility=["status"], types=["agent.progress"], agent_ids=["coder"]).events) == [
-        ("a", 1), ("b", 3)
+        ("a", 1),
+        ("b", 3),
     ]
     t0 = clock.now_ns() - 8 * 10**9
     window = busy.query(start=format_timestamp(t0 + 2 * 10**9), end=format_timestamp(t0 + 4 * 10**9))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import uuid
@@ -133,7 +132,9 @@ def test_two_stores_in_one_process_behave_like_two_processes(data_dir: Path) -> 
 def test_four_processes_share_one_log(data_dir: Path, python: str, python_env: dict) -> None:
     EventStore(data_dir).close()
     procs = [
-        subprocess.Popen([python, WRITER, str(data_dir), "shared", "500", f"p{i}"], stdout=subprocess.PIPE, env=python_env)
+        subprocess.Popen(
+            [python, WRITER, str(data_dir), "shared", "500", f"p{i}"], stdout=subprocess.PIPE, env=python_env
+        )
         for i in range(4)
     ]
     acked = {}
@@ -154,7 +155,9 @@ def test_four_processes_share_one_log(data_dir: Path, python: str, python_env: d
 def test_kill_9_loses_no_acknowledged_event(data_dir: Path, python: str, python_env: dict) -> None:
     EventStore(data_dir).close()
     procs = [
-        subprocess.Popen([python, WRITER, str(data_dir), f"storm{i % 2}", "0", f"k{i}"], stdout=subprocess.PIPE, env=python_env)
+        subprocess.Popen(
+            [python, WRITER, str(data_dir), f"storm{i % 2}", "0", f"k{i}"], stdout=subprocess.PIPE, env=python_env
+        )
         for i in range(3)
     ]
     acked: dict[str, str] = {}
