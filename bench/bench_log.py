@@ -120,36 +120,39 @@ def _threads(work, count: int, indexed: bool = False) -> float:
 
 
 def bench_appends(tmp: Path, per_writer: int) -> None:
-    base_rate = 1 / plain_loop(str(tmp / "plain.jsonl"), 16, per_writer)
-
-    def report(label: str, seconds_per_event: float, target: bool = True) -> None:
+    # The baseline runs before and after the rest, and the faster run counts, so a noisy
+    # moment can only make our ratios look worse, never better.
+    baselines = [1 / plain_loop(str(tmp / "plain.jsonl"), 16, per_writer)]
+    results: list[tuple[str, float, bool]] = []
+    with EventStore(tmp / "appends") as store:
+        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
+            spe = async_appends(store, 16, per_writer, shared=shared)
+            results.append((f"16 async writers, 1 in flight, {where}", spe, True))
+        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
+            spe = async_appends(store, 16, per_writer * 2, shared=shared, in_flight=8)
+            results.append((f"16 async writers, 8 in flight, {where}", spe, False))
+        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
+            spe = store_appends(store, 16, per_writer, shared=shared)
+            results.append((f"16 threads, blocking API, {where}", spe, False))
+        results.append(("1 thread, one at a time", store_appends(store, 1, per_writer * 4, shared=True), False))
+    with EventStore(tmp / "per-file", journal=False) as store:
+        spe = async_appends(store, 16, per_writer, shared=False)
+        results.append(("16 async writers, 1 in flight, 16 conversations, no journal (fsync per file)", spe, False))
+    baselines.append(1 / plain_loop(str(tmp / "plain2.jsonl"), 16, per_writer))
+    base_rate = max(baselines)
+    row(
+        "plain open+flock+write+fsync+close loop, 16 threads (events/s)",
+        f"{base_rate:,.0f}",
+        " / ".join(f"{b:,.0f}" for b in baselines),
+        "the baseline: the faster of a run before and one after",
+    )
+    for label, seconds_per_event, target in results:
         rate = 1 / seconds_per_event
         ratio = rate / base_rate
         verdict = f"{ratio:.1f}x the plain loop"
         if target:
             verdict += " OK (>= 5x)" if ratio >= 5 else " BELOW the 5x target"
         row(f"durable appends, {label} (events/s)", f"{rate:,.0f}", f"{base_rate:,.0f}", verdict)
-
-    with EventStore(tmp / "appends") as store:
-        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            report(f"16 async writers, 1 in flight, {where}", async_appends(store, 16, per_writer, shared=shared))
-        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            report(
-                f"16 async writers, 8 in flight, {where}",
-                async_appends(store, 16, per_writer * 2, shared=shared, in_flight=8),
-                target=False,
-            )
-        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            report(
-                f"16 threads, blocking API, {where}", store_appends(store, 16, per_writer, shared=shared), target=False
-            )
-        report("1 thread, one at a time", store_appends(store, 1, per_writer * 4, shared=True), target=False)
-    with EventStore(tmp / "per-file", journal=False) as store:
-        report(
-            "16 async writers, 1 in flight, 16 conversations, no journal (fsync per file)",
-            async_appends(store, 16, per_writer, shared=False),
-            target=False,
-        )
 
 
 # --- a big log -----------------------------------------------------------------------------

@@ -196,7 +196,10 @@ class LogWriter:
         if fd is not None:  # the usual case: our cached fd, if the path still names its file
             files.flock_exclusive(fd)
             st = os.fstat(fd)
-            if not files.names(conv.path, st):
+            # A writer rotates only right after its own append, so a file still the size we
+            # left it cannot have been rotated: skip the stat of the path then.
+            unchanged = (st.st_dev, st.st_ino) == conv.active_ident and st.st_size == conv.active_size
+            if not unchanged and not files.names(conv.path, st):
                 files.unlock_close(fd)
                 fd = st = None
         if fd is None:
