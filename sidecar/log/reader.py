@@ -129,11 +129,18 @@ class Snapshot:
                 return line_with_seq(self._fd(seg), seg.end, seq)
         return None
 
-    def lines_from(self, *, timestamp: str | None = None, until: str | None = None) -> Iterator[bytes]:
-        """Lines in seq order from the first with ``timestamp >=`` the given, up to ``until``."""
-        for seg in self.segments:
+    def lines_from(
+        self, *, timestamp: str | None = None, until: str | None = None, seq: int | None = None
+    ) -> Iterator[bytes]:
+        """Lines in seq order from the first with ``timestamp >=`` (and ``seq >=``) the given,
+        up to ``until``."""
+        for i, seg in enumerate(self.segments):
+            if seq is not None and i + 1 < len(self.segments) and self.segments[i + 1].first_seq <= seq:
+                continue  # the whole segment is before ``seq``
             fd = self._fd(seg)
             start = bisect_lines(fd, 0, seg.end, timestamp_of, timestamp) if timestamp else 0
+            if seq is not None and seq > seg.first_seq:
+                start = max(start, bisect_lines(fd, 0, seg.end, seq_of, seq))
             stop = seg.end
             if until is not None:
                 # "~" sorts after every character of a timestamp: the first line past ``until``

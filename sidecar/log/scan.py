@@ -39,6 +39,7 @@ class QueryFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     turn_end: int | None = None
     visibility: Visibility | list[Visibility] | None = None
     levels: list[Level] | None = None
+    from_seq: Annotated[int, Meta(ge=1)] | None = None
     limit: Limit | None = 1000
     cursor: str | None = None
 
@@ -72,7 +73,7 @@ def decode_cursor(cursor: str) -> SortKey:
     return ts, cid, seq
 
 
-class _Match:
+class Matcher:
     """The filter compiled: a cheap byte test that may only say no, then the exact test."""
 
     def __init__(self, flt: QueryFilter) -> None:
@@ -133,13 +134,13 @@ def run_query(flt: QueryFilter, cids: list[str], snapshot: Callable[[str], Snaps
         start = after[0]
     if flt.end is not None and start is not None and start > flt.end:
         return Page(events=[])
-    match = _Match(flt)
+    match = Matcher(flt)
     limit = flt.limit
     if flt.conversation_id is not None:
         cids = [flt.conversation_id]
     snaps = [snapshot(cid) for cid in cids]
     try:
-        streams = [_stream(s, start, flt.end, match) for s in snaps if not s.empty]
+        streams = [_stream(s, start, flt.end, flt.from_seq, match) for s in snaps if not s.empty]
         out: list[Event] = []
         more = False
         for key, event in heapq.merge(*streams, key=lambda item: item[0]):
@@ -159,11 +160,13 @@ def run_query(flt: QueryFilter, cids: list[str], snapshot: Callable[[str], Snaps
     return Page(events=out, next_cursor=cursor)
 
 
-def _stream(snap: Snapshot, start: str | None, end: str | None, match: _Match) -> Iterator[tuple[SortKey, Event]]:
+def _stream(
+    snap: Snapshot, start: str | None, end: str | None, from_seq: int | None, match: Matcher
+) -> Iterator[tuple[SortKey, Event]]:
     cid = snap.cid
-    for line in snap.lines_from(timestamp=start, until=end):
+    for line in snap.lines_from(timestamp=start, until=end, seq=from_seq):
         if not match.maybe(line):
             continue
         for event in decode_lines([line], cid):
-            if match.exact(event):
+            if match.exact(event) and (from_seq is None or event.seq >= from_seq):
                 yield (event.timestamp, cid, event.seq), event

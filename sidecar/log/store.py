@@ -37,7 +37,7 @@ from sidecar.log.journal import Journal, replay_orphans
 from sidecar.log.reader import Snapshot
 from sidecar.log.scan import QueryFilter, as_filter, decode_lines, run_query
 from sidecar.log.segments import SUFFIX, ArchiveListing, head_decoder
-from sidecar.log.writer import AppendRequest, CommitThread, LogWriter
+from sidecar.log.writer import AppendRequest, CommitThread, LogWriter, WriterStats
 
 DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
@@ -120,6 +120,17 @@ class EventStore:
         req = AppendRequest(events)
         self._committer.submit([req])
         return req.wait()
+
+    def on_commit(self, callback: Callable[[list[Event]], None] | None) -> None:
+        """Call ``callback(events)`` in the commit thread after each durable batch."""
+        self._writer.on_commit = callback
+
+    @property
+    def writer_stats(self) -> WriterStats:
+        return self._writer.stats
+
+    def commit_queue_depth(self) -> int:
+        return self._committer.depth()
 
     def enqueue(self, reqs: list[AppendRequest]) -> None:
         """Queue requests for the commit thread; each ``on_done`` says when it is answered."""

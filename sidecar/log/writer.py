@@ -177,6 +177,7 @@ class LogWriter:
         self.by_no: list[Conversation] = []
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
+        self.on_commit: Callable[[list[Event]], None] | None = None  # new events, once durable
 
     # --- conversations and their files -----------------------------------------------------
 
@@ -388,6 +389,11 @@ class LogWriter:
                 self._apply(p)
                 if p.conv.active_size > self.rotate_bytes:
                     self._rotate(p.conv, p.fd)
+            if self.on_commit is not None and written:
+                try:
+                    self.on_commit([event for p in written for event in p.events])
+                except Exception:
+                    log.exception("log.on_commit_failed")
         finally:
             for cid in pendings:
                 self._release(cid)

@@ -1,0 +1,150 @@
+"""The ``sidecar`` command: run the daemon, call it, check it, follow a conversation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+EXAMPLES = """\
+examples:
+  sidecar serve                                   run on ./data, socket at the default path
+  sidecar serve --data-dir /var/lib/sidecar --socket /run/sidecar/sidecar.sock
+  sidecar health && echo up                       exit 0 only when the daemon answers healthy
+  sidecar call sys.stats
+  sidecar call log.append '{"conversation_id": "c1", "type": "agent.progress", "data": {"pct": 40}}'
+  sidecar call log.tail '{"conversation_id": "c1", "limit": 5}'
+  sidecar tail c1 -n 50 -f                        the last 50 events of c1, then follow
+  sidecar tail c1 --json | jq .type
+
+environment:
+  SIDECAR_DATA_DIR, SIDECAR_SOCKET, SIDECAR_CONFIG stand in for --data-dir, --socket, --config.
+  The default socket is $XDG_RUNTIME_DIR/sidecar/sidecar.sock, else /tmp/sidecar-$UID/sidecar.sock.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="A durable event log and one disciplined narrator voice, beside a local LLM server.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run the daemon (until SIGTERM or Ctrl-C)")
+    serve.add_argument("--data-dir", help="data directory (default: $SIDECAR_DATA_DIR or ./data)")
+    serve.add_argument("--socket", help="Unix socket path (default: $SIDECAR_SOCKET or the runtime dir)")
+    serve.add_argument("--config", help="TOML config file (default: $SIDECAR_CONFIG)")
+
+    call = sub.add_parser("call", help="call one method and print its JSON result")
+    call.add_argument("method", help="e.g. sys.health, log.append, log.tail")
+    call.add_argument("params", nargs="?", default="{}", help="named params as a JSON object")
+    call.add_argument("--socket", help="Unix socket path")
+
+    health = sub.add_parser("health", help="exit 0 only when the daemon answers healthy")
+    health.add_argument("--socket", help="Unix socket path")
+
+    tail = sub.add_parser("tail", help="show a conversation's newest events, and follow with -f")
+    tail.add_argument("conversation", help="conversation id")
+    tail.add_argument("-n", type=int, default=20, help="how many events to show first (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they arrive")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--socket", help="Unix socket path")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    from sidecar_client import Client, DaemonUnavailable, RpcError
+
+    try:
+        with Client(args.socket) as client:
+            if args.command == "call":
+                return _call(client, args)
+            if args.command == "health":
+                return _health(client)
+            return _tail(client, args)
+    except DaemonUnavailable as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 1
+    except RpcError as exc:
+        print(json.dumps({"code": exc.code, "message": exc.message, "data": exc.data}), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sidecar.daemon.config import ConfigError, load_config
+    from sidecar.daemon.logging import configure
+    from sidecar.daemon.server import serve
+
+    try:
+        config = load_config(args.config, data_dir=args.data_dir, socket=args.socket)
+    except ConfigError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 2
+    configure(config.server.log_level)
+    return serve(config, args.config or os.environ.get("SIDECAR_CONFIG"))
+
+
+def _call(client: Any, args: argparse.Namespace) -> int:
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        print(f"sidecar: params are not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(params, dict):
+        print("sidecar: params must be a JSON object (named params)", file=sys.stderr)
+        return 2
+    print(json.dumps(client.call(args.method, params), indent=2))
+    return 0
+
+
+def _health(client: Any) -> int:
+    result = client.call("sys.health")
+    ok = isinstance(result, dict) and result.get("status") == "ok"
+    print(json.dumps(result))
+    return 0 if ok else 1
+
+
+_COLOURS = {"user": "\033[1;36m", "status": "\033[33m", "internal": "\033[2m"}
+_LEVEL_MARK = {"milestone": "★", "decision": "◆", "action": "•", "state": "·", "detail": " "}
+
+
+def format_event(event: dict[str, Any], colour: bool) -> str:
+    """One readable line: seq, time, visibility, level mark, type, agent, data."""
+    ts = event["timestamp"][11:23]
+    data = json.dumps(event.get("data") or {}, ensure_ascii=False, separators=(",", ":"))
+    if len(data) > 120:
+        data = data[:117] + "..."
+    agent = f" [{event['agent_id']}]" if event.get("agent_id") else ""
+    line = (
+        f"{event['seq']:>6} {ts} {event['visibility']:<8} {_LEVEL_MARK.get(event['level'], ' ')} "
+        f"{event['type']}{agent} {data}"
+    )
+    if colour:
+        return f"{_COLOURS.get(event['visibility'], '')}{line}\033[0m"
+    return line
+
+
+def _tail(client: Any, args: argparse.Namespace) -> int:
+    colour = sys.stdout.isatty() and not args.json and "NO_COLOR" not in os.environ
+
+    def show(event: dict[str, Any]) -> None:
+        print(json.dumps(event, ensure_ascii=False) if args.json else format_event(event, colour), flush=True)
+
+    events = client.call("log.tail", {"conversation_id": args.conversation, "limit": max(args.n, 0)})["events"]
+    for event in events:
+        show(event)
+    if args.follow:
+        last = events[-1]["seq"] if events else 0
+        for event in client.subscribe({"conversation_id": args.conversation, "from_seq": last + 1}):
+            show(event)
+    return 0

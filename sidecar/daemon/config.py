@@ -1,0 +1,111 @@
+"""Configuration: defaults, overridden by a TOML file, then ``SIDECAR_*``, then flags.
+
+Every section is one ``msgspec.Struct`` that refuses unknown keys, so a typo in the file is
+an error naming the key rather than a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from sidecar.datadir import DEFAULT_DATA_DIR
+from sidecar.log.store import DEFAULT_JOURNAL_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_ROTATE_BYTES
+
+Positive = Annotated[int, Meta(gt=0)]
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_message_bytes: Positive = 1024 * 1024
+    max_connections: Positive = 1024
+    max_inflight: Positive = 64  # requests per connection before we stop reading from it
+    subscriber_queue: Positive = 10_000  # events a subscriber may lag before it is dropped
+    allow_uids: list[int] = []  # peers besides our own uid (and root) that may connect
+    allow_gids: list[int] = []
+    log_level: str = "info"
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rotate_bytes: Positive = DEFAULT_ROTATE_BYTES
+    max_event_bytes: Positive = DEFAULT_MAX_EVENT_BYTES
+    journal: bool = True
+    journal_bytes: Positive = DEFAULT_JOURNAL_BYTES
+
+
+class ControllerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    idle_timeout_s: Seconds = 30.0
+    min_gap_s: Seconds = 5.0
+    grant_ttl_s: Seconds = 30.0
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """Everything the daemon reads at start (and again on SIGHUP)."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    socket: str | None = None
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    controller: ControllerConfig = msgspec.field(default_factory=ControllerConfig)
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.abspath(self.socket or default_socket_path())
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what to fix."""
+
+
+def default_socket_path() -> str:
+    """``$SIDECAR_SOCKET``, else ``$XDG_RUNTIME_DIR/sidecar/sidecar.sock``, else
+    ``/tmp/sidecar-$UID/sidecar.sock``: always inside a directory only we may enter."""
+    explicit = os.environ.get("SIDECAR_SOCKET")
+    if explicit:
+        return explicit
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "sidecar", "sidecar.sock")
+    return f"/tmp/sidecar-{os.getuid()}/sidecar.sock"
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    data_dir: str | None = None,
+    socket: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Config:
+    """Build the configuration: defaults < TOML file < environment < flags."""
+    env = dict(os.environ) if env is None else env
+    path = path or env.get("SIDECAR_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {"data_dir", "socket", "server", "log", "controller"}
+    unknown = sorted(set(raw) - known - {"llm"})  # [llm] belongs to the controller's LLM policy
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {unknown}")
+    raw = {k: v for k, v in raw.items() if k in known}
+    if env.get("SIDECAR_DATA_DIR"):
+        raw["data_dir"] = env["SIDECAR_DATA_DIR"]
+    if env.get("SIDECAR_SOCKET"):
+        raw["socket"] = env["SIDECAR_SOCKET"]
+    if data_dir:
+        raw["data_dir"] = data_dir
+    if socket:
+        raw["socket"] = socket
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {exc}") from None

@@ -1,0 +1,230 @@
+"""The daemon's JSON-RPC methods: ``sys.*``, ``rpc.discover`` and ``log.*``.
+
+Params and results are msgspec Structs; the same definitions validate requests, shape
+replies and produce the ``rpc.discover`` document.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import anyio
+import msgspec
+from msgspec import Meta
+
+from sidecar import __version__
+from sidecar.errors import ForbiddenError, NotFoundError
+from sidecar.log.events import (
+    AppendResult,
+    Causality,
+    ConversationId,
+    ConversationInfo,
+    Event,
+    EventId,
+    EventType,
+    NewEvent,
+    Page,
+    Visibility,
+)
+from sidecar.log.scan import Limit, QueryFilter
+from sidecar.rpc.dispatch import NoParams, Registry
+
+if TYPE_CHECKING:
+    from sidecar.daemon.server import Connection
+
+registry: Registry[Connection] = Registry()
+
+
+# --- params and results ----------------------------------------------------------------------
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    version: str
+    uptime_s: float
+    data_dir: str
+    socket: str
+    pid: int
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    uptime_s: float
+    connections: int
+    connections_total: int
+    subscriptions: int
+    requests: int
+    appends: int
+    appends_per_s: float
+    batches: int
+    mean_batch: float
+    fsyncs: int
+    checkpoints: int
+    append_queue: int
+    commit_queue: int
+
+
+class AppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    events: Annotated[list[NewEvent], Meta(min_length=1, max_length=10_000)]
+
+
+class TailParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    limit: Annotated[int, Meta(ge=0, le=10_000)] = 20
+
+
+class Events(msgspec.Struct, kw_only=True):
+    events: list[Event]
+
+
+class SinceParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    timestamp: str
+    limit: Limit = 1000
+    cursor: str | None = None
+
+
+class ByTypeParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    types: Annotated[list[EventType], Meta(min_length=1)]
+    visibility: Visibility | list[Visibility] | None = None
+    limit: Limit = 1000
+    cursor: str | None = None
+
+
+class EventRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    event_id: EventId
+
+
+class CausalityParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    event_id: EventId
+    max_depth: Annotated[int, Meta(ge=1, le=256)] = 16
+
+
+class Conversations(msgspec.Struct, kw_only=True):
+    conversations: list[ConversationInfo]
+
+
+class SubscribeParams(QueryFilter, kw_only=True, forbid_unknown_fields=True):
+    """The filter of ``log.query`` (without paging), plus ``from_seq`` to replay history first."""
+
+
+class Subscribed(msgspec.Struct, kw_only=True):
+    subscription: int
+
+
+class Unsubscribe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    subscription: int
+
+
+class Ok(msgspec.Struct, kw_only=True):
+    ok: bool = True
+
+
+# --- sys and rpc -----------------------------------------------------------------------------
+
+
+@registry.method("sys.health", NoParams, Health, "Liveness: answers ok while the daemon serves.")
+async def sys_health(p: NoParams, conn: Connection) -> Health:
+    d = conn.daemon
+    return Health(
+        status="ok",
+        version=__version__,
+        uptime_s=round(d.uptime(), 3),
+        data_dir=d.store.data_dir,
+        socket=d.config.socket_path,
+        pid=d.pid,
+    )
+
+
+@registry.method("sys.stats", NoParams, Stats, "Connections, append rate, fsyncs, batch sizes, queue depths.")
+async def sys_stats(p: NoParams, conn: Connection) -> Stats:
+    return conn.daemon.stats()
+
+
+@registry.method("rpc.discover", NoParams, dict[str, Any], "This document: every method, as OpenRPC 1.x.")
+async def rpc_discover(p: NoParams, conn: Connection) -> dict[str, Any]:
+    return registry.openrpc("sidecar", __version__)
+
+
+# --- log -------------------------------------------------------------------------------------
+
+
+def _no_user_text(events: list[NewEvent]) -> None:
+    for ev in events:
+        if ev.visibility == "user":
+            raise ForbiddenError(
+                "visibility 'user' is the chat itself: only chat.user_message and narrator.say write it",
+                {"conversation_id": ev.conversation_id, "type": ev.type},
+            )
+
+
+@registry.method("log.append", NewEvent, AppendResult, "Durably append one event; answers once it is on disk.")
+async def log_append(p: NewEvent, conn: Connection) -> AppendResult:
+    _no_user_text([p])
+    return (await conn.daemon.appender.submit([p]))[0]
+
+
+@registry.method("log.append_many", AppendMany, list[AppendResult], "Append several events, all or none.")
+async def log_append_many(p: AppendMany, conn: Connection) -> list[AppendResult]:
+    _no_user_text(p.events)
+    return await conn.daemon.appender.submit(p.events)
+
+
+async def _read(fn: Any, *args: Any) -> Any:
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+@registry.method("log.tail", TailParams, Events, "The newest events of a conversation, oldest first.")
+async def log_tail(p: TailParams, conn: Connection) -> Events:
+    return Events(events=await _read(conn.daemon.store.tail, p.conversation_id, p.limit))
+
+
+@registry.method("log.since", SinceParams, Page, "Events of every conversation from a time on, in time order.")
+async def log_since(p: SinceParams, conn: Connection) -> Page:
+    store = conn.daemon.store
+    return await _read(lambda: store.since(p.timestamp, limit=p.limit, cursor=p.cursor))
+
+
+@registry.method("log.by_type", ByTypeParams, Page, "Events of the given types, in time order.")
+async def log_by_type(p: ByTypeParams, conn: Connection) -> Page:
+    store = conn.daemon.store
+    return await _read(lambda: store.by_type(p.types, p.visibility, limit=p.limit, cursor=p.cursor))
+
+
+@registry.method("log.query", QueryFilter, Page, "Events matching a filter, one page at a time.")
+async def log_query(p: QueryFilter, conn: Connection) -> Page:
+    return await _read(conn.daemon.store.query, p)
+
+
+@registry.method("log.get", EventRef, Event, "One event by id; -32002 when there is none.")
+async def log_get(p: EventRef, conn: Connection) -> Event:
+    event = await _read(conn.daemon.store.get, p.event_id)
+    if event is None:
+        raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
+    return event
+
+
+@registry.method("log.causality", CausalityParams, Causality, "What led to an event and what followed from it.")
+async def log_causality(p: CausalityParams, conn: Connection) -> Causality:
+    store = conn.daemon.store
+    found = await _read(lambda: store.causality(p.event_id, max_depth=p.max_depth))
+    if found is None:
+        raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
+    return found
+
+
+@registry.method("log.conversations", NoParams, Conversations, "Every conversation with counts and time span.")
+async def log_conversations(p: NoParams, conn: Connection) -> Conversations:
+    return Conversations(conversations=await _read(conn.daemon.store.conversations))
+
+
+@registry.method(
+    "log.subscribe", SubscribeParams, Subscribed, "Replay from from_seq, then live log.event notifications."
+)
+async def log_subscribe(p: SubscribeParams, conn: Connection) -> Subscribed:
+    return Subscribed(subscription=conn.subscribe(p))
+
+
+@registry.method("log.unsubscribe", Unsubscribe, Ok, "Stop a subscription of this connection.")
+async def log_unsubscribe(p: Unsubscribe, conn: Connection) -> Ok:
+    if not conn.unsubscribe(p.subscription):
+        raise NotFoundError(f"no subscription {p.subscription} on this connection", {"subscription": p.subscription})
+    return Ok()

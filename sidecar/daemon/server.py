@@ -1,0 +1,357 @@
+"""The daemon: wires the event log, the JSON-RPC registry and the socket together.
+
+Nothing here parses JSON-RPC or touches log files itself: ``sidecar.rpc`` does the protocol,
+``sidecar.log`` the storage. This module owns the lifecycle (start-up, signals, systemd,
+graceful drain) and the connections.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import msgspec
+import structlog
+from anyio.abc import SocketStream, TaskStatus
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.daemon import unix
+from sidecar.daemon.config import Config
+from sidecar.daemon.methods import Stats, SubscribeParams, registry
+from sidecar.daemon.subscriptions import Hub, Subscription
+from sidecar.daemon.systemd import Notifier
+from sidecar.datadir import ensure_layout
+from sidecar.log.aio import AsyncAppender
+from sidecar.log.events import Event
+from sidecar.log.scan import as_filter
+from sidecar.log.store import EventStore
+from sidecar.rpc.protocol import INVALID_REQUEST, Framer, FrameTooLarge, encode, error_response, parse_message
+
+log = structlog.get_logger("sidecar.daemon")
+
+DRAIN_SECONDS = 4.0
+
+
+class Connection:
+    """One client: its reader, its in-flight requests, its subscriptions, one send lock."""
+
+    def __init__(self, daemon: Daemon, stream: SocketStream, peer: tuple[int, int, int], number: int) -> None:
+        self.daemon = daemon
+        self.stream = stream
+        self.peer = peer
+        self.number = number
+        self._send_lock = anyio.Lock()
+        self.subscriptions: dict[int, Subscription] = {}
+        self.reading = anyio.CancelScope()
+        self.closed = False
+        self._subs_tg: Any = None
+
+    async def send(self, data: bytes) -> None:
+        """Write one line; a slow client slows only itself (replies wait, subscriptions queue)."""
+        if self.closed:
+            return
+        async with self._send_lock:
+            try:
+                await self.stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                self.closed = True
+                self.reading.cancel()
+
+    def subscribe(self, params: SubscribeParams) -> int:
+        fields = {k: v for k, v in msgspec.structs.asdict(params).items() if v is not None}
+        flt = as_filter({k: v for k, v in fields.items() if k not in ("limit", "cursor")})
+        hub = self.daemon.hub
+        sub = Subscription(hub.new_id(), flt, self.send, self.daemon.config.server.subscriber_queue, self._ended)
+        hub.add(sub)
+        self.subscriptions[sub.id] = sub
+        self._subs_tg.start_soon(sub.run, self.daemon.store)
+        return sub.id
+
+    def unsubscribe(self, sub_id: int) -> bool:
+        sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            return False
+        sub.scope.cancel()
+        self._ended(sub)
+        return True
+
+    def _ended(self, sub: Subscription) -> None:
+        self.daemon.hub.remove(sub)
+        self.subscriptions.pop(sub.id, None)
+
+    async def serve(self) -> None:
+        log.info("daemon.connection_open", connection=self.number, pid=self.peer[0], uid=self.peer[1])
+        limit = anyio.Semaphore(self.daemon.config.server.max_inflight)
+        framer = Framer(self.daemon.config.server.max_message_bytes)
+        try:
+            async with anyio.create_task_group() as subs:
+                self._subs_tg = subs
+                async with anyio.create_task_group() as requests:
+                    with self.reading:
+                        await self._read(framer, limit, requests)
+                # Reading is over (end of stream, bad framing, or shutdown); in-flight
+                # requests have finished above. Subscriptions end with the connection.
+                if self.daemon.stopping and self.subscriptions:
+                    note = encode({"jsonrpc": "2.0", "method": "sys.shutdown", "params": {"reason": "daemon stopping"}})
+                    await self.send(note)
+                subs.cancel_scope.cancel()
+        finally:
+            for sub in list(self.subscriptions.values()):
+                self._ended(sub)
+            self.closed = True
+            await self.stream.aclose()
+            log.info("daemon.connection_closed", connection=self.number)
+
+    async def _read(self, framer: Framer, limit: anyio.Semaphore, requests: Any) -> None:
+        while True:
+            try:
+                data = await self.stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            try:
+                lines = framer.feed(data)
+            except FrameTooLarge:
+                limit_bytes = framer.max_message_bytes
+                message = f"Invalid Request: message larger than max_message_bytes ({limit_bytes}); closing"
+                await self.send(encode(error_response(None, INVALID_REQUEST, message)))
+                log.warning("daemon.message_too_large", connection=self.number, limit=limit_bytes)
+                return
+            for line in lines:
+                await limit.acquire()  # back-pressure: stop reading while too many are in flight
+                requests.start_soon(self._handle, line, limit)
+
+    async def _handle(self, line: bytes, limit: anyio.Semaphore) -> None:
+        try:
+            self.daemon.requests += 1
+            message = parse_message(line)
+            if log.is_enabled_for(10):  # debug
+                methods = [getattr(item, "method", None) for item in message.items]
+                log.debug("daemon.request", connection=self.number, methods=methods)
+            reply = await registry.handle(message, self)
+            if reply is not None:
+                await self.send(reply)
+        finally:
+            limit.release()
+
+
+class Daemon:
+    """The sidecar daemon for one data directory and one socket."""
+
+    def __init__(self, config: Config, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.clock = clock
+        self.pid = os.getpid()
+        self.hub = Hub()
+        self.connections: dict[int, Connection] = {}
+        self.connections_total = 0
+        self.requests = 0
+        self.stopping = False
+        self._started = time.monotonic()
+        self._locks: list[int] = []
+        self._rate = (time.monotonic(), 0)
+        self._inherited = False
+        self.store: EventStore
+        self.appender: AsyncAppender
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
+    def stats(self) -> Stats:
+        w = self.store.writer_stats
+        now = time.monotonic()
+        then, events_then = self._rate
+        rate = (w.events - events_then) / (now - then) if now > then else 0.0
+        self._rate = (now, w.events)
+        return Stats(
+            uptime_s=round(self.uptime(), 3),
+            connections=len(self.connections),
+            connections_total=self.connections_total,
+            subscriptions=len(self.hub.subscriptions),
+            requests=self.requests,
+            appends=w.events,
+            appends_per_s=round(rate, 1),
+            batches=w.batches,
+            mean_batch=round(w.events / w.batches, 2) if w.batches else 0.0,
+            fsyncs=w.fsyncs,
+            checkpoints=w.checkpoints,
+            append_queue=self.appender.depth(),
+            commit_queue=self.store.commit_queue_depth(),
+        )
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def _open(self) -> socket.socket:
+        cfg = self.config
+        data_dir = ensure_layout(cfg.data_dir)
+        path = cfg.socket_path
+        inherited = unix.inherited_listener()
+        self._inherited = inherited is not None
+        if inherited is None:
+            unix.check_path_length(path)
+            unix.prepare_directory(os.path.dirname(path))
+            self._locks.append(unix.acquire_lock(path + ".lock", "socket"))
+        self._locks.append(unix.acquire_lock(os.path.join(data_dir, "sidecar.lock"), "data directory"))
+        return inherited if inherited is not None else unix.bind_listener(path)
+
+    def _load_store(self) -> EventStore:
+        lc = self.config.log
+        store = EventStore(
+            self.config.data_dir,
+            rotate_bytes=lc.rotate_bytes,
+            max_event_bytes=lc.max_event_bytes,
+            journal=lc.journal,
+            journal_bytes=lc.journal_bytes,
+            clock=self.clock,
+        )
+        started = time.monotonic()
+        last = [started]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last[0] > 1.0 or done == total:
+                last[0] = time.monotonic()
+                log.info("daemon.loading", conversations_done=done, conversations=total)
+
+        store.load(progress)
+        for cid, reason in store.damaged().items():
+            log.error("daemon.conversation_damaged", conversation_id=cid, reason=reason)
+        log.info("daemon.loaded", seconds=round(time.monotonic() - started, 3), data_dir=store.data_dir)
+        return store
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._accepting = anyio.CancelScope()  # cancelled by SIGTERM/SIGINT
+        self._all_closed = anyio.Event()
+        notifier = Notifier()
+        sock = self._open()
+        listener = await anyio.abc.SocketListener.from_socket(sock)
+        try:
+            self.store = await anyio.to_thread.run_sync(self._load_store)
+            self.appender = AsyncAppender(self.store)
+            token = anyio.lowlevel.current_token()
+
+            def published(events: list[Event]) -> None:  # in the commit thread
+                token.backend_class.run_sync_soon(self.hub.publish, (events,), token.native_token)
+
+            self.store.on_commit(published)
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.appender.run)
+                tg.start_soon(self._signals, tg.cancel_scope)
+                if notifier.watchdog_interval:
+                    tg.start_soon(self._watchdog, notifier)
+                async with anyio.create_task_group() as conns:
+                    with self._accepting:
+                        notifier.send(f"READY=1\nMAINPID={self.pid}")
+                        log.info("daemon.ready", socket=self.config.socket_path, pid=self.pid)
+                        task_status.started()
+                        await self._accept(listener, conns)
+                    # Stopping: no new connections; readers stop; in-flight requests finish,
+                    # for DRAIN_SECONDS at most.
+                    self.stopping = True
+                    notifier.send("STOPPING=1")
+                    for conn in list(self.connections.values()):
+                        conn.reading.cancel()
+                    with anyio.move_on_after(DRAIN_SECONDS):
+                        if self.connections:
+                            await self._all_closed.wait()
+                    conns.cancel_scope.cancel()
+                await self.appender.aclose()
+                tg.cancel_scope.cancel()
+        finally:
+            await listener.aclose()
+            if self.connections:
+                log.warning("daemon.connections_left", count=len(self.connections))
+            if hasattr(self, "store"):
+                await anyio.to_thread.run_sync(self.store.close)
+            self._cleanup()
+            log.info("daemon.stopped")
+
+    async def _accept(self, listener: Any, conns: Any) -> None:
+        limit = self.config.server.max_connections
+        while True:
+            stream = await listener.accept()
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            peer = unix.peer_credentials(raw)
+            if not self._allowed(peer):
+                log.warning("daemon.peer_refused", pid=peer[0], uid=peer[1], gid=peer[2])
+                await stream.send(encode(error_response(None, -32003, f"uid {peer[1]} may not use this socket")))
+                await stream.aclose()
+                continue
+            if len(self.connections) >= limit:
+                log.warning("daemon.too_many_connections", limit=limit)
+                await stream.send(encode(error_response(None, -32005, "too many connections; try again later")))
+                await stream.aclose()
+                continue
+            self.connections_total += 1
+            conn = Connection(self, stream, peer, self.connections_total)
+            self.connections[conn.number] = conn
+            conns.start_soon(self._serve, conn)
+
+    async def _serve(self, conn: Connection) -> None:
+        try:
+            await conn.serve()
+        finally:
+            self.connections.pop(conn.number, None)
+            if self.stopping and not self.connections:
+                self._all_closed.set()
+
+    def _allowed(self, peer: tuple[int, int, int]) -> bool:
+        _, uid, gid = peer
+        server = self.config.server
+        return uid in (0, os.getuid()) or uid in server.allow_uids or gid in server.allow_gids
+
+    async def _signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload()
+                    continue
+                log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                self._accepting.cancel()
+                return
+
+    def _reload(self) -> None:
+        from sidecar.daemon.config import ConfigError, load_config
+
+        try:
+            fresh = load_config(self.config_path, data_dir=self.config.data_dir, socket=self.config.socket)
+        except ConfigError as exc:
+            log.error("daemon.reload_failed", error=str(exc))
+            return
+        self.config.server = fresh.server
+        self.config.controller = fresh.controller
+        log.info("daemon.reloaded", config=self.config_path)
+
+    config_path: str | None = None
+
+    async def _watchdog(self, notifier: Notifier) -> None:
+        assert notifier.watchdog_interval is not None
+        while True:
+            notifier.send("WATCHDOG=1")
+            await anyio.sleep(notifier.watchdog_interval)
+
+    def _cleanup(self) -> None:
+        path = self.config.socket_path
+        if not self._inherited:  # a socket systemd passed us is systemd's to remove
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
+
+
+def serve(config: Config, config_path: str | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
+    daemon = Daemon(config)
+    daemon.config_path = config_path
+    try:
+        anyio.run(daemon.run)
+    except (unix.SocketSetupError, OSError) as exc:
+        log.error("daemon.cannot_start", error=str(exc))
+        return 1
+    return 0

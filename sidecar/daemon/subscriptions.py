@@ -1,0 +1,165 @@
+"""Catch-up subscriptions: replay from ``from_seq``, then live, with no gap and no duplicate.
+
+While a subscription replays history from disk, newly committed events are parked; when the
+replay reaches the end, the parked events it has not already sent are queued, and from then
+on every commit is queued as it is published. Both switches happen without an ``await`` in
+between, so nothing can slip through. Each subscription's queue is bounded: a subscriber too
+slow to keep up gets ``log.overflow`` with where to resume, and is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from sidecar.log.events import Event
+from sidecar.log.scan import Matcher, QueryFilter
+from sidecar.log.store import EventStore
+from sidecar.rpc.protocol import encode, notification
+
+log = structlog.get_logger("sidecar.daemon")
+
+_REPLAY_PAGE = 500
+
+
+class Subscription:
+    def __init__(
+        self,
+        sub_id: int,
+        flt: QueryFilter,
+        send: Callable[[bytes], Awaitable[None]],
+        limit: int,
+        on_end: Callable[[Subscription], None],
+    ) -> None:
+        self.id = sub_id
+        self.filter = flt
+        self._send = send
+        self._limit = limit
+        self._on_end = on_end
+        self._match = Matcher(flt)  # the same matching as log.query
+        self.live = flt.from_seq is None  # nothing to replay: live at once
+        self._parked: list[Event] = []
+        self._outbox: deque[Event] = deque()
+        self._wakeup = anyio.Event()
+        self._sent: dict[str, int] = {}  # conversation -> last seq sent
+        self._queued: dict[str, int] = {}  # conversation -> last seq queued or sent
+        self.overflowed: dict[str, int] | None = None
+        self.scope = anyio.CancelScope()
+
+    def matches(self, event: Event) -> bool:
+        cid = self.filter.conversation_id
+        if cid is not None and event.conversation_id != cid:
+            return False
+        if self.filter.from_seq is not None and event.seq < self.filter.from_seq:
+            return False
+        start, end = self.filter.start, self.filter.end
+        if (start is not None and event.timestamp < start) or (end is not None and event.timestamp > end):
+            return False
+        return self._match.exact(event)
+
+    def offer(self, event: Event) -> None:
+        """A newly committed event (called in the event loop, in commit order)."""
+        if self.overflowed is not None or not self.matches(event):
+            return
+        if not self.live:
+            if len(self._parked) >= self._limit:
+                self._overflow()
+            else:
+                self._parked.append(event)
+            return
+        self._queue(event)
+
+    def _queue(self, event: Event) -> None:
+        if event.seq <= self._queued.get(event.conversation_id, 0):
+            return  # already sent by the replay
+        if len(self._outbox) >= self._limit:
+            self._overflow()
+            return
+        self._outbox.append(event)
+        self._queued[event.conversation_id] = event.seq
+        self._wakeup.set()
+
+    def _overflow(self) -> None:
+        pending = list(self._outbox) + self._parked
+        resume = dict(self._sent)
+        for event in pending:
+            resume.setdefault(event.conversation_id, event.seq - 1)
+        self.overflowed = {cid: seq + 1 for cid, seq in resume.items()}
+        self._outbox.clear()
+        self._parked.clear()
+        self._wakeup.set()
+
+    async def run(self, store: EventStore) -> None:
+        """Replay, go live, deliver until cancelled or overflowed."""
+        try:
+            with self.scope:
+                if not self.live:
+                    await self._replay(store)
+                    for event in self._parked:  # no await from here to `live = True`
+                        self._queue(event)
+                    self._parked.clear()
+                    self.live = True
+                while True:
+                    while self._outbox:
+                        await self._deliver(self._outbox.popleft())
+                    if self.overflowed is not None:
+                        await self._send_overflow()
+                        return
+                    await self._wakeup.wait()
+                    self._wakeup = anyio.Event()
+        finally:
+            self._on_end(self)
+
+    async def _replay(self, store: EventStore) -> None:
+        params = {k: v for k, v in msgspec.structs.asdict(self.filter).items() if v is not None}
+        params["limit"] = _REPLAY_PAGE
+        cursor = None
+        while self.overflowed is None:
+            page = await anyio.to_thread.run_sync(lambda c=cursor: store.query({**params, "cursor": c}))
+            for event in page.events:
+                self._queued[event.conversation_id] = event.seq
+                await self._deliver(event)
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def _deliver(self, event: Event) -> None:
+        await self._send(encode(notification("log.event", {"subscription": self.id, "event": event})))
+        self._sent[event.conversation_id] = event.seq
+
+    async def _send_overflow(self) -> None:
+        assert self.overflowed is not None
+        params: dict[str, Any] = {"subscription": self.id, "resume_from": self.overflowed}
+        if self.filter.conversation_id is not None:
+            params["conversation_id"] = self.filter.conversation_id
+            params["from_seq"] = self.overflowed.get(self.filter.conversation_id, self.filter.from_seq or 1)
+        log.warning("daemon.subscriber_overflow", subscription=self.id, resume_from=self.overflowed)
+        await self._send(encode(notification("log.overflow", params)))
+
+
+class Hub:
+    """Every live subscription of the daemon; commits are published to it in order."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[int, Subscription] = {}
+        self._next = 0
+
+    def new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def add(self, sub: Subscription) -> None:
+        self.subscriptions[sub.id] = sub
+
+    def remove(self, sub: Subscription) -> None:
+        self.subscriptions.pop(sub.id, None)
+
+    def publish(self, events: list[Event]) -> None:
+        for sub in list(self.subscriptions.values()):
+            for event in events:
+                sub.offer(event)

@@ -1,0 +1,113 @@
+"""The socket, made safe: an owner-only directory, 0600 from the first instant, one daemon
+per socket and data dir, stale sockets reclaimed only when nothing answers, peers checked."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+
+MAX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+class SocketSetupError(Exception):
+    """The socket cannot be set up safely; the message says why and what to do."""
+
+
+def check_path_length(path: str) -> None:
+    size = len(os.fsencode(path))
+    if size > MAX_PATH_BYTES:
+        raise SocketSetupError(
+            f"socket path is {size} bytes, over the {MAX_PATH_BYTES}-byte limit of Unix sockets: {path} "
+            "(choose a shorter --socket or SIDECAR_SOCKET)"
+        )
+
+
+def prepare_directory(directory: str) -> None:
+    """Create the socket's directory 0700, or refuse one that others could tamper with."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=False)
+        return
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise SocketSetupError(f"{directory} is not a directory")
+    if st.st_mode & 0o022 and st.st_uid != os.getuid():
+        raise SocketSetupError(
+            f"refusing to put the socket in {directory}: it is writable by others and owned by uid {st.st_uid}, "
+            "not us; pick a directory only we can write"
+        )
+
+
+def acquire_lock(path: str, what: str) -> int:
+    """Hold ``path`` locked for the daemon's life; a second daemon is told who has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise SocketSetupError(f"another sidecar (pid {holder}) is already running on this {what} ({path})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def answers(path: str) -> bool:
+    """Whether something accepts connections on the socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise
+    finally:
+        probe.close()
+
+
+def bind_listener(path: str, backlog: int = 512) -> socket.socket:
+    """A listening socket at ``path``, mode 0600 from its first instant (bound under umask 177)."""
+    check_path_length(path)
+    prepare_directory(os.path.dirname(path))
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise SocketSetupError(f"{path} exists and is not a socket; refusing to replace it")
+        if answers(path):
+            raise SocketSetupError(f"a daemon already answers on {path}")
+        os.unlink(path)  # stale: left by a daemon that died
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # sockets take 0777 & ~umask: 0600
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(backlog)
+    return sock
+
+
+def inherited_listener() -> socket.socket | None:
+    """The listening socket systemd passed (``LISTEN_FDS``), if it is meant for us."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for our children
+    sock = socket.socket(fileno=3)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise SocketSetupError("LISTEN_FDS: fd 3 is not a Unix stream socket")
+    return sock
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid

@@ -1,0 +1,114 @@
+"""A real daemon in a temp dir, over a real socket, started and stopped as a real process.
+
+Readiness is the systemd notify protocol itself: the fixture hands the daemon a datagram
+socket as ``NOTIFY_SOCKET`` and waits for ``READY=1``, so there is no polling and no sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class DaemonProc:
+    proc: subprocess.Popen
+    socket_path: str
+    data_dir: Path
+    notify: socket.socket
+    stderr_path: Path
+    messages: list[str] = field(default_factory=list)
+
+    def wait_for(self, state: str, timeout: float = 20.0) -> str:
+        """The next notify datagram that starts with ``state`` (READY=1, STOPPING=1, ...)."""
+        self.notify.settimeout(timeout)
+        while True:
+            try:
+                msg = self.notify.recv(4096).decode()
+            except TimeoutError:
+                raise AssertionError(f"daemon never sent {state}; stderr:\n{self.stderr()}") from None
+            self.messages.append(msg)
+            if msg.startswith(state):
+                return msg
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python"), env.get("PYTHONPATH", "")])
+    env.pop("SIDECAR_SOCKET", None)
+    env.pop("SIDECAR_DATA_DIR", None)
+    env.pop("SIDECAR_CONFIG", None)
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator:
+    """Start daemons: ``start_daemon(config_text=None, env=None, wait=True)`` -> DaemonProc."""
+    started: list[DaemonProc] = []
+    counter = [0]
+
+    def start(
+        config_text: str | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        data_dir: Path | None = None,
+        socket_path: str | None = None,
+        args: list[str] | None = None,
+    ) -> DaemonProc:
+        counter[0] += 1
+        n = counter[0]
+        run_dir = tmp_path / f"run{n}"
+        sock = socket_path or str(run_dir / "sidecar.sock")
+        data = data_dir or tmp_path / "data"
+        notify_path = str(tmp_path / f"notify{n}")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        cmd = [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data), "--socket", sock]
+        if config_text is not None:
+            cfg = tmp_path / f"config{n}.toml"
+            cfg.write_text(config_text)
+            cmd += ["--config", str(cfg)]
+        cmd += args or []
+        stderr_path = tmp_path / f"daemon{n}.log"
+        proc = subprocess.Popen(
+            cmd,
+            env=child_env({"NOTIFY_SOCKET": notify_path, **(env or {})}),
+            stdout=subprocess.DEVNULL,
+            stderr=open(stderr_path, "wb"),  # noqa: SIM115 - the child owns it
+        )
+        d = DaemonProc(proc, sock, data, notify, stderr_path)
+        started.append(d)
+        if wait:
+            d.wait_for("READY=1")
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+        d.notify.close()
+
+
+@pytest.fixture
+def daemon(start_daemon) -> DaemonProc:
+    return start_daemon()

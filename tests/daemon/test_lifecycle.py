@@ -1,0 +1,245 @@
+"""Start-up, readiness, SIGTERM drain, kill -9 and restart, systemd's protocols."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from sidecar_client import AsyncClient, Client, DaemonUnavailable
+
+from tests.daemon.conftest import child_env
+
+
+def test_socket_is_private_and_health_answers(daemon) -> None:
+    st = os.stat(daemon.socket_path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(daemon.socket_path)).st_mode) == 0o700
+    with Client(daemon.socket_path) as c:
+        health = c.call("sys.health")
+    assert health["status"] == "ok" and health["pid"] == daemon.proc.pid
+    assert (daemon.data_dir / "tasks.graph.json").is_file()  # the scaffold was created
+
+
+def test_logs_are_json_lines_on_stderr(daemon) -> None:
+    with Client(daemon.socket_path) as c:
+        c.call("sys.health")
+    assert daemon.stop() == 0
+    records = [json.loads(line) for line in daemon.stderr().splitlines()]
+    events = [r["event"] for r in records]
+    assert "daemon.ready" in events and "daemon.connection_open" in events and "daemon.stopped" in events
+    assert all("timestamp" in r and "level" in r for r in records)
+
+
+def test_sigterm_drains_in_flight_appends_and_exits_zero(daemon) -> None:
+    acked: list[dict] = []
+
+    async def flood() -> None:
+        async with await AsyncClient.connect(daemon.socket_path) as client:
+
+            async def worker() -> None:
+                while True:  # keep requests in flight until the daemon goes away
+                    try:
+                        ack = await client.call("log.append", {"conversation_id": "drain", "type": "t.x"})
+                    except ConnectionError:
+                        return
+                    acked.append(ack)
+                    if len(acked) == 100:
+                        daemon.proc.send_signal(signal.SIGTERM)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(worker)
+
+    anyio.run(flood)
+    started = time.monotonic()
+    assert daemon.proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    assert not os.path.exists(daemon.socket_path)  # unlinked on the way out
+    assert acked, "no append was answered before the drain"
+    lines = [json.loads(x) for x in (daemon.data_dir / "logs" / "drain.jsonl").read_text().splitlines()]
+    on_disk = {e["id"]: e["seq"] for e in lines}
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))  # none half-written
+    for ack in acked:
+        assert on_disk[ack["id"]] == ack["seq"]
+
+
+def test_subscribers_are_told_of_shutdown(daemon) -> None:
+    with Client(daemon.socket_path) as c:
+        events = c.subscribe({"conversation_id": "c1"})
+        c2 = Client(daemon.socket_path)
+        c2.call("log.append", {"conversation_id": "c1", "type": "a.b"})
+        first = next(events)
+        assert first["seq"] == 1
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert list(events) == []  # the iterator ends at sys.shutdown instead of hanging
+        c2.close()
+    assert daemon.proc.wait(timeout=10) == 0
+
+
+def test_kill_9_then_restart_keeps_every_acknowledged_append(start_daemon, tmp_path: Path) -> None:
+    first = start_daemon()
+    with Client(first.socket_path) as c:
+        acks = [c.call("log.append", {"conversation_id": "k", "type": "a.b", "data": {"i": i}}) for i in range(50)]
+    first.proc.kill()
+    first.proc.wait(timeout=10)
+    assert os.path.exists(first.socket_path)  # left behind by the crash
+    second = start_daemon(socket_path=first.socket_path)  # reclaims the stale socket
+    with Client(second.socket_path) as c:
+        for ack in acks:
+            assert c.call("log.get", {"event_id": ack["id"]})["seq"] == ack["seq"]
+        assert c.call("log.append", {"conversation_id": "k", "type": "a.b"})["seq"] == 51
+
+
+def test_second_daemon_on_the_same_socket_or_data_dir_is_refused(daemon, start_daemon, tmp_path: Path) -> None:
+    same_socket = start_daemon(socket_path=daemon.socket_path, data_dir=tmp_path / "other", wait=False)
+    assert same_socket.proc.wait(timeout=20) == 1
+    assert "already running" in same_socket.stderr()
+    same_data = start_daemon(data_dir=daemon.data_dir, wait=False)
+    assert same_data.proc.wait(timeout=20) == 1
+    assert "already running" in same_data.stderr() and "data directory" in same_data.stderr()
+    with Client(daemon.socket_path) as c:  # the first one is untouched
+        assert c.call("sys.health")["status"] == "ok"
+
+
+def test_a_live_socket_is_never_unlinked(daemon, start_daemon, tmp_path: Path) -> None:
+    os.unlink(daemon.socket_path + ".lock")  # even with its lock file gone...
+    intruder = start_daemon(socket_path=daemon.socket_path, data_dir=tmp_path / "other", wait=False)
+    assert intruder.proc.wait(timeout=20) == 1
+    assert "already answers" in intruder.stderr()
+    with Client(daemon.socket_path) as c:
+        assert c.call("sys.health")["status"] == "ok"
+
+
+def test_socket_path_too_long(start_daemon, tmp_path: Path) -> None:
+    long_path = str(tmp_path / ("d" * 60) / ("s" * 60 + ".sock"))
+    d = start_daemon(socket_path=long_path, wait=False)
+    assert d.proc.wait(timeout=20) == 1
+    assert "107-byte limit" in d.stderr()
+
+
+def test_directory_writable_by_others_and_not_ours_is_refused(start_daemon, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 65534, 65534)
+    os.chmod(shared, 0o777)
+    d = start_daemon(socket_path=str(shared / "s.sock"), wait=False)
+    assert d.proc.wait(timeout=20) == 1
+    assert "writable by others" in d.stderr()
+
+
+@pytest.fixture
+def public_dir():
+    """A directory user nobody can reach (pytest's tmp dirs are owner-only)."""
+    path = tempfile.mkdtemp(prefix="sidecar-peer-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def loosen(socket_path: str) -> None:
+    """Let anyone reach the socket, so only the SO_PEERCRED check stands in the way."""
+    os.chmod(os.path.dirname(socket_path), 0o755)
+    os.chmod(socket_path, 0o666)
+
+
+def test_peer_with_another_uid_is_refused(start_daemon, public_dir: str) -> None:
+    daemon = start_daemon(socket_path=os.path.join(public_dir, "run", "s.sock"))
+    loosen(daemon.socket_path)
+    script = (
+        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+        's.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"sys.health"}\\n\');'
+        "print(s.makefile().readline().strip())"
+    )
+    run = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            script,
+            daemon.socket_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    reply = json.loads(run.stdout)
+    assert reply["error"]["code"] == -32003 and "uid 65534" in reply["error"]["message"]
+
+
+def test_allow_list_lets_another_uid_in(start_daemon, public_dir: str) -> None:
+    d = start_daemon(
+        config_text="[server]\nallow_uids = [65534]\n", socket_path=os.path.join(public_dir, "run", "s.sock")
+    )
+    loosen(d.socket_path)
+    script = "import sys; from sidecar_client import Client; print(Client(sys.argv[1]).call('sys.health')['status'])"
+    run = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script, d.socket_path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
+    )
+    assert run.stdout.strip() == "ok", run.stderr
+
+
+def test_systemd_notify_and_watchdog(start_daemon) -> None:
+    d = start_daemon(env={"WATCHDOG_USEC": "200000"})  # ping every 0.1 s
+    assert "MAINPID" in d.messages[-1]
+    d.wait_for("WATCHDOG=1")
+    d.wait_for("WATCHDOG=1")
+    d.proc.send_signal(signal.SIGTERM)
+    d.wait_for("STOPPING=1")
+    assert d.proc.wait(timeout=10) == 0
+
+
+def test_socket_activation_through_listen_fds(tmp_path: Path) -> None:
+    path = str(tmp_path / "act.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    notify_path = str(tmp_path / "notify-act")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(20)
+    # systemd passes the socket as fd 3 and names the process in LISTEN_PID: `exec` keeps $$.
+    cmd = f"LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m sidecar serve --data-dir {tmp_path / 'data'} --socket {path}"
+    proc = subprocess.Popen(
+        ["sh", "-c", cmd],
+        pass_fds=(listener.fileno(), 3),
+        preexec_fn=lambda: os.dup2(listener.fileno(), 3),
+        env=child_env({"NOTIFY_SOCKET": notify_path}),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        with Client(path) as c:
+            assert c.call("sys.health")["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert os.path.exists(path)  # systemd's socket: not ours to remove
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+        listener.close()
+
+
+def test_no_daemon_gives_a_clear_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nothing.sock")
+    with pytest.raises(DaemonUnavailable, match="nothing.sock"):
+        Client(missing)
