@@ -85,13 +85,14 @@ class Subscription:
         self._wakeup.set()
 
     def _overflow(self) -> None:
-        pending = list(self._outbox) + self._parked
-        resume = dict(self._sent)
-        for event in pending:
-            resume.setdefault(event.conversation_id, event.seq - 1)
-        self.overflowed = {cid: seq + 1 for cid, seq in resume.items()}
+        # Where each conversation resumes: the first event dropped here (refined at sending
+        # time, once the delivery in progress has gone out).
+        self.overflowed = {}
+        for event in [*self._outbox, *self._parked]:
+            self.overflowed.setdefault(event.conversation_id, event.seq)
         self._outbox.clear()
         self._parked.clear()
+        self._on_end(self)  # dropped now; the notice goes out when the socket lets it
         self._wakeup.set()
 
     async def run(self, store: EventStore) -> None:
@@ -134,7 +135,11 @@ class Subscription:
 
     async def _send_overflow(self) -> None:
         assert self.overflowed is not None
-        params: dict[str, Any] = {"subscription": self.id, "resume_from": self.overflowed}
+        resume = {cid: seq + 1 for cid, seq in self._sent.items()}
+        for cid, seq in self.overflowed.items():
+            resume.setdefault(cid, seq)
+        self.overflowed = resume
+        params: dict[str, Any] = {"subscription": self.id, "resume_from": resume}
         if self.filter.conversation_id is not None:
             params["conversation_id"] = self.filter.conversation_id
             params["from_seq"] = self.overflowed.get(self.filter.conversation_id, self.filter.from_seq or 1)

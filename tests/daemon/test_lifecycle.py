@@ -217,7 +217,8 @@ def test_socket_activation_through_listen_fds(tmp_path: Path) -> None:
     notify.bind(notify_path)
     notify.settimeout(20)
     # systemd passes the socket as fd 3 and names the process in LISTEN_PID: `exec` keeps $$.
-    cmd = f"LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m sidecar serve --data-dir {tmp_path / 'data'} --socket {path}"
+    serve = f"{sys.executable} -m sidecar serve --data-dir {tmp_path / 'data'} --socket {path}"
+    cmd = f"LISTEN_PID=$$ LISTEN_FDS=1 exec {serve}"
     proc = subprocess.Popen(
         ["sh", "-c", cmd],
         pass_fds=(listener.fileno(), 3),

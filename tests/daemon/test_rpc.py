@@ -1,0 +1,192 @@
+"""JSON-RPC over the real socket: the specification's examples, framing limits, concurrency."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+
+import anyio
+from sidecar_client import AsyncClient, Client
+
+
+class Raw:
+    """A bare socket speaking NDJSON, to test the wire exactly."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(20)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def recv(self) -> object:
+        line = self.file.readline()
+        assert line, "connection closed"
+        return json.loads(line)
+
+    def closed(self) -> bool:
+        return self.file.readline() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def test_spec_examples_over_the_socket(daemon) -> None:
+    raw = Raw(daemon.socket_path)
+    raw.send('{"jsonrpc": "2.0", "method": "sys.health", "id": 1}\n')
+    assert raw.recv()["result"]["status"] == "ok"
+    raw.send('{"jsonrpc": "2.0", "method": "foobar", "id": "1"}\n')
+    assert raw.recv() == {
+        "jsonrpc": "2.0",
+        "id": "1",
+        "error": {"code": -32601, "message": "Method not found: 'foobar'"},
+    }
+    raw.send('{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]\n')
+    reply = raw.recv()
+    assert reply["error"]["code"] == -32700 and reply["id"] is None
+    raw.send("[]\n")
+    assert raw.recv()["error"]["code"] == -32600
+    raw.send("[1,2,3]\n")
+    assert [r["error"]["code"] for r in raw.recv()] == [-32600, -32600, -32600]
+    batch = [
+        {"jsonrpc": "2.0", "method": "sys.health", "id": "a"},
+        {"jsonrpc": "2.0", "method": "log.append", "params": {"conversation_id": "n", "type": "x.y"}},
+        {"foo": "boo"},
+        {"jsonrpc": "2.0", "method": "log.tail", "params": {"conversation_id": "n"}, "id": "b"},
+    ]
+    raw.send(json.dumps(batch) + "\n")
+    replies = {r["id"]: r for r in raw.recv()}
+    assert set(replies) == {"a", None, "b"} and replies[None]["error"]["code"] == -32600
+    raw.send('[{"jsonrpc": "2.0", "method": "log.append", "params": {"conversation_id": "n", "type": "x.y"}}]\n')
+    raw.send('{"jsonrpc": "2.0", "method": "log.append", "params": {"conversation_id": "n", "type": "x.y"}, "id": 9}\n')
+    reply = raw.recv()  # an all-notification batch owes nothing: the next line answers id 9...
+    assert reply["id"] == 9 and reply["result"]["seq"] == 3  # ...and the notification was carried out
+    raw.close()
+
+
+def test_wrong_params_are_invalid_params(daemon) -> None:
+    raw = Raw(daemon.socket_path)
+    raw.send('{"jsonrpc":"2.0","id":1,"method":"log.tail","params":{"conversation_id":"../etc","limit":5}}\n')
+    assert raw.recv()["error"]["code"] == -32602
+    raw.send('{"jsonrpc":"2.0","id":2,"method":"log.append","params":{"conversation_id":"c","type":"a","bogus":1}}\n')
+    err = raw.recv()["error"]
+    assert err["code"] == -32602 and "bogus" in err["message"]
+    raw.send('{"jsonrpc":"2.0","id":3,"method":"log.get","params":{"event_id":"' + str(uuid.uuid4()) + '"}}\n')
+    assert raw.recv()["error"]["code"] == -32002
+    raw.close()
+    assert not list((daemon.data_dir / "logs").glob("*etc*"))
+
+
+def test_oversize_message_gets_an_error_and_the_connection_closes(start_daemon) -> None:
+    d = start_daemon(config_text="[server]\nmax_message_bytes = 4096\n")
+    raw = Raw(d.socket_path)
+    big = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "log.append",
+        "params": {"conversation_id": "c", "type": "a.b", "data": {"x": "y" * 10_000}},
+    }
+    raw.send(json.dumps(big) + "\n")
+    reply = raw.recv()
+    assert reply["error"]["code"] == -32600 and "max_message_bytes" in reply["error"]["message"]
+    assert raw.closed()
+    with Client(d.socket_path) as c:  # the daemon and the data are whole
+        assert c.call("log.tail", {"conversation_id": "c"})["events"] == []
+        assert c.call("sys.health")["status"] == "ok"
+
+
+def test_replies_come_out_of_order_matched_by_id(daemon) -> None:
+    """A slow request (a full scan) does not hold back fast ones sent after it."""
+    with Client(daemon.socket_path) as c:
+        c.call("log.append_many", {"events": [{"conversation_id": "big", "type": "a.b"} for _ in range(3000)]})
+    raw = Raw(daemon.socket_path)
+    slow = {"jsonrpc": "2.0", "id": "slow", "method": "log.query", "params": {"agent_ids": ["nobody"], "limit": 10}}
+    fast = [{"jsonrpc": "2.0", "id": f"f{i}", "method": "sys.health"} for i in range(20)]
+    raw.send("".join(json.dumps(m) + "\n" for m in [slow, *fast]))
+    ids = [raw.recv()["id"] for _ in range(21)]
+    assert sorted(ids) == sorted(["slow"] + [f"f{i}" for i in range(20)])
+    assert ids[0] != "slow"
+    raw.close()
+
+
+def test_many_concurrent_clients(daemon) -> None:
+    acked: list[list[dict]] = [[] for _ in range(100)]
+
+    def worker(i: int) -> None:
+        with Client(daemon.socket_path) as c:
+            for _ in range(10):
+                acked[i].append(c.call("log.append", {"conversation_id": "crowd", "type": "a.b", "agent_id": f"a{i}"}))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    with Client(daemon.socket_path) as c:
+        events = c.call("log.tail", {"conversation_id": "crowd", "limit": 5000})["events"]
+        stats = c.call("sys.stats")
+    assert [e["seq"] for e in events] == list(range(1, 1001))
+    on_disk = {e["id"]: e["seq"] for e in events}
+    assert all(on_disk[a["id"]] == a["seq"] for acks in acked for a in acks)
+    assert stats["appends"] >= 1000 and stats["connections_total"] >= 101
+    assert stats["mean_batch"] >= 1
+
+
+def test_a_stalled_client_does_not_block_others(daemon) -> None:
+    """A client that sends requests and never reads its replies."""
+    stalled = Raw(daemon.socket_path)
+    request = (
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "log.tail", "params": {"conversation_id": "x", "limit": 100}})
+        + "\n"
+    )
+    stalled.sock.setblocking(False)
+    try:
+        for _ in range(20_000):
+            stalled.sock.send(request.encode())
+    except BlockingIOError:
+        pass  # its socket buffers are full: the daemon has stopped reading from it
+
+    async def others() -> None:
+        async with await AsyncClient.connect(daemon.socket_path) as c:
+            with anyio.fail_after(10):
+                for _ in range(50):
+                    await c.call("log.append", {"conversation_id": "free", "type": "a.b"})
+
+    anyio.run(others)
+    stalled.close()
+    with Client(daemon.socket_path) as c:
+        assert c.call("sys.health")["status"] == "ok"
+
+
+def test_rpc_discover_is_generated_from_the_schemas(daemon) -> None:
+    with Client(daemon.socket_path) as c:
+        doc = c.call("rpc.discover")
+    assert doc["openrpc"].startswith("1.")
+    names = {m["name"] for m in doc["methods"]}
+    for name in [
+        "sys.health",
+        "sys.stats",
+        "rpc.discover",
+        "log.append",
+        "log.append_many",
+        "log.tail",
+        "log.since",
+        "log.by_type",
+        "log.query",
+        "log.get",
+        "log.causality",
+        "log.conversations",
+        "log.subscribe",
+        "log.unsubscribe",
+    ]:
+        assert name in names
+    append = next(m for m in doc["methods"] if m["name"] == "log.append")
+    params = {p["name"]: p for p in append["params"]}
+    assert params["conversation_id"]["required"] and not params["data"]["required"]
+    assert "pattern" in json.dumps(params["conversation_id"]["schema"])
+    assert "NewEvent" in doc["components"]["schemas"] or "Event" in doc["components"]["schemas"]
