@@ -88,7 +88,7 @@ class Registry(Generic[C]):
         except msgspec.ValidationError as exc:
             return error_response(req.id, INVALID_PARAMS, f"Invalid params: {exc}")
         try:
-            result = msgspec.to_builtins(await method.handler(params, ctx))
+            result = await method.handler(params, ctx)
         except SidecarError as exc:
             return error_response(req.id, exc.code, exc.message, exc.data)
         except Exception as exc:
