@@ -244,3 +244,47 @@ def test_no_daemon_gives_a_clear_error(tmp_path: Path) -> None:
     missing = str(tmp_path / "nothing.sock")
     with pytest.raises(DaemonUnavailable, match="nothing.sock"):
         Client(missing)
+
+
+def test_sighup_reloads_the_config(start_daemon, tmp_path: Path) -> None:
+    d = start_daemon(config_text="[server]\nmax_message_bytes = 100000\n")
+    big = (
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "log.append",
+                "params": {"conversation_id": "h", "type": "a.b", "data": {"x": "y" * 5000}},
+            }
+        ).encode()
+        + b"\n"
+    )
+
+    def send_big() -> dict:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(20)
+        s.connect(d.socket_path)
+        s.sendall(big)
+        reply = json.loads(s.makefile("rb").readline())
+        s.close()
+        return reply
+
+    assert "result" in send_big()
+    config = next(tmp_path.glob("config*.toml"))
+    config.write_text("[server]\nmax_message_bytes = 2000\n")
+    d.proc.send_signal(signal.SIGHUP)
+    for _ in range(200):  # the reload is asynchronous: poll with real requests, no sleeping
+        reply = send_big()
+        if "error" in reply:
+            break
+    assert reply["error"]["code"] == -32600
+    assert "daemon.reloaded" in d.stderr()
+    config.write_text("[server]\nmax_message_bytes = 'lots'\n")  # a broken file is refused...
+    d.proc.send_signal(signal.SIGHUP)
+    with Client(d.socket_path) as c:
+        for _ in range(200):
+            c.call("sys.health")
+            if "daemon.reload_failed" in d.stderr():
+                break
+    assert "daemon.reload_failed" in d.stderr()
+    assert send_big()["error"]["code"] == -32600  # ...and the last good one stays
