@@ -6,6 +6,7 @@ replies and produce the ``rpc.discover`` document.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -172,9 +173,20 @@ async def _read(fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
+async def _quick_read(fn: Any, *args: Any) -> Any:
+    """A small read (tail, get) runs right here when no writer holds the lock, since a
+    trip to a worker thread costs more than the read; otherwise it waits in a thread."""
+    try:
+        return fn(*args, wait=False)
+    except BlockingIOError:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, wait=True))
+
+
 @registry.method("log.tail", TailParams, Events, "The newest events of a conversation, oldest first.")
 async def log_tail(p: TailParams, conn: Connection) -> Events:
-    return Events(events=await _read(conn.daemon.store.tail, p.conversation_id, p.limit))
+    if p.limit > 200:
+        return Events(events=await _read(conn.daemon.store.tail, p.conversation_id, p.limit))
+    return Events(events=await _quick_read(conn.daemon.store.tail, p.conversation_id, p.limit))
 
 
 @registry.method("log.since", SinceParams, Page, "Events of every conversation from a time on, in time order.")
@@ -196,7 +208,7 @@ async def log_query(p: QueryFilter, conn: Connection) -> Page:
 
 @registry.method("log.get", EventRef, Event, "One event by id; -32002 when there is none.")
 async def log_get(p: EventRef, conn: Connection) -> Event:
-    event = await _read(conn.daemon.store.get, p.event_id)
+    event = await _quick_read(conn.daemon.store.get, p.event_id)
     if event is None:
         raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
     return event

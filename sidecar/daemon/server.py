@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -430,9 +429,6 @@ class Daemon:
 
 def serve(config: Config, config_path: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
-    # The commit thread needs the GIL right after each fsync, while the event loop is busy;
-    # the default 5 ms switch interval would add up to 5 ms to every batch.
-    sys.setswitchinterval(0.0005)
     daemon = Daemon(config)
     daemon.config_path = config_path
     try:

@@ -55,9 +55,11 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
 
 
 @contextlib.contextmanager
-def shared_lock(fd: int) -> Iterator[None]:
-    """Hold ``LOCK_SH`` on ``fd``: no writer is between write and fsync while we read."""
-    fcntl.flock(fd, fcntl.LOCK_SH)
+def shared_lock(fd: int, *, wait: bool = True) -> Iterator[None]:
+    """Hold ``LOCK_SH`` on ``fd``: no writer is between write and fsync while we read.
+
+    ``wait=False`` raises :class:`BlockingIOError` instead of waiting for a writer."""
+    fcntl.flock(fd, fcntl.LOCK_SH if wait else fcntl.LOCK_SH | fcntl.LOCK_NB)
     try:
         yield
     finally:

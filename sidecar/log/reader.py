@@ -40,10 +40,11 @@ class SegmentView:
 class Snapshot:
     """Every segment of a conversation as of one moment, oldest first. Use as a context manager."""
 
-    def __init__(self, logs_dir: str, listing: ArchiveListing, cid: str) -> None:
+    def __init__(self, logs_dir: str, listing: ArchiveListing, cid: str, *, wait: bool = True) -> None:
+        """``wait=False`` raises :class:`BlockingIOError` rather than wait for a writer's lock."""
         self.cid = cid
         self.segments: list[SegmentView] = []
-        active = self._open_active(active_path(logs_dir, cid))
+        active = self._open_active(active_path(logs_dir, cid), wait)
         archived = listing.get(cid)
         if active is not None and active.first_seq == 0:  # damaged first line: assume it follows
             active.first_seq = archived[-1].last_seq + 1 if archived else 1
@@ -61,13 +62,13 @@ class Snapshot:
             self.segments.append(active)
 
     @staticmethod
-    def _open_active(path: str) -> SegmentView | None:
+    def _open_active(path: str, wait: bool) -> SegmentView | None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
-            with shared_lock(fd):
+            with shared_lock(fd, wait=wait):
                 end = line_end_before(fd, 0, os.fstat(fd).st_size)
             if end == 0:  # empty: a fresh segment after a rotation, or a log yet to be written
                 os.close(fd)

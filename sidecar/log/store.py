@@ -182,8 +182,8 @@ class EventStore:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def snapshot(self, cid: str) -> Snapshot:
-        return Snapshot(self.paths.logs_dir, self._listing, check_conversation_id(cid))
+    def snapshot(self, cid: str, *, wait: bool = True) -> Snapshot:
+        return Snapshot(self.paths.logs_dir, self._listing, check_conversation_id(cid), wait=wait)
 
     def conversation_ids(self) -> list[str]:
         """Every conversation with a log file, active or archived, sorted."""
@@ -194,30 +194,42 @@ class EventStore:
                     found.add(entry.name[: -len(SUFFIX)])
         return sorted(cid for cid in found if _CID_RE.match(cid))
 
-    def tail(self, conversation_id: str, limit: int = 20) -> list[Event]:
-        """The newest ``limit`` events, oldest first; costs O(limit) whatever the log's size."""
+    def tail(self, conversation_id: str, limit: int = 20, *, wait: bool = True) -> list[Event]:
+        """The newest ``limit`` events, oldest first; costs O(limit) whatever the log's size.
+
+        ``wait=False`` raises :class:`BlockingIOError` rather than wait for a writer's lock
+        (for callers on an event loop, who then retry in a thread)."""
         if not isinstance(limit, int) or limit < 0:
             raise InvalidParams(f"limit must be a non-negative integer, not {limit!r}")
-        with self.snapshot(conversation_id) as snap:
+        with self.snapshot(conversation_id, wait=wait) as snap:
             return decode_lines(snap.newest_lines(limit), conversation_id) if limit else []
 
-    def get(self, event_id: str) -> Event | None:
-        """The event with this id (the earliest, should two conversations share it)."""
+    def get(self, event_id: str, *, wait: bool = True) -> Event | None:
+        """The event with this id (the earliest, should two conversations share it).
+
+        ``wait=False`` raises :class:`BlockingIOError` rather than wait for a lock or do
+        slow work (loading, or looking for writes by other processes after a miss)."""
         event_id = check_event_id(event_id)
         if not self._indexed_all:
+            if not wait:
+                raise BlockingIOError("the id index is not loaded yet")
             self.load()
-        found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id)
+        found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id, wait)
+        if not found and not wait:
+            raise BlockingIOError("not found in the index: look again, slowly")
         if not found:  # perhaps written by another process since we indexed
             with self._write_lock:
                 self._writer.index_conversations(self.conversation_ids())
             found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id)
         return min(found, key=_order) if found else None
 
-    def _verified(self, places: Iterable[tuple[int, int]], check: Callable[[Event], bool]) -> list[Event]:
+    def _verified(
+        self, places: Iterable[tuple[int, int]], check: Callable[[Event], bool], wait: bool = True
+    ) -> list[Event]:
         out: list[Event] = []
         for no, seq in places:
             cid = self._writer.by_no[no].cid
-            with self.snapshot(cid) as snap:
+            with self.snapshot(cid, wait=wait) as snap:
                 line = snap.line_at_seq(seq)
             if line is None:
                 continue

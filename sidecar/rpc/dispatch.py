@@ -84,8 +84,11 @@ class Registry(Generic[C]):
         if method is None:
             return error_response(req.id, METHOD_NOT_FOUND, f"Method not found: {req.method!r}")
         try:
-            params = msgspec.convert(req.params, method.params)
-        except msgspec.ValidationError as exc:
+            if isinstance(req.params, msgspec.Raw):
+                params = msgspec.json.decode(req.params, type=method.params)
+            else:
+                params = msgspec.convert(req.params, method.params)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return error_response(req.id, INVALID_PARAMS, f"Invalid params: {exc}")
         try:
             result = await method.handler(params, ctx)

@@ -65,10 +65,13 @@ class Framer:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One call. ``is_notification`` means the caller wants no reply (no ``id`` member)."""
+    """One call. ``is_notification`` means the caller wants no reply (no ``id`` member).
+
+    ``params`` is a dict, or the undecoded JSON object (``msgspec.Raw``) when the fast path
+    parsed it: the dispatcher then decodes it straight into the method's params Struct."""
 
     method: str
-    params: dict[str, Any]
+    params: dict[str, Any] | msgspec.Raw
     id: Id = None
     is_notification: bool = False
 
@@ -93,8 +96,28 @@ class Message:
     batch: bool
 
 
+class _Single(msgspec.Struct, forbid_unknown_fields=True):
+    """The common case, a single well-formed request, decoded in one pass."""
+
+    jsonrpc: str
+    method: str
+    params: msgspec.Raw = msgspec.Raw(b"{}")
+    id: str | int | float | None | msgspec.UnsetType = msgspec.UNSET
+
+
+_single_decoder = msgspec.json.Decoder(_Single)
+
+
 def parse_message(line: bytes) -> Message:
     """Parse one line into requests, following the specification's rules to the letter."""
+    try:
+        one = _single_decoder.decode(line)
+        if one.jsonrpc == JSONRPC and memoryview(one.params)[:1] == b"{":
+            if one.id is msgspec.UNSET:
+                return Message([Request(one.method, one.params, None, True)], False)
+            return Message([Request(one.method, one.params, one.id, False)], False)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        pass  # anything unusual takes the careful path below
     try:
         doc = _decoder.decode(line)
     except (msgspec.DecodeError, UnicodeDecodeError):
