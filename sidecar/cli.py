@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    from sidecar_client import Client, DaemonUnavailable, RpcError
+    from sidecar_client import Client, RpcError
 
     try:
         with Client(args.socket) as client:
@@ -70,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "health":
                 return _health(client)
             return _tail(client, args)
-    except DaemonUnavailable as exc:
-        print(f"sidecar: {exc}", file=sys.stderr)
-        return 1
     except RpcError as exc:
         print(json.dumps({"code": exc.code, "message": exc.message, "data": exc.data}), file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Whoever read our output went away (`sidecar tail -f | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except ConnectionError as exc:  # no daemon, or it went away (DaemonUnavailable, ConnectionLost)
+        print(f"sidecar: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -140,11 +144,12 @@ def _tail(client: Any, args: argparse.Namespace) -> int:
     def show(event: dict[str, Any]) -> None:
         print(json.dumps(event, ensure_ascii=False) if args.json else format_event(event, colour), flush=True)
 
-    events = client.call("log.tail", {"conversation_id": args.conversation, "limit": max(args.n, 0)})["events"]
-    for event in events:
+    shown = max(args.n, 0)
+    events = client.call("log.tail", {"conversation_id": args.conversation, "limit": max(shown, 1)})["events"]
+    for event in events[len(events) - shown :] if shown else []:
         show(event)
     if args.follow:
-        last = events[-1]["seq"] if events else 0
+        last = events[-1]["seq"] if events else 0  # follow from the newest, shown or not
         for event in client.subscribe({"conversation_id": args.conversation, "from_seq": last + 1}):
             show(event)
     return 0

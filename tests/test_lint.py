@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TREES = ["sidecar", "tests", "bench"]
+TREES = ["sidecar", "tests", "bench", "clients"]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,8 @@ from anyio.abc import SocketStream
 from sidecar_client._common import default_socket_path, result_of, unavailable_message
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
 
+_STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
 
 class AsyncClient:
     """``client = await AsyncClient.connect(path)``; ``await client.call(...)``; ``await client.close()``."""
@@ -28,11 +30,12 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._replies: dict[int, dict[str, Any]] = {}
         self._waiting: set[int] = set()
+        self._subscribing: set[int] = set()  # ids of log.subscribe requests in flight
         self._subs: dict[int, deque[dict[str, Any]]] = {}
         self._buffer = b""
         self._lines: deque[bytes] = deque()
         self._reading = False
-        self._changed = anyio.Condition()
+        self._read_done = anyio.Event()  # set when the current reader has read (or failed)
         self._send_lock = anyio.Lock()
         self._closed: ConnectionError | None = None
 
@@ -58,29 +61,33 @@ class AsyncClient:
     # --- reading, by whoever waits -------------------------------------------------------------
 
     async def _pump(self, ready: Callable[[], bool]) -> None:
-        """Return once ``ready()``, reading lines for everyone while nobody else is."""
+        """Return once ``ready()``, reading lines for everyone while nobody else is.
+
+        One caller at a time reads one message, dispatches it, then wakes every other waiter
+        (``Event.set`` cannot be cancelled, so a reader that is cancelled still wakes them);
+        each of them checks whether its answer came, and one takes over the reading.
+        """
         while not ready():
             if self._closed is not None:
                 raise self._closed
             if self._reading:
-                async with self._changed:
-                    await self._changed.wait()
+                await self._read_done.wait()
                 continue
             self._reading = True
+            self._read_done = anyio.Event()
             try:
-                message = await self._read_message()
+                # Dispatched before anyone else may read: nobody starts reading for a
+                # message that is already in hand.
+                self._dispatch(await self._read_message())
             finally:
                 self._reading = False
-                async with self._changed:
-                    self._changed.notify_all()
-            if message is not None:
-                self._dispatch(message)
+                self._read_done.set()
 
-    async def _read_message(self) -> dict[str, Any] | None:
+    async def _read_message(self) -> dict[str, Any]:
         while not self._lines:
             try:
                 data = await self._stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            except (anyio.EndOfStream, *_STREAM_ERRORS):
                 self._closed = self._closed or ConnectionLost(f"the daemon on {self.socket_path} closed the connection")
                 raise self._closed from None
             *lines, self._buffer = (self._buffer + data).split(b"\n")
@@ -89,8 +96,13 @@ class AsyncClient:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if "id" in message:
-            if message["id"] in self._waiting:
-                self._replies[message["id"]] = message
+            req_id = message["id"]
+            if req_id in self._waiting:
+                self._replies[req_id] = message
+                if req_id in self._subscribing and isinstance(message.get("result"), dict):
+                    # Events follow this answer at once, maybe read by another caller before
+                    # the subscriber runs again: their queue must exist from now on.
+                    self._subs.setdefault(message["result"].get("subscription"), deque())
             return
         if message.get("method") == "sys.shutdown":
             for queue in self._subs.values():
@@ -102,36 +114,55 @@ class AsyncClient:
 
     # --- calls -----------------------------------------------------------------------------------
 
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """Call ``method``; many calls may be in flight at once."""
+    async def _send(self, message: dict[str, Any]) -> None:
         if self._closed is not None:
             raise self._closed
+        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        async with self._send_lock:
+            try:
+                await self._stream.send(line)
+            except _STREAM_ERRORS as exc:
+                raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
+
+    async def _request(self, method: str, params: dict[str, Any] | None, subscribing: bool = False) -> dict[str, Any]:
+        """Send one request and wait for its answer (the reply object, error or result)."""
         req_id = next(self._ids)
         self._waiting.add(req_id)
-        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params or {}}).encode()
+        if subscribing:
+            self._subscribing.add(req_id)
         try:
-            async with self._send_lock:
-                try:
-                    await self._stream.send(line + b"\n")
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
+            await self._send({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params or {}})
             await self._pump(lambda: req_id in self._replies)
-            return result_of(self._replies.pop(req_id))
+            return self._replies.pop(req_id)
         finally:
             self._waiting.discard(req_id)
-            self._replies.pop(req_id, None)
+            self._subscribing.discard(req_id)
+            late = self._replies.pop(req_id, None)  # answered, but the caller was cancelled
+            if subscribing and late is not None and isinstance(late.get("result"), dict):
+                await self._abandon(late["result"].get("subscription"))
+
+    async def _abandon(self, sub: Any) -> None:
+        """Drop a subscription nobody will read (its subscriber is gone)."""
+        self._subs.pop(sub, None)
+        if self._closed is None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.notify("log.unsubscribe", {"subscription": sub})
+                except ConnectionError:
+                    pass
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Call ``method``; many calls may be in flight at once."""
+        return result_of(await self._request(method, params))
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         """Send a notification: no answer is owed."""
-        line = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or {}}).encode()
-        async with self._send_lock:
-            await self._stream.send(line + b"\n")
+        await self._send({"jsonrpc": "2.0", "method": method, "params": params or {}})
 
     async def subscribe(self, params: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Events as they come (``async for``); leaving the loop unsubscribes."""
-        sub = (await self.call("log.subscribe", params or {}))["subscription"]
-        queue: deque[dict[str, Any]] = deque()
-        self._subs[sub] = queue
+        sub = result_of(await self._request("log.subscribe", params or {}, subscribing=True))["subscription"]
+        queue = self._subs.setdefault(sub, deque())
         try:
             while True:
                 await self._pump(lambda: bool(queue))

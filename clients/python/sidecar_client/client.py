@@ -6,7 +6,6 @@ import itertools
 import json
 import socket
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from sidecar_client._common import default_socket_path, result_of, unavailable_message
@@ -16,12 +15,14 @@ from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
 class Client:
     """A connection to the sidecar daemon.
 
-    ``call`` sends one request and waits for its answer; notifications that arrive meanwhile
-    are kept for ``subscribe``'s iterators.
+    ``call`` sends one request and waits for its answer, at most ``timeout`` seconds;
+    notifications that arrive meanwhile are kept for ``subscribe``'s iterators, which wait
+    for events as long as it takes.
     """
 
     def __init__(self, socket_path: str | None = None, *, timeout: float | None = 30.0) -> None:
         self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
@@ -29,63 +30,114 @@ class Client:
         except OSError as exc:
             self._sock.close()
             raise DaemonUnavailable(unavailable_message(self.socket_path, exc)) from exc
-        self._file = self._sock.makefile("rb")
+        self._buffer = b""
         self._ids = itertools.count(1)
-        self._notes: deque[dict[str, Any]] = deque()
+        self._subs: dict[int, deque[dict[str, Any]]] = {}  # subscription -> its undelivered notifications
+        self._closed = False
 
     def _send(self, message: dict[str, Any]) -> None:
+        if self._closed:
+            raise ConnectionLost("the client was closed")
+        self._sock.settimeout(self.timeout)
         try:
             self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         except OSError as exc:
             raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
 
-    def _receive(self) -> dict[str, Any]:
-        line = self._file.readline()
-        if not line:
-            raise ConnectionLost(f"the daemon on {self.socket_path} closed the connection")
-        return json.loads(line)
+    def _receive(self, timeout: float | None) -> dict[str, Any]:
+        """The next message; waits at most ``timeout`` seconds (``None``: as long as it takes)."""
+        if self._closed:
+            raise ConnectionLost("the client was closed")
+        while True:
+            line, sep, rest = self._buffer.partition(b"\n")
+            if sep:
+                self._buffer = rest
+                if line.strip():
+                    return json.loads(line)
+                continue
+            self._sock.settimeout(timeout)
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                raise  # the caller's deadline; the connection itself is still good
+            except OSError as exc:
+                raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
+            if not data:
+                raise ConnectionLost(f"the daemon on {self.socket_path} closed the connection")
+            self._buffer += data
 
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """Call ``method`` with named ``params``; returns the result or raises :class:`RpcError`."""
+    def _route(self, message: dict[str, Any]) -> None:
+        """A notification: to its subscription's queue (sys.shutdown: to every queue)."""
+        if message.get("method") == "sys.shutdown":
+            for queue in self._subs.values():
+                queue.append(message)
+            return
+        queue = self._subs.get((message.get("params") or {}).get("subscription"))
+        if queue is not None:
+            queue.append(message)
+
+    def _request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         req_id = next(self._ids)
         self._send({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params or {}})
         while True:
-            message = self._receive()
+            message = self._receive(self.timeout)
             if "id" not in message:
-                self._notes.append(message)
+                self._route(message)
                 continue
             if message["id"] == req_id or message["id"] is None:
-                return result_of(message)
+                return message
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Call ``method`` with named ``params``; returns the result or raises :class:`RpcError`."""
+        return result_of(self._request(method, params))
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         """Send a notification: no answer is owed."""
         self._send({"jsonrpc": "2.0", "method": method, "params": params or {}})
 
-    def subscribe(self, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def subscribe(self, params: dict[str, Any] | None = None) -> Subscription:
         """Events matching ``params`` (the filter of log.query, and ``from_seq``), as they come.
 
-        Raises :class:`RpcError` with ``log.overflow``'s params as data if the daemon dropped
-        the subscription for falling behind.
+        Several subscriptions may be open on one client. Leaving a ``for`` loop over the
+        iterator (or ``close()``, or a ``with`` block around it) unsubscribes. Raises
+        :class:`RpcError` with ``log.overflow``'s params as data if the daemon dropped the
+        subscription for falling behind.
         """
-        sub = self.call("log.subscribe", params or {})["subscription"]
-        return self._events(sub)
+        sub = result_of(self._request("log.subscribe", params or {}))["subscription"]
+        # The daemon answers before it sends the subscription's first event, so every event
+        # of ``sub`` arrives after its queue exists.
+        self._subs[sub] = deque()
+        return Subscription(self, sub)
 
-    def _events(self, sub: int) -> Iterator[dict[str, Any]]:
-        while True:
-            message = self._notes.popleft() if self._notes else self._receive()
-            method = message.get("method")
-            params = message.get("params") or {}
-            if params.get("subscription") != sub and method != "sys.shutdown":
-                continue  # another subscription's, or a late answer: not ours
-            if method == "log.event":
-                yield params["event"]
-            elif method == "log.overflow":
-                raise RpcError(-32005, "subscription dropped: the reader fell too far behind", params)
-            elif method == "sys.shutdown":
-                return
+    def _next_event(self, sub: int) -> dict[str, Any] | None:
+        """The next event of ``sub``, or ``None`` once the daemon shuts down."""
+        queue = self._subs[sub]
+        while not queue:
+            message = self._receive(None)  # events may be far apart: no deadline
+            if "id" not in message:
+                self._route(message)
+            # else: a late answer to a call that gave up waiting; nobody wants it
+        message = queue.popleft()
+        method = message.get("method")
+        params = message.get("params") or {}
+        if method == "log.overflow":
+            raise RpcError(-32005, "subscription dropped: the reader fell too far behind", params)
+        if method == "sys.shutdown":
+            return None
+        return params["event"]
+
+    def _unsubscribe(self, sub: int, tell_daemon: bool) -> None:
+        self._subs.pop(sub, None)
+        if tell_daemon and not self._closed:
+            # A notification, not a call: this may run whenever an iterator is collected,
+            # even in the middle of another call, so it must not read from the socket.
+            try:
+                self.notify("log.unsubscribe", {"subscription": sub})
+            except ConnectionError:
+                pass
 
     def close(self) -> None:
-        self._file.close()
+        self._closed = True
         self._sock.close()
 
     def __enter__(self) -> Client:
@@ -93,3 +145,49 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Subscription:
+    """The events of one subscription: an iterator; closing it unsubscribes."""
+
+    def __init__(self, client: Client, sub: int) -> None:
+        self.client = client
+        self.id = sub
+        self._open = True
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if not self._open:
+            raise StopIteration
+        try:
+            event = self.client._next_event(self.id)
+        except (RpcError, ConnectionError):  # overflow or a lost connection: it ended daemon-side
+            self._end(tell_daemon=False)
+            raise
+        if event is None:  # sys.shutdown
+            self._end(tell_daemon=False)
+            raise StopIteration
+        return event
+
+    def close(self) -> None:
+        """Unsubscribe (the daemon is told; events already on their way are dropped)."""
+        self._end(tell_daemon=True)
+
+    def _end(self, tell_daemon: bool) -> None:
+        if self._open:
+            self._open = False
+            self.client._unsubscribe(self.id, tell_daemon)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
