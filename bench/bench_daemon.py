@@ -32,13 +32,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_log import plain_loop  # noqa: E402
+from report import Report  # noqa: E402
 
-ROWS: list[tuple[str, str, str, str]] = []
-
-
-def row(what: str, value: str, baseline: str, verdict: str) -> None:
-    ROWS.append((what, value, baseline, verdict))
-    print(f"{what:<62} {value:>16}   baseline {baseline:>18}   {verdict}", flush=True)
+REPORT = Report("daemon", width=62)
+row = REPORT.row
 
 
 class Daemon:
@@ -252,12 +249,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         bench_appends(tmp, args.appends)
         bench_reads(tmp, args.events)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    table = ["| what | figure | baseline (same run) | verdict |", "|---|---|---|---|"]
-    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ROWS]
-    (out / "daemon.md").write_text("\n".join(table) + "\n")
-    print(f"\nwritten to {out / 'daemon.md'}")
+    REPORT.write()
 
 
 if __name__ == "__main__":

@@ -27,16 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import anyio  # noqa: E402
+from report import Report  # noqa: E402
 
 from sidecar.log import EventStore  # noqa: E402
 from sidecar.log.aio import async_appender  # noqa: E402
 
-ROWS: list[tuple[str, str, str, str]] = []
-
-
-def row(what: str, value: str, baseline: str, verdict: str) -> None:
-    ROWS.append((what, value, baseline, verdict))
-    print(f"{what:<58} {value:>16}   baseline {baseline:>16}   {verdict}", flush=True)
+REPORT = Report("log", width=58)
+row = REPORT.row
 
 
 def event(cid: str, n: int) -> dict:
@@ -273,12 +270,7 @@ def main() -> None:
         row(f"append_many, batches of 5000 ({args.events:,} events)", f"{args.events / took:,.0f}/s", "-", "bulk load")
         bench_queries(tmp / "big", ids)
         bench_open(tmp / "big")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    table = ["| what | figure | baseline (same run) | verdict |", "|---|---|---|---|"]
-    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ROWS]
-    (out / "log.md").write_text("\n".join(table) + "\n")
-    print(f"\nwritten to {out / 'log.md'}")
+    REPORT.write()
 
 
 if __name__ == "__main__":

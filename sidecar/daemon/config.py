@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
+from sidecar_client import default_socket_path  # one default for the daemon and its clients
 
 from sidecar.datadir import DEFAULT_DATA_DIR
 from sidecar.log.store import DEFAULT_JOURNAL_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_ROTATE_BYTES
@@ -59,18 +60,6 @@ class Config(msgspec.Struct, kw_only=True):
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says what to fix."""
-
-
-def default_socket_path() -> str:
-    """``$SIDECAR_SOCKET``, else ``$XDG_RUNTIME_DIR/sidecar/sidecar.sock``, else
-    ``/tmp/sidecar-$UID/sidecar.sock``: always inside a directory only we may enter."""
-    explicit = os.environ.get("SIDECAR_SOCKET")
-    if explicit:
-        return explicit
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "sidecar", "sidecar.sock")
-    return f"/tmp/sidecar-{os.getuid()}/sidecar.sock"
 
 
 def load_config(

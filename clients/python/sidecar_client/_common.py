@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import Any
 
 from sidecar_client.errors import RpcError
@@ -25,6 +26,17 @@ def unavailable_message(path: str, exc: OSError) -> str:
         f"no sidecar daemon answers on {path} ({exc.strerror or exc}); "
         "start one with `sidecar serve`, or point SIDECAR_SOCKET / --socket at it"
     )
+
+
+def route_notification(message: dict[str, Any], queues: dict[Any, deque[dict[str, Any]]]) -> None:
+    """A notification to its subscription's queue (``sys.shutdown``: to every queue)."""
+    if message.get("method") == "sys.shutdown":
+        for queue in queues.values():
+            queue.append(message)
+        return
+    queue = queues.get((message.get("params") or {}).get("subscription"))
+    if queue is not None:
+        queue.append(message)
 
 
 def result_of(reply: dict[str, Any]) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream
 
-from sidecar_client._common import default_socket_path, result_of, unavailable_message
+from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
 
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -104,13 +104,7 @@ class AsyncClient:
                     # the subscriber runs again: their queue must exist from now on.
                     self._subs.setdefault(message["result"].get("subscription"), deque())
             return
-        if message.get("method") == "sys.shutdown":
-            for queue in self._subs.values():
-                queue.append(message)
-            return
-        queue = self._subs.get((message.get("params") or {}).get("subscription"))
-        if queue is not None:
-            queue.append(message)
+        route_notification(message, self._subs)
 
     # --- calls -----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import socket
 from collections import deque
 from typing import Any
 
-from sidecar_client._common import default_socket_path, result_of, unavailable_message
+from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
 
 
@@ -67,14 +67,7 @@ class Client:
             self._buffer += data
 
     def _route(self, message: dict[str, Any]) -> None:
-        """A notification: to its subscription's queue (sys.shutdown: to every queue)."""
-        if message.get("method") == "sys.shutdown":
-            for queue in self._subs.values():
-                queue.append(message)
-            return
-        queue = self._subs.get((message.get("params") or {}).get("subscription"))
-        if queue is not None:
-            queue.append(message)
+        route_notification(message, self._subs)
 
     def _request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         req_id = next(self._ids)

@@ -1,0 +1,28 @@
+"""The benchmarks' shared output: rows printed as they come, then a markdown table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Report:
+    def __init__(self, name: str, width: int = 60) -> None:
+        self.name = name
+        self.width = width
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def row(self, what: str, value: str, baseline: str, verdict: str) -> None:
+        """One figure, beside the baseline measured in the same run."""
+        self.rows.append((what, value, baseline, verdict))
+        print(f"{what:<{self.width}} {value:>16}   baseline {baseline:>18}   {verdict}", flush=True)
+
+    def write(self) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        lines = ["| what | figure | baseline (same run) | verdict |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]
+        path = RESULTS / f"{self.name}.md"
+        path.write_text("\n".join(lines) + "\n")
+        print(f"\nwritten to {path}")
+        return path
