@@ -21,7 +21,7 @@ from anyio.abc import SocketStream, TaskStatus
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.daemon import unix
-from sidecar.daemon.config import Config
+from sidecar.daemon.config import Config, ConfigError, load_config
 from sidecar.daemon.methods import Stats, SubscribeParams, registry
 from sidecar.daemon.subscriptions import Hub, Subscription
 from sidecar.daemon.systemd import Notifier
@@ -200,8 +200,9 @@ class Connection:
 class Daemon:
     """The sidecar daemon for one data directory and one socket."""
 
-    def __init__(self, config: Config, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, config: Config, *, clock: Clock = SYSTEM_CLOCK, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # re-read on SIGHUP
         self.clock = clock
         self.pid = os.getpid()
         self.hub = Hub()
@@ -396,8 +397,6 @@ class Daemon:
                 return
 
     def _reload(self) -> None:
-        from sidecar.daemon.config import ConfigError, load_config
-
         try:
             fresh = load_config(self.config_path, data_dir=self.config.data_dir, socket=self.config.socket)
         except ConfigError as exc:
@@ -406,8 +405,6 @@ class Daemon:
         self.config.server = fresh.server
         self.config.controller = fresh.controller
         log.info("daemon.reloaded", config=self.config_path)
-
-    config_path: str | None = None
 
     async def _watchdog(self, notifier: Notifier) -> None:
         assert notifier.watchdog_interval is not None
@@ -429,8 +426,7 @@ class Daemon:
 
 def serve(config: Config, config_path: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
-    daemon = Daemon(config)
-    daemon.config_path = config_path
+    daemon = Daemon(config, config_path=config_path)
     try:
         anyio.run(daemon.run)
     except (unix.SocketSetupError, OSError) as exc:
