@@ -28,7 +28,9 @@ from sidecar.log.events import (
     Visibility,
 )
 from sidecar.log.scan import Limit, QueryFilter
+from sidecar.log.writer import AppendRequest
 from sidecar.rpc.dispatch import NoParams, Registry
+from sidecar.rpc.protocol import Request, encode, error_response, result_response
 
 if TYPE_CHECKING:
     from sidecar.daemon.server import Connection
@@ -161,6 +163,32 @@ def _no_user_text(events: list[NewEvent]) -> None:
 async def log_append(p: NewEvent, conn: Connection) -> AppendResult:
     _no_user_text([p])
     return (await conn.daemon.appender.submit([p]))[0]
+
+
+@registry.fast_path("log.append")
+def log_append_now(req: Request, conn: Connection) -> bool:
+    """The hot path: a valid append joins the next batch without a task of its own and is
+    answered from the batch's completion. Anything else takes the general path above."""
+    try:
+        event = registry.params_of(req, NewEvent)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False  # the general path words the error
+    if event.visibility == "user" or conn.daemon.stopping:
+        return False
+
+    def answer(done: AppendRequest) -> None:
+        if not req.is_notification:
+            err = done.error
+            reply = (
+                result_response(req.id, done.results[0])
+                if err is None
+                else error_response(req.id, err.code, err.message, err.data)
+            )
+            conn.send_now(encode(reply))
+        conn.slots.release()
+
+    conn.daemon.appender.submit_soon([event], answer)
+    return True
 
 
 @registry.method("log.append_many", AppendMany, list[AppendResult], "Append several events, all or none.")

@@ -30,7 +30,16 @@ from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.scan import as_filter
 from sidecar.log.store import EventStore
-from sidecar.rpc.protocol import INVALID_REQUEST, Framer, FrameTooLarge, encode, error_response, parse_message
+from sidecar.rpc.protocol import (
+    INVALID_REQUEST,
+    Framer,
+    FrameTooLarge,
+    Message,
+    Request,
+    encode,
+    error_response,
+    parse_message,
+)
 
 log = structlog.get_logger("sidecar.daemon")
 
@@ -48,18 +57,29 @@ class _Slots:
     """
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self.free = size
-        self._freed = anyio.Event()
+        self._freed: anyio.Event | None = None  # exists only while someone waits
 
     async def acquire(self) -> None:
         while self.free <= 0:
+            if self._freed is None:
+                self._freed = anyio.Event()
             await self._freed.wait()
         self.free -= 1
 
     def release(self) -> None:
         self.free += 1
-        self._freed.set()
-        self._freed = anyio.Event()
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+    async def drained(self) -> None:
+        """Until every slot is free again (nothing in flight)."""
+        while self.free < self.size:
+            if self._freed is None:
+                self._freed = anyio.Event()
+            await self._freed.wait()
 
 
 class Connection:
@@ -82,13 +102,20 @@ class Connection:
         self._outbox: list[bytes] = []
         self._queued = 0
         self._has_output = anyio.Event()
-        self._room = anyio.Event()
+        self._room: anyio.Event | None = None  # exists only while a sender waits for room
         self._finishing = False
+        self.slots = _Slots(daemon.config.server.max_inflight)  # requests in flight
 
     async def send(self, data: bytes) -> None:
         """Queue one line for the writer; waits while this connection's queue is full."""
         while self._queued >= SEND_QUEUE_BYTES and not self.closed:
+            if self._room is None:
+                self._room = anyio.Event()
             await self._room.wait()
+        self.send_now(data)
+
+    def send_now(self, data: bytes) -> None:
+        """Queue one line without waiting: for answers, whose number ``slots`` bounds."""
         if self.closed:
             return
         self._outbox.append(data)
@@ -106,15 +133,19 @@ class Connection:
             chunk = b"".join(self._outbox)
             self._outbox.clear()
             self._queued = 0
-            self._room.set()
-            self._room = anyio.Event()
+            self._wake_senders()
             try:
                 await self.stream.send(chunk)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 self.closed = True
-                self._room.set()
+                self._wake_senders()
                 self.reading.cancel()
                 return
+
+    def _wake_senders(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     def subscribe(self, params: SubscribeParams) -> int:
         fields = {k: v for k, v in msgspec.structs.asdict(params).items() if v is not None}
@@ -140,7 +171,6 @@ class Connection:
 
     async def serve(self) -> None:
         log.info("daemon.connection_open", connection=self.number, pid=self.peer[0], uid=self.peer[1])
-        limit = _Slots(self.daemon.config.server.max_inflight)
         framer = Framer(self.daemon.config.server.max_message_bytes)
         try:
             async with anyio.create_task_group() as io:
@@ -149,7 +179,8 @@ class Connection:
                     self._subs_tg = subs
                     async with anyio.create_task_group() as requests:
                         with self.reading:
-                            await self._read(framer, limit, requests)
+                            await self._read(framer, requests)
+                        await self.slots.drained()  # answers still owed by fast paths
                     # Reading is over (end of stream, bad framing, or shutdown); in-flight
                     # requests have finished above. Subscriptions end with the connection.
                     if self.daemon.stopping and self.subscriptions:
@@ -165,7 +196,7 @@ class Connection:
             await self.stream.aclose()
             log.info("daemon.connection_closed", connection=self.number)
 
-    async def _read(self, framer: Framer, limit: _Slots, requests: Any) -> None:
+    async def _read(self, framer: Framer, requests: Any) -> None:
         while True:
             try:
                 data = await self.stream.receive(65536)
@@ -180,21 +211,26 @@ class Connection:
                 log.warning("daemon.message_too_large", connection=self.number, limit=limit_bytes)
                 return
             for line in lines:
-                await limit.acquire()  # back-pressure: stop reading while too many are in flight
-                requests.start_soon(self._handle, line, limit)
+                await self.slots.acquire()  # back-pressure: stop reading while too many are in flight
+                self.daemon.requests += 1
+                message = parse_message(line)
+                if self.daemon.debug:
+                    methods = [getattr(item, "method", None) for item in message.items]
+                    log.debug("daemon.request", connection=self.number, methods=methods)
+                first = message.items[0]
+                if not message.batch and isinstance(first, Request):
+                    fast = registry.fast.get(first.method)
+                    if fast is not None and fast(first, self):
+                        continue  # taken: it answers, and frees its slot, when done
+                requests.start_soon(self._handle, message)
 
-    async def _handle(self, line: bytes, limit: _Slots) -> None:
+    async def _handle(self, message: Message) -> None:
         try:
-            self.daemon.requests += 1
-            message = parse_message(line)
-            if self.daemon.debug:
-                methods = [getattr(item, "method", None) for item in message.items]
-                log.debug("daemon.request", connection=self.number, methods=methods)
             reply = await registry.handle(message, self)
             if reply is not None:
                 await self.send(reply)
         finally:
-            limit.release()
+            self.slots.release()
 
 
 class Daemon:

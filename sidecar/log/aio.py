@@ -8,27 +8,32 @@ coroutines appending at once thus cost one wakeup per *batch*, where threads blo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import structlog
 from anyio.abc import TaskStatus
 
 from sidecar.log.events import AppendResult, NewEvent, as_new_event
 from sidecar.log.store import EventStore
 from sidecar.log.writer import AppendRequest
 
+log = structlog.get_logger("sidecar.log")
+
 
 class _Batch:
-    """Requests that will be committed together, and the one event that wakes them all."""
+    """Requests that will be committed together, the one event that wakes their waiters,
+    and the callbacks of those who chose to be called instead of waiting."""
 
-    __slots__ = ("requests", "done")
+    __slots__ = ("requests", "done", "callbacks")
 
     def __init__(self) -> None:
         self.requests: list[AppendRequest] = []
         self.done = anyio.Event()
+        self.callbacks: list[tuple[AppendRequest, Callable[[AppendRequest], None]]] = []
 
 
 class AsyncAppender:
@@ -55,12 +60,23 @@ class AsyncAppender:
             raise RuntimeError("the event store is closed")
         if not events:
             return []
-        req = AppendRequest(events)
+        req = AppendRequest(events, blocking=False)
         batch = self._open
         batch.requests.append(req)
         self._wakeup.set()
         await batch.done.wait()
         return req.outcome()
+
+    def submit_soon(self, events: list[NewEvent], answer: Callable[[AppendRequest], None]) -> None:
+        """Queue validated events; ``answer(request)`` is called in the event loop once they
+        are durable (or failed). No task waits: the cheapest way for a server to append."""
+        if self._closed:
+            raise RuntimeError("the event store is closed")
+        req = AppendRequest(events, blocking=False)
+        batch = self._open
+        batch.requests.append(req)
+        batch.callbacks.append((req, answer))
+        self._wakeup.set()
 
     def depth(self) -> int:
         """Requests waiting for the next batch."""
@@ -86,6 +102,11 @@ class AsyncAppender:
                 # Shielded: once a batch is handed to the disk, its callers get their answer.
                 with anyio.CancelScope(shield=True):
                     await durable.wait()
+                for req, answer in batch.callbacks:
+                    try:
+                        answer(req)
+                    except Exception:
+                        log.exception("log.answer_failed")
                 batch.done.set()
             if self._closed and not self._open.requests:
                 return

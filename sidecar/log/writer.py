@@ -47,20 +47,24 @@ class AppendRequest:
 
     __slots__ = ("events", "results", "error", "_pending", "on_done")
 
-    def __init__(self, events: list[NewEvent], on_done: Callable[[], None] | None = None) -> None:
+    def __init__(self, events: list[NewEvent], *, blocking: bool = True) -> None:
         self.events = events
         self.results: list[AppendResult] = []
         self.error: SidecarError | None = None
-        self._pending = threading.Lock()  # held until finished: a raw lock is the cheapest wakeup
-        self._pending.acquire()
-        self.on_done = on_done
+        self._pending: threading.Lock | None = None
+        if blocking:  # held until finished: a raw lock is the cheapest wakeup for a thread
+            self._pending = threading.Lock()
+            self._pending.acquire()
+        self.on_done: Callable[[], None] | None = None
 
     def finish(self) -> None:
-        self._pending.release()
+        if self._pending is not None:
+            self._pending.release()
         if self.on_done is not None:
             self.on_done()
 
     def wait(self) -> list[AppendResult]:
+        assert self._pending is not None, "made with blocking=False: use on_done"
         self._pending.acquire()
         self._pending.release()
         return self.outcome()

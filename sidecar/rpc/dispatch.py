@@ -27,6 +27,7 @@ from sidecar.rpc.protocol import (
 log = structlog.get_logger("sidecar.rpc")
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 
 class NoParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,6 +48,23 @@ class Registry(Generic[C]):
 
     def __init__(self) -> None:
         self.methods: dict[str, Method[C]] = {}
+        # Optional task-free handlers for hot methods: ``fast(request, ctx)`` returns True
+        # when it took the request (and will answer it), False to use the general path.
+        self.fast: dict[str, Callable[[Request, C], bool]] = {}
+
+    def fast_path(self, name: str) -> Callable[[Callable[[Request, C], bool]], Callable[[Request, C], bool]]:
+        def register(handler: Callable[[Request, C], bool]) -> Callable[[Request, C], bool]:
+            self.fast[name] = handler
+            return handler
+
+        return register
+
+    @staticmethod
+    def params_of(req: Request, params_type: type[T]) -> T:
+        """``req``'s params as ``params_type``; raises msgspec's ValidationError/DecodeError."""
+        if isinstance(req.params, msgspec.Raw):
+            return msgspec.json.decode(req.params, type=params_type)
+        return msgspec.convert(req.params, params_type)
 
     def method(
         self, name: str, params: type[msgspec.Struct], result: Any, summary: str
@@ -84,10 +102,7 @@ class Registry(Generic[C]):
         if method is None:
             return error_response(req.id, METHOD_NOT_FOUND, f"Method not found: {req.method!r}")
         try:
-            if isinstance(req.params, msgspec.Raw):
-                params = msgspec.json.decode(req.params, type=method.params)
-            else:
-                params = msgspec.convert(req.params, method.params)
+            params = self.params_of(req, method.params)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return error_response(req.id, INVALID_PARAMS, f"Invalid params: {exc}")
         try:
