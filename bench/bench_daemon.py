@@ -160,7 +160,7 @@ def bench_appends(tmp: Path, per_conn: int) -> None:
 
             took, lat = load(d.socket, conns, flight, total, append)
             results.append((label, total / took, lat))
-        many_total = 400
+        many_total = 1200
 
         def many(i: int) -> bytes:
             events = [{"conversation_id": f"m{i % 4}", "type": "agent.progress", "data": {"n": k}} for k in range(100)]
