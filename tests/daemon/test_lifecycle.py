@@ -288,3 +288,11 @@ def test_sighup_reloads_the_config(start_daemon, tmp_path: Path) -> None:
                 break
     assert "daemon.reload_failed" in d.stderr()
     assert send_big()["error"]["code"] == -32600  # ...and the last good one stays
+
+
+def test_sigint_stops_cleanly_too(daemon) -> None:
+    with Client(daemon.socket_path) as c:
+        c.call("log.append", {"conversation_id": "i", "type": "a.b"})
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not os.path.exists(daemon.socket_path)
+    assert list((daemon.data_dir / "journal").glob("*.wal")) == []  # checkpointed on the way out
