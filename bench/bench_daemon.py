@@ -170,13 +170,7 @@ def bench_appends(tmp: Path, per_conn: int) -> None:
     finally:
         d.stop()
     baselines.append(1 / plain_loop(str(tmp / "plain2.jsonl"), 16, 200))
-    base = max(baselines)
-    row(
-        "plain open+flock+write+fsync+close loop, 16 threads (events/s)",
-        f"{base:,.0f}",
-        " / ".join(f"{b:,.0f}" for b in baselines),
-        "the baseline (faster of before/after)",
-    )
+    base = REPORT.baseline("plain open+flock+write+fsync+close loop, 16 threads (events/s)", baselines)
     for label, rate, lat in results:
         ratio = rate / base
         verdict = f"{ratio:.1f}x; p50 {pct(lat, 0.5) * 1e3:.2f} ms, p99 {pct(lat, 0.99) * 1e3:.2f} ms"

@@ -69,6 +69,16 @@ class LineReader:
         return line
 
 
+def finish(proc: subprocess.Popen) -> None:
+    """Stop a follower if it still runs, and close its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
+
+
 def seq_of(line: str, as_json: bool) -> int:
     return json.loads(line)["seq"] if as_json else int(line.split()[0])
 
@@ -250,11 +260,7 @@ def test_tail_follow_shows_new_events_once_and_in_order(daemon, as_json: bool) -
         assert proc.wait(timeout=TIMEOUT) == 0
         assert "Traceback" not in proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=TIMEOUT)
-        proc.stdout.close()
-        proc.stderr.close()
+        finish(proc)
 
 
 def test_tail_follow_ends_when_the_daemon_stops(daemon) -> None:
@@ -275,11 +281,7 @@ def test_tail_follow_ends_when_the_daemon_stops(daemon) -> None:
         assert proc.wait(timeout=TIMEOUT) == 0
         assert "Traceback" not in proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=TIMEOUT)
-        proc.stdout.close()
-        proc.stderr.close()
+        finish(proc)
 
 
 # --- help ------------------------------------------------------------------------------------
@@ -328,15 +330,6 @@ def follower(socket_path: str, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def finish(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=TIMEOUT)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None and not stream.closed:
-            stream.close()
 
 
 def wait_for_subscriber(socket_path: str) -> None:
