@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from sidecar import __version__
 from sidecar.errors import ForbiddenError, NotFoundError
+from sidecar.log.committer import AppendRequest
 from sidecar.log.events import (
     AppendResult,
     Causality,
@@ -28,7 +29,6 @@ from sidecar.log.events import (
     Visibility,
 )
 from sidecar.log.scan import Limit, QueryFilter
-from sidecar.log.writer import AppendRequest
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 

@@ -17,9 +17,9 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import TaskStatus
 
+from sidecar.log.committer import AppendRequest
 from sidecar.log.events import AppendResult, NewEvent, as_new_event
 from sidecar.log.store import EventStore
-from sidecar.log.writer import AppendRequest
 
 log = structlog.get_logger("sidecar.log")
 

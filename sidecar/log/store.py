@@ -19,6 +19,7 @@ import structlog
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import InvalidParams, SidecarError
+from sidecar.log.committer import AppendRequest, CommitThread
 from sidecar.log.conversation import LogPaths
 from sidecar.log.events import (
     CONVERSATION_ID_PATTERN,
@@ -37,7 +38,7 @@ from sidecar.log.journal import Journal, replay_orphans
 from sidecar.log.reader import Snapshot
 from sidecar.log.scan import QueryFilter, as_filter, decode_lines, run_query
 from sidecar.log.segments import SUFFIX, ArchiveListing, head_decoder
-from sidecar.log.writer import AppendRequest, CommitThread, LogWriter, WriterStats
+from sidecar.log.writer import LogWriter, WriterStats
 
 DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
