@@ -1,0 +1,232 @@
+"""The task graph in memory: referential integrity, no cycles, legal transitions, readiness.
+
+Pure: no files, no clock of its own (timestamps are passed in), so every rule is tested
+directly and the daemon and the file API share one implementation.
+"""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from collections.abc import Iterable
+
+import msgspec
+
+from sidecar.errors import ConflictError, InvalidParams, NotFoundError
+from sidecar.task_graph.model import ACTIVE, TERMINAL, TRANSITIONS, GraphFile, NewTask, Task, TaskPatch
+
+
+class TaskGraph:
+    """Tasks by id, with the rules every change must pass."""
+
+    def __init__(self, tasks: Iterable[Task] = (), version: int = 0) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.version = version
+        for task in tasks:
+            self.tasks[task.id] = task
+        self.check()
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}", {"id": task_id})
+        return task
+
+    def list_active(self, statuses: Iterable[str] | None = None) -> list[Task]:
+        wanted = set(statuses) if statuses is not None else ACTIVE
+        return sorted((t for t in self.tasks.values() if t.status in wanted), key=_order)
+
+    def ready(self) -> list[Task]:
+        """Pending tasks whose dependencies are all done and whose parents are not blocked,
+        highest priority (lowest number) first, then oldest.
+
+        A parent is blocked when its status is ``blocked`` or one of its dependencies is not
+        done; its children, and theirs, wait with it (beads' meaning of "ready")."""
+        tasks = self.tasks
+        not_done = {tid for tid, t in tasks.items() if t.status != "done"}
+        blocked: dict[str, bool] = {}  # memo along parent chains
+
+        def is_blocked(task: Task) -> bool:
+            chain: list[str] = []
+            verdict = False
+            node: Task | None = task
+            while node is not None:
+                known = blocked.get(node.id)
+                if known is not None:
+                    verdict = known
+                    break
+                chain.append(node.id)
+                if node.status == "blocked" or not not_done.isdisjoint(node.dependency_ids):
+                    verdict = True
+                    break
+                node = tasks[node.parent_id] if node.parent_id else None
+            for tid in chain:
+                blocked[tid] = verdict
+            return verdict
+
+        out = [
+            t
+            for t in tasks.values()
+            if t.status == "pending"
+            and (not_done.isdisjoint(t.dependency_ids) if t.parent_id is None else not is_blocked(t))
+        ]
+        out.sort(key=_ORDER)
+        return out
+
+    # --- changing --------------------------------------------------------------------------------
+
+    def create(self, new: NewTask, now: str) -> Task:
+        task_id = new.id or str(uuid.uuid4())
+        if task_id in self.tasks:
+            raise InvalidParams(f"task {task_id!r} already exists", {"reason": "duplicate id", "id": task_id})
+        if new.status not in ("pending", "running", "blocked"):
+            raise InvalidParams(f"a new task cannot start as {new.status!r}", {"reason": "illegal status"})
+        task = Task(
+            id=task_id,
+            type=new.type,
+            status=new.status,
+            owner=new.owner,
+            inputs=new.inputs,
+            created_at=now,
+            updated_at=now,
+            parent_id=new.parent_id,
+            dependency_ids=list(dict.fromkeys(new.dependency_ids)),
+            conversation_id=new.conversation_id,
+            priority=new.priority,
+        )
+        self._check_links(task)
+        self.tasks[task_id] = task
+        self.version += 1
+        return task
+
+    def update(self, patch: TaskPatch, now: str) -> Task:
+        old = self.get(patch.id)
+        if patch.expected_version is not None and patch.expected_version != old.version:
+            raise ConflictError(
+                f"task {old.id!r} is at version {old.version}, not {patch.expected_version}",
+                {"id": old.id, "expected_version": patch.expected_version, "version": old.version},
+            )
+        changes: dict[str, object] = {}
+        for field in ("owner", "inputs", "outputs", "parent_id", "priority"):
+            value = getattr(patch, field)
+            if value is not None:
+                changes[field] = value
+        if patch.dependency_ids is not None:
+            changes["dependency_ids"] = list(dict.fromkeys(patch.dependency_ids))
+        if patch.status is not None and patch.status != old.status:
+            self._check_transition(old, patch.status, patch.reopen)
+            changes["status"] = patch.status
+        task = msgspec.structs.replace(old, **changes, updated_at=max(now, old.updated_at), version=old.version + 1)
+        self._check_links(task)
+        self.tasks[task.id] = task
+        self.version += 1
+        return task
+
+    # --- rules -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_transition(task: Task, status: str, reopen: bool) -> None:
+        if task.status in TERMINAL:
+            if reopen and status == "pending":
+                return
+            hint = " (pass reopen: true to send it back to pending)" if status in ("pending", "running") else ""
+            raise InvalidParams(
+                f"task {task.id!r} is {task.status}; it cannot become {status}{hint}",
+                {"reason": "illegal transition", "from": task.status, "to": status},
+            )
+        if status not in TRANSITIONS[task.status]:
+            raise InvalidParams(
+                f"task {task.id!r} cannot go from {task.status} to {status}",
+                {"reason": "illegal transition", "from": task.status, "to": status},
+            )
+
+    def _check_links(self, task: Task) -> None:
+        """Parent and dependencies exist, and neither graph (parents, dependencies) has a cycle."""
+        for ref, kind in [(task.parent_id, "parent"), *((d, "dependency") for d in task.dependency_ids)]:
+            if ref is None:
+                continue
+            if ref == task.id:
+                raise InvalidParams(
+                    f"task {task.id!r} cannot be its own {kind}", {"reason": "cycle", "cycle": [task.id, task.id]}
+                )
+            if ref not in self.tasks:
+                raise InvalidParams(
+                    f"{kind} {ref!r} of task {task.id!r} does not exist", {"reason": f"unknown {kind}", "id": ref}
+                )
+        cycle = self._path(task.parent_id, task.id, lambda t: [t.parent_id] if t.parent_id else [])
+        if cycle is None:
+            cycle = next(
+                (
+                    c
+                    for d in task.dependency_ids
+                    if (c := self._path(d, task.id, lambda t: t.dependency_ids)) is not None
+                ),
+                None,
+            )
+        if cycle is not None:
+            names = [task.id, *cycle]
+            raise InvalidParams(f"that would make a cycle: {' -> '.join(names)}", {"reason": "cycle", "cycle": names})
+
+    def _path(self, start: str | None, target: str, edges) -> list[str] | None:  # type: ignore[no-untyped-def]
+        """A path of ids from ``start`` to ``target`` following ``edges``, if one exists."""
+        if start is None:
+            return None
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        seen = {start}
+        while stack:
+            node, path = stack.pop()
+            if node == target:
+                return path
+            current = self.tasks.get(node)
+            if current is None:
+                continue
+            for nxt in edges(current):
+                if nxt is not None and nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    def check(self) -> None:
+        """Validate a whole graph (from a file): every link resolves, no cycle anywhere."""
+        saved = self.tasks
+        self.tasks = {}
+        try:
+            pending = dict(saved)
+            while pending:  # insert in an order where references come first
+                progressed = False
+                for task_id, task in list(pending.items()):
+                    refs = [r for r in [task.parent_id, *task.dependency_ids] if r is not None]
+                    if all(r in self.tasks for r in refs):
+                        self._check_links(task)
+                        self.tasks[task_id] = task
+                        del pending[task_id]
+                        progressed = True
+                if not progressed:
+                    task = next(iter(pending.values()))
+                    missing = [r for r in [task.parent_id, *task.dependency_ids] if r and r not in saved]
+                    if missing:
+                        raise InvalidParams(
+                            f"task {task.id!r} names unknown task {missing[0]!r}",
+                            {"reason": "unknown reference", "id": missing[0]},
+                        )
+                    self.tasks.update(pending)
+                    raise InvalidParams(
+                        "the graph has a cycle among " + ", ".join(sorted(pending)),
+                        {"reason": "cycle", "cycle": sorted(pending)},
+                    )
+        except BaseException:
+            self.tasks = saved
+            raise
+        self.tasks = saved
+
+    def to_file(self) -> GraphFile:
+        return GraphFile(tasks=sorted(self.tasks.values(), key=lambda t: (t.created_at, t.id)), version=self.version)
+
+
+_ORDER = operator.attrgetter("priority", "created_at", "id")
+
+
+def _order(task: Task) -> tuple[int, str, str]:
+    return _ORDER(task)

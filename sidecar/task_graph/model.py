@@ -1,0 +1,79 @@
+"""The task schema: one ``msgspec.Struct`` each for a task, a new task and a change."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+Status = Literal["pending", "running", "blocked", "done", "failed", "cancelled"]
+ACTIVE: frozenset[str] = frozenset({"pending", "running", "blocked"})
+TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+# Where a status may go. Leaving a terminal state takes an explicit reopen (back to pending).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"running", "blocked", "done", "failed", "cancelled"}),
+    "running": frozenset({"pending", "blocked", "done", "failed", "cancelled"}),
+    "blocked": frozenset({"pending", "running", "failed", "cancelled"}),
+    "done": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+Priority = Annotated[int, Meta(ge=0, le=1000)]
+
+
+class Task(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A unit of work. Lower ``priority`` comes first; every change bumps ``version``."""
+
+    id: TaskId
+    type: str
+    status: Status = "pending"
+    owner: str | None = None
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    created_at: str
+    updated_at: str
+    parent_id: TaskId | None = None
+    dependency_ids: list[TaskId] = []
+    conversation_id: str | None = None
+    priority: Priority = 2
+    version: int = 1
+
+
+class NewTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What ``tasks.create`` takes; the graph fills in the rest."""
+
+    type: Annotated[str, Meta(min_length=1, max_length=128)]
+    id: TaskId | None = None
+    owner: str | None = None
+    inputs: dict[str, Any] = {}
+    parent_id: TaskId | None = None
+    dependency_ids: list[TaskId] = []
+    conversation_id: str | None = None
+    priority: Priority = 2
+    status: Status = "pending"
+
+
+class TaskPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What ``tasks.update`` may change; ``reopen`` lets a finished task go back to pending."""
+
+    id: TaskId
+    expected_version: int | None = None
+    status: Status | None = None
+    owner: str | None = None
+    inputs: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+    parent_id: TaskId | None = None
+    dependency_ids: list[TaskId] | None = None
+    priority: Priority | None = None
+    reopen: bool = False
+
+
+class GraphFile(msgspec.Struct, kw_only=True):
+    """``tasks.graph.json``: the tasks and a version that counts every saved change."""
+
+    tasks: list[Task] = []
+    version: int = 0

@@ -1,0 +1,159 @@
+"""``data/tasks.graph.json`` on disk, and the original specification's API (S25) over it.
+
+Every read holds a shared flock and every change an exclusive one, on
+``tasks.graph.json.lock`` beside the file (the file itself is replaced by rename, so it
+cannot carry the lock). A change is written to a temp file, fsync'd, renamed over the
+graph, and the directory fsync'd: readers see the old graph or the new one, never half.
+The functions work on ``data_dir=`` if given, else ``$SIDECAR_DATA_DIR``, else ``./data``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.datadir import ensure_layout, resolve_data_dir
+from sidecar.errors import InvalidParams
+from sidecar.log.files import fsync_dir, write_all
+from sidecar.log.timestamps import format_timestamp
+from sidecar.task_graph.graph import TaskGraph
+from sidecar.task_graph.model import GraphFile, NewTask, Task, TaskPatch
+
+GRAPH_FILE = "tasks.graph.json"
+_encoder = msgspec.json.Encoder()
+
+
+def graph_path(data_dir: str | os.PathLike[str] | None = None) -> str:
+    return os.path.join(resolve_data_dir(data_dir), GRAPH_FILE)
+
+
+@contextlib.contextmanager
+def locked(path: str, *, exclusive: bool) -> Iterator[None]:
+    """Hold the graph's lock file (created on first use)."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_graph(path: str) -> TaskGraph:
+    """Parse and validate the graph file (a missing file is an empty graph)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return TaskGraph()
+    try:
+        doc = msgspec.json.decode(raw, type=GraphFile)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidParams(f"{path} is not a valid task graph: {exc}", {"reason": "invalid file"}) from None
+    return TaskGraph(doc.tasks, doc.version)
+
+
+def write_graph(path: str, graph: TaskGraph) -> None:
+    """Replace the file atomically and durably (call with the exclusive lock held)."""
+    directory = os.path.dirname(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, msgspec.json.format(_encoder.encode(graph.to_file()), indent=2) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(directory)
+
+
+def _path_for(data_dir: str | os.PathLike[str] | None) -> str:
+    return os.path.join(ensure_layout(resolve_data_dir(data_dir)), GRAPH_FILE)
+
+
+def _now(clock: Clock) -> str:
+    return format_timestamp(clock.now_ns())
+
+
+# --- the original specification's API -------------------------------------------------------
+
+
+def load_graph(*, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The whole graph as plain data: ``{"tasks": [...], "version": n}``."""
+    path = _path_for(data_dir)
+    with locked(path, exclusive=False):
+        return msgspec.to_builtins(read_graph(path).to_file())
+
+
+def save_graph(graph: dict[str, Any], *, data_dir: str | os.PathLike[str] | None = None) -> None:
+    """Replace the graph with ``graph`` after validating all of it."""
+    try:
+        doc = msgspec.convert(graph, GraphFile)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid task graph: {exc}", {"reason": "invalid graph"}) from None
+    checked = TaskGraph(doc.tasks, doc.version)
+    path = _path_for(data_dir)
+    with locked(path, exclusive=True):
+        write_graph(path, checked)
+
+
+def create_task(
+    task: dict[str, Any] | NewTask, *, data_dir: str | os.PathLike[str] | None = None, clock: Clock = SYSTEM_CLOCK
+) -> dict[str, Any]:
+    """Add a task (validated: links exist, no cycle); returns it with its id and version."""
+    new = task if isinstance(task, NewTask) else _convert(task, NewTask)
+    path = _path_for(data_dir)
+    with locked(path, exclusive=True):
+        graph = read_graph(path)
+        created = graph.create(new, _now(clock))
+        write_graph(path, graph)
+    return msgspec.to_builtins(created)
+
+
+def update_task(
+    task_id: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    **patch: Any,
+) -> dict[str, Any]:
+    """Change a task: ``expected_version=`` makes it conditional; ``reopen=True`` lets a
+    finished task go back to pending. Returns the task with its new version."""
+    change = _convert({"id": task_id, **patch}, TaskPatch)
+    path = _path_for(data_dir)
+    with locked(path, exclusive=True):
+        graph = read_graph(path)
+        updated = graph.update(change, _now(clock))
+        write_graph(path, graph)
+    return msgspec.to_builtins(updated)
+
+
+def list_active(
+    statuses: Iterable[str] | None = None, *, data_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Tasks in ``statuses`` (default: pending, running, blocked), highest priority first."""
+    path = _path_for(data_dir)
+    with locked(path, exclusive=False):
+        return [msgspec.to_builtins(t) for t in read_graph(path).list_active(statuses)]
+
+
+def ready_tasks(*, data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Pending tasks whose dependencies are all done, highest priority first, then oldest."""
+    path = _path_for(data_dir)
+    with locked(path, exclusive=False):
+        return [msgspec.to_builtins(t) for t in read_graph(path).ready()]
+
+
+def _convert(obj: dict[str, Any], kind: type[Any]) -> Any:
+    try:
+        return msgspec.convert(obj, kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid task: {exc}") from None
+
+
+__all__ = ["Task", "create_task", "list_active", "load_graph", "ready_tasks", "save_graph", "update_task"]
