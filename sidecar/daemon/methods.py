@@ -31,6 +31,7 @@ from sidecar.log.events import (
 from sidecar.log.scan import Limit, QueryFilter
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
+from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
 
 if TYPE_CHECKING:
     from sidecar.daemon.server import Connection
@@ -64,6 +65,7 @@ class Stats(msgspec.Struct, kw_only=True):
     checkpoints: int
     append_queue: int
     commit_queue: int
+    task_graph_writes: int
 
 
 class AppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -268,3 +270,43 @@ async def log_unsubscribe(p: Unsubscribe, conn: Connection) -> Ok:
     if not conn.unsubscribe(p.subscription):
         raise NotFoundError(f"no subscription {p.subscription} on this connection", {"subscription": p.subscription})
     return Ok()
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+class TaskRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: TaskId
+
+
+class ListActive(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    statuses: list[Status] | None = None
+
+
+class Tasks(msgspec.Struct, kw_only=True):
+    tasks: list[Task]
+
+
+@registry.method("tasks.create", NewTask, Task, "Add a task; its links must exist and make no cycle.")
+async def tasks_create(p: NewTask, conn: Connection) -> Task:
+    return await conn.daemon.tasks.create(p)
+
+
+@registry.method("tasks.update", TaskPatch, Task, "Change a task; expected_version makes it conditional.")
+async def tasks_update(p: TaskPatch, conn: Connection) -> Task:
+    return await conn.daemon.tasks.update(p)
+
+
+@registry.method("tasks.get", TaskRef, Task, "One task by id; -32002 when there is none.")
+async def tasks_get(p: TaskRef, conn: Connection) -> Task:
+    return conn.daemon.tasks.get(p.id)
+
+
+@registry.method("tasks.list_active", ListActive, Tasks, "Tasks in the given statuses (default: the active ones).")
+async def tasks_list_active(p: ListActive, conn: Connection) -> Tasks:
+    return Tasks(tasks=conn.daemon.tasks.graph.list_active(p.statuses))
+
+
+@registry.method("tasks.ready", NoParams, Tasks, "Pending tasks whose dependencies are all done, best first.")
+async def tasks_ready(p: NoParams, conn: Connection) -> Tasks:
+    return Tasks(tasks=conn.daemon.tasks.graph.ready())

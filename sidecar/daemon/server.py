@@ -26,6 +26,7 @@ from sidecar.daemon.methods import Stats, SubscribeParams, registry
 from sidecar.daemon.subscriptions import Hub, Subscription
 from sidecar.daemon.systemd import Notifier
 from sidecar.datadir import ensure_layout
+from sidecar.errors import SidecarError
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.scan import as_filter
@@ -40,6 +41,7 @@ from sidecar.rpc.protocol import (
     error_response,
     parse_message,
 )
+from sidecar.task_graph.service import TaskService
 
 log = structlog.get_logger("sidecar.daemon")
 
@@ -277,6 +279,7 @@ class Daemon:
             checkpoints=w.checkpoints,
             append_queue=self.appender.depth(),
             commit_queue=self.store.commit_queue_depth(),
+            task_graph_writes=self.tasks.writes,
         )
 
     # --- start-up ------------------------------------------------------------------------------
@@ -327,6 +330,8 @@ class Daemon:
         try:
             self.store = await anyio.to_thread.run_sync(self._load_store)
             self.appender = AsyncAppender(self.store)
+            self.tasks = TaskService(self.store.data_dir, audit=self.appender.submit, clock=self.clock)
+            await anyio.to_thread.run_sync(self.tasks.load)
             token = anyio.lowlevel.current_token()
 
             def published(events: list[Event]) -> None:  # in the commit thread
@@ -335,6 +340,7 @@ class Daemon:
             self.store.on_commit(published)
             async with anyio.create_task_group() as tg:
                 await tg.start(self.appender.run)
+                await tg.start(self.tasks.run)
                 tg.start_soon(self._signals, tg.cancel_scope)
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
@@ -467,5 +473,8 @@ def serve(config: Config, config_path: str | None = None) -> int:
         anyio.run(daemon.run)
     except (unix.SocketSetupError, OSError) as exc:
         log.error("daemon.cannot_start", error=str(exc))
+        return 1
+    except SidecarError as exc:  # e.g. a task graph file that does not validate
+        log.error("daemon.cannot_start", error=exc.message)
         return 1
     return 0

@@ -221,6 +221,13 @@ class TaskGraph:
             raise
         self.tasks = saved
 
+    def copy(self) -> TaskGraph:
+        """A graph to change without touching this one (tasks are immutable: shared)."""
+        clone = TaskGraph.__new__(TaskGraph)
+        clone.tasks = dict(self.tasks)
+        clone.version = self.version
+        return clone
+
     def to_file(self) -> GraphFile:
         return GraphFile(tasks=sorted(self.tasks.values(), key=lambda t: (t.created_at, t.id)), version=self.version)
 

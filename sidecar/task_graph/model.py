@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from sidecar.log.events import ConversationId
+
 Status = Literal["pending", "running", "blocked", "done", "failed", "cancelled"]
 ACTIVE: frozenset[str] = frozenset({"pending", "running", "blocked"})
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
@@ -38,7 +40,7 @@ class Task(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     updated_at: str
     parent_id: TaskId | None = None
     dependency_ids: list[TaskId] = []
-    conversation_id: str | None = None
+    conversation_id: ConversationId | None = None
     priority: Priority = 2
     version: int = 1
 
@@ -52,7 +54,7 @@ class NewTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     inputs: dict[str, Any] = {}
     parent_id: TaskId | None = None
     dependency_ids: list[TaskId] = []
-    conversation_id: str | None = None
+    conversation_id: ConversationId | None = None
     priority: Priority = 2
     status: Status = "pending"
 
