@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from sidecar import __version__
+from sidecar.context.build import build_context
 from sidecar.errors import ForbiddenError, NotFoundError
 from sidecar.log.committer import AppendRequest
 from sidecar.log.events import (
@@ -29,6 +30,7 @@ from sidecar.log.events import (
     Visibility,
 )
 from sidecar.log.scan import Limit, QueryFilter
+from sidecar.log.summarize import load_summary, persist_summary, rolling_summary
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
@@ -310,3 +312,112 @@ async def tasks_list_active(p: ListActive, conn: Connection) -> Tasks:
 @registry.method("tasks.ready", NoParams, Tasks, "Pending tasks whose dependencies are all done, best first.")
 async def tasks_ready(p: NoParams, conn: Connection) -> Tasks:
     return Tasks(tasks=conn.daemon.tasks.graph.ready())
+
+
+# --- summaries and context -------------------------------------------------------------------
+
+
+class SummaryParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    keep_recent: Annotated[int, Meta(ge=0, le=1000)] = 5
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Group(msgspec.Struct, kw_only=True):
+    type: str
+    count: int
+    first_timestamp: str
+    last_timestamp: str
+    agents: list[str]
+    task_ids: list[str]
+    errors: int
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    markdown: str
+    summary_ref: str
+    from_seq: int
+    to_seq: int
+    groups: list[Group]
+    token_estimate: int
+    recent: int
+    truncated: bool = False
+    path: str | None = None
+
+
+class ConversationRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+
+
+class ContextParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    budget_tokens: Annotated[int, Meta(ge=1)]
+    system_prompt: str = ""
+
+
+class Layer(msgspec.Struct, kw_only=True):
+    name: str
+    text: str
+    tokens: int
+    covers: dict[str, Any]
+
+
+class Context(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    layers: list[Layer]
+    total_tokens: int
+    budget_tokens: int
+    summary_ref: str | None
+
+
+def _all_events(conn: Connection, cid: str) -> list[Event]:
+    return conn.daemon.store.query(conversation_id=cid, limit=None).events
+
+
+async def _summarize(p: SummaryParams, conn: Connection) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        return rolling_summary(
+            p.conversation_id, _all_events(conn, p.conversation_id), keep_recent=p.keep_recent, max_tokens=p.max_tokens
+        )
+
+    return await _read(work)
+
+
+@registry.method("summary.rolling", SummaryParams, Summary, "Older events as markdown bullets, the newest whole.")
+async def summary_rolling(p: SummaryParams, conn: Connection) -> Summary:
+    return msgspec.convert(await _summarize(p, conn), Summary)
+
+
+@registry.method("summary.persist", SummaryParams, Summary, "summary.rolling, written to data/summaries/.")
+async def summary_persist(p: SummaryParams, conn: Connection) -> Summary:
+    summary = await _summarize(p, conn)
+    path = await _read(lambda: persist_summary(p.conversation_id, summary, data_dir=conn.daemon.store.data_dir))
+    return msgspec.convert({**summary, "path": path}, Summary)
+
+
+@registry.method("summary.get", ConversationRef, Summary, "The last persisted summary; -32002 when none.")
+async def summary_get(p: ConversationRef, conn: Connection) -> Summary:
+    found = await _read(lambda: load_summary(p.conversation_id, data_dir=conn.daemon.store.data_dir))
+    if found is None:
+        raise NotFoundError(f"no persisted summary for {p.conversation_id!r}", {"conversation_id": p.conversation_id})
+    return msgspec.convert(found, Summary)
+
+
+@registry.method("context.build", ContextParams, Context, "Prompt layers for a conversation, within the budget.")
+async def context_build(p: ContextParams, conn: Connection) -> Context:
+    graph = conn.daemon.tasks.graph
+    tasks = [t for t in graph.list_active() if t.conversation_id == p.conversation_id]
+    ready = [t for t in graph.ready() if t.conversation_id == p.conversation_id]
+
+    def work() -> dict[str, Any]:
+        return build_context(
+            p.conversation_id,
+            _all_events(conn, p.conversation_id),
+            budget_tokens=p.budget_tokens,
+            system_prompt=p.system_prompt,
+            tasks=tasks,
+            ready=ready,
+        )
+
+    return msgspec.convert(await _read(work), Context)

@@ -1,0 +1,116 @@
+"""Budgeted prompt context: layers filled by priority, presented in reading order.
+
+Priority decides what survives a tight budget: the system prompt and the newest event
+first, then the task state, then the summary of older events, then as many recent events
+as fit (newest kept first). Reading order is what the model sees: system prompt, task
+state, summary, recent events, newest event. Every layer says what it covers (seqs,
+``summary_ref``), so the same prompt can be rebuilt later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from sidecar.context.tokens import DEFAULT_COUNTER, TokenCounter
+from sidecar.log.events import Event
+from sidecar.log.summarize import event_line, rolling_summary
+from sidecar.task_graph.model import Task
+
+RECENT_WINDOW = 20
+
+
+def _event_dict(event: Event | Mapping[str, Any]) -> dict[str, Any]:
+    return msgspec.to_builtins(event) if isinstance(event, Event) else dict(event)
+
+
+def _fit(text: str, tokens: int, counter: TokenCounter) -> str:
+    while text and counter.count(text) > tokens:
+        text = text[: max(0, int(len(text) * 0.9) - 1)]
+    return text
+
+
+def _task_lines(tasks: Sequence[Task], ready: Sequence[Task]) -> list[str]:
+    ready_ids = {t.id for t in ready}
+    lines = []
+    for t in tasks:
+        deps = f" after {', '.join(t.dependency_ids)}" if t.dependency_ids else ""
+        owner = f" [{t.owner}]" if t.owner else ""
+        mark = " (ready)" if t.id in ready_ids else ""
+        lines.append(f"- {t.id} {t.type}{owner}: {t.status}, priority {t.priority}{deps}{mark}")
+    return lines
+
+
+def build_context(
+    conversation_id: str,
+    events: Sequence[Event | Mapping[str, Any]],
+    *,
+    budget_tokens: int,
+    system_prompt: str = "",
+    tasks: Sequence[Task] = (),
+    ready: Sequence[Task] = (),
+    counter: TokenCounter = DEFAULT_COUNTER,
+    recent_window: int = RECENT_WINDOW,
+) -> dict[str, Any]:
+    """The context for one conversation, never over ``budget_tokens``."""
+    evs = sorted((_event_dict(e) for e in events), key=lambda e: e["seq"])
+    left = budget_tokens
+    layers: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, text: str, covers: dict[str, Any]) -> None:
+        nonlocal left
+        tokens = counter.count(text)
+        layers[name] = {"name": name, "text": text, "tokens": tokens, "covers": covers}
+        left -= tokens
+
+    # 1. The system prompt and the newest event: cut only if nothing else fits.
+    system = _fit(system_prompt, left, counter)
+    add("system", system, {"chars": len(system), "truncated": len(system) < len(system_prompt)})
+    newest = evs[-1] if evs else None
+    if newest is not None:
+        line = _fit(event_line(newest), left, counter)
+        if line:
+            add("newest", line, {"seqs": [newest["seq"], newest["seq"]]})
+    # 2. Task state.
+    if tasks:
+        lines = ["Tasks:", *_task_lines(tasks, ready)]
+        while len(lines) > 1 and counter.count("\n".join(lines)) > left:
+            lines.pop()
+        if len(lines) > 1:
+            add("tasks", "\n".join(lines), {"task_ids": [t.id for t in tasks][: len(lines) - 1]})
+    # 3. The summary of what came before the recent window.
+    body = evs[:-1]
+    recent_candidates = body[-recent_window:] if recent_window else []
+    older = body[: len(body) - len(recent_candidates)]
+    summary_ref = None
+    if older and left > 0:
+        summary = rolling_summary(conversation_id, older, keep_recent=0, max_tokens=left, counter=counter)
+        if summary["markdown"] and not summary["truncated"] and summary["token_estimate"] <= left:
+            summary_ref = summary["summary_ref"]
+            add(
+                "summary",
+                summary["markdown"],
+                {"seqs": [summary["from_seq"], summary["to_seq"]], "summary_ref": summary_ref},
+            )
+    # 4. Recent events, newest first, while they fit.
+    kept: list[str] = []
+    kept_seqs: list[int] = []
+    for ev in reversed(recent_candidates):
+        line = event_line(ev)
+        if counter.count("\n".join([line, *kept])) > left:
+            break
+        kept.insert(0, line)
+        kept_seqs.insert(0, ev["seq"])
+    if kept:
+        add("recent", "\n".join(kept), {"seqs": [kept_seqs[0], kept_seqs[-1]]})
+    order = [n for n in ("system", "tasks", "summary", "recent", "newest") if n in layers]
+    ordered = [layers[n] for n in order]
+    return {
+        "conversation_id": conversation_id,
+        "layers": ordered,
+        "total_tokens": sum(layer["tokens"] for layer in ordered),
+        "budget_tokens": budget_tokens,
+        "summary_ref": summary_ref,
+    }

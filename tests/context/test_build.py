@@ -1,0 +1,75 @@
+"""Budgeted context: never over budget, filled by priority, presented in reading order."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.context.build import build_context
+from sidecar.context.tokens import DEFAULT_COUNTER, ByteEstimate
+from sidecar.task_graph import NewTask, TaskGraph
+from tests.test_log_summarize import realistic
+
+SYSTEM = "You are the narrator. Speak briefly, only about what changed."
+
+
+def graph() -> TaskGraph:
+    g = TaskGraph()
+    g.create(NewTask(type="search", id="t1", owner="rag", conversation_id="c1"), "2020-05-01T10:00:00.000000Z")
+    g.create(NewTask(type="code", id="t2", dependency_ids=["t1"], conversation_id="c1"), "2020-05-01T10:00:01.000000Z")
+    return g
+
+
+def build(budget: int, n: int = 200) -> dict:
+    g = graph()
+    return build_context(
+        "c1", realistic(n), budget_tokens=budget, system_prompt=SYSTEM, tasks=g.list_active(), ready=g.ready()
+    )
+
+
+def test_a_roomy_budget_gets_every_layer_in_reading_order() -> None:
+    ctx = build(20_000)
+    assert [layer["name"] for layer in ctx["layers"]] == ["system", "tasks", "summary", "recent", "newest"]
+    newest = ctx["layers"][-1]
+    assert newest["covers"]["seqs"] == [200, 200] and "#200 " in newest["text"]
+    summary = ctx["layers"][2]
+    assert summary["covers"]["summary_ref"] == ctx["summary_ref"] and summary["covers"]["seqs"] == [1, 179]
+    assert ctx["layers"][3]["covers"]["seqs"] == [180, 199]  # no gap between summary and recent
+    assert "t2 code: pending, priority 2 after t1" in ctx["layers"][1]["text"]
+    assert "(ready)" in ctx["layers"][1]["text"]
+
+
+def test_a_tight_budget_keeps_the_system_prompt_and_the_newest_event() -> None:
+    sys_tokens = DEFAULT_COUNTER.count(SYSTEM)
+    ctx = build(sys_tokens + 60)
+    names = [layer["name"] for layer in ctx["layers"]]
+    assert names[0] == "system" and names[-1] == "newest" and "summary" not in names
+    assert ctx["layers"][0]["text"] == SYSTEM
+
+
+def test_recent_events_drop_oldest_first() -> None:
+    roomy = build(20_000)
+    recent_tokens = roomy["layers"][3]["tokens"]
+    used_before = sum(layer["tokens"] for layer in roomy["layers"] if layer["name"] != "recent")
+    ctx = build(used_before + recent_tokens // 2)
+    recent = next(layer for layer in ctx["layers"] if layer["name"] == "recent")
+    first, last = recent["covers"]["seqs"]
+    assert last == 199 and first > 180
+
+
+@settings(max_examples=60, deadline=None)
+@given(budget=st.integers(1, 6000), n=st.integers(0, 120), bpt=st.sampled_from([2.5, 4.0]))
+def test_never_over_budget(budget: int, n: int, bpt: float) -> None:
+    counter = ByteEstimate(bytes_per_token=bpt)
+    g = graph()
+    ctx = build_context(
+        "c1",
+        realistic(n),
+        budget_tokens=budget,
+        system_prompt=SYSTEM * 3,
+        tasks=g.list_active(),
+        ready=g.ready(),
+        counter=counter,
+    )
+    assert ctx["total_tokens"] <= budget
+    assert ctx["total_tokens"] == sum(counter.count(layer["text"]) for layer in ctx["layers"])
