@@ -44,6 +44,15 @@ class ControllerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     grant_ttl_s: Seconds = 30.0
 
 
+class LLMConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The OpenAI-compatible LLM server beside us (llama.cpp, vLLM): used for exact token
+    counts (llama.cpp's /tokenize) and, later, by the controller's LLM policy."""
+
+    url: str | None = None
+    model: str | None = None
+    timeout_s: Seconds = 10.0
+
+
 class Config(msgspec.Struct, kw_only=True):
     """Everything the daemon reads at start (and again on SIGHUP)."""
 
@@ -52,6 +61,7 @@ class Config(msgspec.Struct, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     controller: ControllerConfig = msgspec.field(default_factory=ControllerConfig)
+    llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
 
     @property
     def socket_path(self) -> str:
@@ -81,8 +91,8 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    known = {"data_dir", "socket", "server", "log", "controller"}
-    unknown = sorted(set(raw) - known - {"llm"})  # [llm] belongs to the controller's LLM policy
+    known = {"data_dir", "socket", "server", "log", "controller", "llm"}
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {unknown}")
     raw = {k: v for k, v in raw.items() if k in known}

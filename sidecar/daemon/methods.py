@@ -378,7 +378,11 @@ def _all_events(conn: Connection, cid: str) -> list[Event]:
 async def _summarize(p: SummaryParams, conn: Connection) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         return rolling_summary(
-            p.conversation_id, _all_events(conn, p.conversation_id), keep_recent=p.keep_recent, max_tokens=p.max_tokens
+            p.conversation_id,
+            _all_events(conn, p.conversation_id),
+            keep_recent=p.keep_recent,
+            max_tokens=p.max_tokens,
+            counter=conn.daemon.counter,
         )
 
     return await _read(work)
@@ -418,6 +422,7 @@ async def context_build(p: ContextParams, conn: Connection) -> Context:
             system_prompt=p.system_prompt,
             tasks=tasks,
             ready=ready,
+            counter=conn.daemon.counter,
         )
 
     return msgspec.convert(await _read(work), Context)

@@ -20,6 +20,7 @@ import structlog
 from anyio.abc import SocketStream, TaskStatus
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.context.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 from sidecar.daemon import unix
 from sidecar.daemon.config import Config, ConfigError, load_config
 from sidecar.daemon.methods import Stats, SubscribeParams, registry
@@ -330,6 +331,7 @@ class Daemon:
         try:
             self.store = await anyio.to_thread.run_sync(self._load_store)
             self.appender = AsyncAppender(self.store)
+            self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.tasks = TaskService(self.store.data_dir, audit=self.appender.submit, clock=self.clock)
             await anyio.to_thread.run_sync(self.tasks.load)
             token = anyio.lowlevel.current_token()
@@ -370,6 +372,17 @@ class Daemon:
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()
             log.info("daemon.stopped")
+
+    def _token_counter(self) -> TokenCounter:
+        """Exact counts when the configured LLM server is llama.cpp; the estimate otherwise."""
+        url = self.config.llm.url
+        if url:
+            exact = LlamaCppTokenizer(url, timeout_s=min(self.config.llm.timeout_s, 2.0))
+            if exact.available():
+                log.info("daemon.tokenizer", kind="llama.cpp /tokenize", url=url)
+                return exact
+            log.warning("daemon.tokenizer", kind="byte estimate", reason=f"no /tokenize at {url}")
+        return DEFAULT_COUNTER
 
     async def _accept(self, listener: socket.socket, conns: Any) -> None:
         limit = self.config.server.max_connections
