@@ -195,3 +195,20 @@ def test_persist_and_load(data_dir: Path) -> None:
     assert load_summary("other", data_dir=data_dir) is None
     with pytest.raises(InvalidParams):
         persist_summary("c1", {**first, "summary_ref": "0" * 64}, data_dir=data_dir)
+
+
+def test_incremental_state_matches_the_full_summary() -> None:
+    from sidecar.log.summarize import SummaryState
+
+    evs = realistic(300)
+    state = SummaryState("c1", ring=8)  # most events leave the ring and are folded in
+    for e in evs:
+        state.add(e)
+    state.add(evs[10])  # a repeat is ignored
+    for keep in (0, 1, 5, 8):
+        for cap in (None, 500):
+            assert state.render(keep_recent=keep, max_tokens=cap) == rolling_summary(
+                "c1", evs, keep_recent=keep, max_tokens=cap
+            )
+    with pytest.raises(InvalidParams, match="at most 8"):
+        state.render(keep_recent=9)

@@ -30,7 +30,7 @@ from sidecar.log.events import (
     Visibility,
 )
 from sidecar.log.scan import Limit, QueryFilter
-from sidecar.log.summarize import load_summary, persist_summary, rolling_summary
+from sidecar.log.summarize import RING, load_summary, persist_summary, rolling_summary
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
@@ -68,6 +68,7 @@ class Stats(msgspec.Struct, kw_only=True):
     append_queue: int
     commit_queue: int
     task_graph_writes: int
+    summary_full_reads: int
 
 
 class AppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -376,6 +377,10 @@ def _all_events(conn: Connection, cid: str) -> list[Event]:
 
 
 async def _summarize(p: SummaryParams, conn: Connection) -> dict[str, Any]:
+    if p.keep_recent <= RING:  # the incremental state serves it, without reading the log
+        state = await conn.daemon.summaries.state(p.conversation_id)
+        return state.render(keep_recent=p.keep_recent, max_tokens=p.max_tokens, counter=conn.daemon.counter)
+
     def work() -> dict[str, Any]:
         return rolling_summary(
             p.conversation_id,

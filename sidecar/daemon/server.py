@@ -25,6 +25,7 @@ from sidecar.daemon import unix
 from sidecar.daemon.config import Config, ConfigError, load_config
 from sidecar.daemon.methods import Stats, SubscribeParams, registry
 from sidecar.daemon.subscriptions import Hub, Subscription
+from sidecar.daemon.summaries import SummaryCache
 from sidecar.daemon.systemd import Notifier
 from sidecar.datadir import ensure_layout
 from sidecar.errors import SidecarError
@@ -281,6 +282,7 @@ class Daemon:
             append_queue=self.appender.depth(),
             commit_queue=self.store.commit_queue_depth(),
             task_graph_writes=self.tasks.writes,
+            summary_full_reads=self.summaries.full_reads,
         )
 
     # --- start-up ------------------------------------------------------------------------------
@@ -336,8 +338,14 @@ class Daemon:
             await anyio.to_thread.run_sync(self.tasks.load)
             token = anyio.lowlevel.current_token()
 
+            self.summaries = SummaryCache(self.store)
+
+            def fan_out(events: list[Event]) -> None:  # in the event loop, in commit order
+                self.hub.publish(events)
+                self.summaries.publish(events)
+
             def published(events: list[Event]) -> None:  # in the commit thread
-                token.backend_class.run_sync_soon(self.hub.publish, (events,), token.native_token)
+                token.backend_class.run_sync_soon(fan_out, (events,), token.native_token)
 
             self.store.on_commit(published)
             async with anyio.create_task_group() as tg:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -81,131 +82,210 @@ def event_line(ev: Mapping[str, Any]) -> str:
     )
 
 
+BULLETS_PER_GROUP = 5
+RING = 256  # events kept whole in a SummaryState: the most keep_recent it can serve
+
+
+class _TypeStats:
+    """What the summary says about one event type: counts, span, who, which tasks, and the
+    lines worth showing (every error and decision, and the best few of the rest)."""
+
+    __slots__ = ("type", "count", "first_ts", "last_ts", "agents", "tasks", "errors", "order", "must", "top")
+
+    def __init__(self, type_: str, first: Mapping[str, Any]) -> None:
+        self.type = type_
+        self.count = self.errors = 0
+        self.first_ts = self.last_ts = first["timestamp"]
+        self.agents: set[str] = set()
+        self.tasks: set[str] = set()
+        self.order = first["seq"]
+        self.must: list[tuple[int, int, str]] = []
+        self.top: list[tuple[int, int, str]] = []  # the best BULLETS_PER_GROUP of the rest
+
+    def add(self, ev: Mapping[str, Any]) -> None:
+        self.count += 1
+        self.last_ts = max(self.last_ts, ev["timestamp"])
+        if ev.get("agent_id"):
+            self.agents.add(ev["agent_id"])
+        if ev.get("task_id"):
+            self.tasks.add(ev["task_id"])
+        err = is_error(ev)
+        self.errors += err
+        bullet = (importance(ev), ev["seq"], _bullet(ev))
+        if err or is_decision(ev):
+            self.must.append(bullet)
+        else:
+            self.top.append(bullet)
+            if len(self.top) > BULLETS_PER_GROUP:
+                self.top.remove(min(self.top))  # least important, then oldest
+
+    def copy(self) -> _TypeStats:
+        twin = _TypeStats.__new__(_TypeStats)
+        for name in self.__slots__:
+            value = getattr(self, name)
+            setattr(twin, name, value.copy() if isinstance(value, set | list) else value)
+        return twin
+
+    def bullets(self, per_group: int) -> list[tuple[int, int, str]]:
+        rest = sorted(self.top, reverse=True)[: max(0, per_group - len(self.must))]
+        return sorted(self.must + rest, key=lambda b: b[1])
+
+    def group(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "count": self.count,
+            "first_timestamp": self.first_ts,
+            "last_timestamp": self.last_ts,
+            "agents": sorted(self.agents),
+            "task_ids": sorted(self.tasks),
+            "errors": self.errors,
+        }
+
+
+class SummaryState:
+    """A conversation's summary, kept up to date one event at a time.
+
+    The newest ``ring`` events stay whole; older ones are folded into per-type statistics
+    as they leave the ring. Adding an event is O(1), and a summary costs O(ring), however
+    long the log: the daemon keeps one per conversation instead of re-reading the log.
+    """
+
+    def __init__(self, conversation_id: str, ring: int = RING) -> None:
+        self.conversation_id = check_conversation_id(conversation_id)
+        self.ring: deque[dict[str, Any]] = deque()
+        self.ring_size = ring
+        self.settled: dict[str, _TypeStats] = {}
+        self.first_seq = 0
+        self.last_seq = 0
+
+    def add(self, event: Event | Mapping[str, Any]) -> None:
+        ev = _as_dict(event)
+        if ev["seq"] <= self.last_seq:
+            return  # already in
+        if not self.first_seq:
+            self.first_seq = ev["seq"]
+        self.last_seq = ev["seq"]
+        self.ring.append(ev)
+        if len(self.ring) > self.ring_size:
+            _fold(self.settled, self.ring.popleft())
+
+    def render(
+        self,
+        *,
+        keep_recent: int = 5,
+        max_tokens: int | None = None,
+        counter: TokenCounter = DEFAULT_COUNTER,
+    ) -> dict[str, Any]:
+        """The summary with the newest ``keep_recent`` (at most ``ring``) events whole."""
+        if keep_recent < 0:
+            raise InvalidParams("keep_recent must be >= 0")
+        if keep_recent > len(self.ring) and self.settled:
+            raise InvalidParams(f"keep_recent is at most {self.ring_size}", {"max": self.ring_size})
+        cid = self.conversation_id
+        ring = list(self.ring)
+        keep = min(keep_recent, len(ring))
+        per_group = BULLETS_PER_GROUP
+        cut = False
+        while True:
+            stats = {t: st.copy() for t, st in self.settled.items()}
+            for ev in ring[: len(ring) - keep]:
+                _fold(stats, ev)
+            groups = sorted(stats.values(), key=lambda st: st.order)
+            bullets = {st.type: st.bullets(per_group) for st in groups}
+            recent = ring[len(ring) - keep :]
+            markdown = _render(cid, self.first_seq, self.last_seq, groups, bullets, recent)
+            if max_tokens is None or counter.count(markdown) <= max_tokens:
+                break
+            # Over the cap: drop the least important bullet; when none is left, fewer recent events.
+            droppable = sorted(b for g in bullets.values() for b in g)
+            while droppable and counter.count(markdown) > max_tokens:
+                _, seq, _ = droppable.pop(0)
+                for group in bullets.values():
+                    group[:] = [b for b in group if b[1] != seq]
+                markdown = _render(cid, self.first_seq, self.last_seq, groups, bullets, recent)
+            if counter.count(markdown) <= max_tokens:
+                break
+            if keep == 0:
+                markdown, cut = _fit(markdown, max_tokens, counter), True
+                break
+            keep -= 1
+            per_group = 0  # from here on, groups speak in counts only
+        return {
+            "conversation_id": cid,
+            "markdown": markdown,
+            "summary_ref": summary_ref(markdown),
+            "from_seq": self.first_seq,
+            "to_seq": self.last_seq,
+            "groups": [st.group() for st in groups],
+            "token_estimate": counter.count(markdown),
+            "recent": keep,
+            "truncated": cut,  # even bare counts did not fit: the text itself was cut
+        }
+
+
+def _fold(stats: dict[str, _TypeStats], ev: Mapping[str, Any]) -> None:
+    st = stats.get(ev["type"])
+    if st is None:
+        st = stats[ev["type"]] = _TypeStats(ev["type"], ev)
+    st.add(ev)
+
+
 def rolling_summary(
     conversation_id: str,
     events: Iterable[Event | Mapping[str, Any]],
     *,
     keep_recent: int = 5,
     max_tokens: int | None = None,
-    bullets_per_group: int = 5,
     counter: TokenCounter = DEFAULT_COUNTER,
 ) -> dict[str, Any]:
-    """Summarize ``events`` (in seq order): groups of older events, then the newest in full.
+    """Summarize ``events``: groups of older events, then the newest ``keep_recent`` in full.
 
     ``max_tokens`` is a hard cap, met by dropping the least important bullets first and then,
     if it must, keeping fewer recent events whole.
     """
-    check_conversation_id(conversation_id)
     if keep_recent < 0:
         raise InvalidParams("keep_recent must be >= 0")
-    evs = sorted((_as_dict(e) for e in events), key=lambda e: e["seq"])
-    keep = min(keep_recent, len(evs))
-    cut = False
-    while True:
-        older, recent = evs[: len(evs) - keep], evs[len(evs) - keep :]
-        groups, bullets = _groups(older, bullets_per_group)
-        markdown = _render(conversation_id, evs, groups, bullets, recent)
-        if max_tokens is None or counter.count(markdown) <= max_tokens:
-            break
-        # Over the cap: drop the least important bullet; when none is left, fewer recent events.
-        droppable = sorted((b for g in bullets.values() for b in g), key=lambda b: (b[0], b[1]))
-        while droppable and counter.count(markdown) > max_tokens:
-            score, seq, _ = droppable.pop(0)
-            for group in bullets.values():
-                group[:] = [b for b in group if b[1] != seq]
-            markdown = _render(conversation_id, evs, groups, bullets, recent)
-        if counter.count(markdown) <= max_tokens:
-            break
-        if keep == 0:
-            markdown, cut = _fit(markdown, max_tokens, counter), True
-            break
-        keep -= 1
-        bullets_per_group = 0  # from here on, groups speak in counts only
-    return {
-        "conversation_id": conversation_id,
-        "markdown": markdown,
-        "summary_ref": summary_ref(markdown),
-        "from_seq": evs[0]["seq"] if evs else 0,
-        "to_seq": evs[-1]["seq"] if evs else 0,
-        "groups": [{k: v for k, v in g.items() if k != "order"} for g in groups],
-        "token_estimate": counter.count(markdown),
-        "recent": keep,
-        "truncated": cut,  # even bare counts did not fit: the text itself was cut
-    }
+    state = SummaryState(conversation_id, ring=max(RING, keep_recent))
+    for ev in sorted((_as_dict(e) for e in events), key=lambda e: e["seq"]):
+        state.add(ev)
+    return state.render(keep_recent=keep_recent, max_tokens=max_tokens, counter=counter)
 
 
 def summary_ref(markdown: str) -> str:
     return hashlib.sha256(markdown.encode()).hexdigest()
 
 
-def _groups(older: list[dict[str, Any]], per_group: int) -> tuple[list[dict[str, Any]], dict[str, list[tuple]]]:
-    by_type: dict[str, dict[str, Any]] = {}
-    members: dict[str, list[dict[str, Any]]] = {}
-    for ev in older:
-        g = by_type.get(ev["type"])
-        if g is None:
-            g = by_type[ev["type"]] = {
-                "type": ev["type"],
-                "count": 0,
-                "first_timestamp": ev["timestamp"],
-                "last_timestamp": ev["timestamp"],
-                "agents": set(),
-                "task_ids": set(),
-                "errors": 0,
-                "order": ev["seq"],
-            }
-            members[ev["type"]] = []
-        g["count"] += 1
-        g["last_timestamp"] = ev["timestamp"]
-        if ev.get("agent_id"):
-            g["agents"].add(ev["agent_id"])
-        if ev.get("task_id"):
-            g["task_ids"].add(ev["task_id"])
-        g["errors"] += is_error(ev)
-        members[ev["type"]].append(ev)
-    bullets: dict[str, list[tuple]] = {}
-    for type_, evs in members.items():
-        # Errors and decisions always get a line; the rest compete on importance, then recency.
-        must = [e for e in evs if is_error(e) or is_decision(e)]
-        rest = sorted(
-            (e for e in evs if not (is_error(e) or is_decision(e))), key=lambda e: (-importance(e), -e["seq"])
-        )
-        chosen = must + rest[: max(0, per_group - len(must))]
-        bullets[type_] = sorted(((importance(e), e["seq"], _bullet(e)) for e in chosen), key=lambda b: b[1])
-    groups = sorted(by_type.values(), key=lambda g: g["order"])
-    for g in groups:
-        g["agents"] = sorted(g["agents"])
-        g["task_ids"] = sorted(g["task_ids"])
-    return groups, bullets
-
-
-def _render(cid: str, evs: list[dict], groups: list[dict], bullets: dict[str, list[tuple]], recent: list[dict]) -> str:
-    if not evs:
+def _render(
+    cid: str,
+    first_seq: int,
+    last_seq: int,
+    groups: list[_TypeStats],
+    bullets: dict[str, list[tuple[int, int, str]]],
+    recent: list[dict[str, Any]],
+) -> str:
+    if not last_seq:
         return f"# {cid}\n\nNo events yet.\n"
-    lines = [f"# {cid}: seq {evs[0]['seq']}-{evs[-1]['seq']}", ""]
+    lines = [f"# {cid}: seq {first_seq}-{last_seq}", ""]
     if groups:
-        older_n = sum(g["count"] for g in groups)
-        lines += [f"## Earlier: {older_n} events, {groups[0]['first_timestamp']} to {_last(groups)}", ""]
+        older_n = sum(g.count for g in groups)
+        last_ts = max(g.last_ts for g in groups)
+        lines += [f"## Earlier: {older_n} events, {groups[0].first_ts} to {last_ts}", ""]
         for g in groups:
-            meta = [f"{g['first_timestamp'][11:19]}-{g['last_timestamp'][11:19]}"]
-            if g["agents"]:
-                meta.append("agents " + ", ".join(g["agents"]))
-            if g["task_ids"]:
-                meta.append("tasks " + ", ".join(g["task_ids"]))
-            if g["errors"]:
-                meta.append(f"{g['errors']} errors")
-            lines.append(f"### {g['type']} x{g['count']} ({'; '.join(meta)})")
-            lines += [b[2] for b in bullets.get(g["type"], [])]
+            meta = [f"{g.first_ts[11:19]}-{g.last_ts[11:19]}"]
+            if g.agents:
+                meta.append("agents " + ", ".join(sorted(g.agents)))
+            if g.tasks:
+                meta.append("tasks " + ", ".join(sorted(g.tasks)))
+            if g.errors:
+                meta.append(f"{g.errors} errors")
+            lines.append(f"### {g.type} x{g.count} ({'; '.join(meta)})")
+            lines += [b[2] for b in bullets.get(g.type, [])]
             lines.append("")
     if recent:
         lines += [f"## Latest {len(recent)} events, in full", ""]
         lines += [event_line(e) for e in recent]
         lines.append("")
     return "\n".join(lines)
-
-
-def _last(groups: list[dict]) -> str:
-    return max(g["last_timestamp"] for g in groups)
 
 
 def _fit(markdown: str, max_tokens: int, counter: TokenCounter) -> str:

@@ -55,3 +55,22 @@ def test_context_build(daemon) -> None:
         with pytest.raises(RpcError) as info:
             c.call("context.build", {"conversation_id": "c1", "budget_tokens": 0})
         assert info.value.code == -32602
+
+
+def test_summaries_keep_up_without_rereading_the_log(daemon) -> None:
+    from sidecar.log import EventStore
+    from sidecar.log.summarize import rolling_summary
+
+    with Client(daemon.socket_path) as c:
+        fill(c, 30)
+        first = c.call("summary.rolling", {"conversation_id": "c1"})
+        reads = c.call("sys.stats")["summary_full_reads"]
+        fill(c, 50)  # folded in as they commit
+        with EventStore(daemon.data_dir) as other:  # and a writer in another "process"
+            other.append({"conversation_id": "c1", "type": "agent.note", "data": {"text": "from outside"}})
+        later = c.call("summary.rolling", {"conversation_id": "c1"})
+        assert c.call("sys.stats")["summary_full_reads"] == reads  # no re-read of the log
+        events = c.call("log.query", {"conversation_id": "c1", "limit": 1000})["events"]
+    assert (first["to_seq"], later["to_seq"]) == (30, 81)
+    assert later["markdown"] == rolling_summary("c1", events)["markdown"]  # same as from scratch
+    assert "from outside" in later["markdown"]
