@@ -99,8 +99,10 @@ class _TypeStats:
         self.agents: set[str] = set()
         self.tasks: set[str] = set()
         self.order = first["seq"]
-        self.must: list[tuple[int, int, str]] = []
-        self.top: list[tuple[int, int, str]] = []  # the best BULLETS_PER_GROUP of the rest
+        # (importance, seq, event): every error and decision, and the best few of the rest;
+        # the text of a line is made only when it is shown
+        self.must: list[tuple[int, int, Mapping[str, Any]]] = []
+        self.top: list[tuple[int, int, Mapping[str, Any]]] = []
 
     def add(self, ev: Mapping[str, Any]) -> None:
         self.count += 1
@@ -111,13 +113,13 @@ class _TypeStats:
             self.tasks.add(ev["task_id"])
         err = is_error(ev)
         self.errors += err
-        bullet = (importance(ev), ev["seq"], _bullet(ev))
+        bullet = (importance(ev), ev["seq"], ev)
         if err or is_decision(ev):
             self.must.append(bullet)
         else:
             self.top.append(bullet)
             if len(self.top) > BULLETS_PER_GROUP:
-                self.top.remove(min(self.top))  # least important, then oldest
+                self.top.remove(min(self.top, key=_rank))  # least important, then oldest
 
     def copy(self) -> _TypeStats:
         twin = _TypeStats.__new__(_TypeStats)
@@ -127,8 +129,8 @@ class _TypeStats:
         return twin
 
     def bullets(self, per_group: int) -> list[tuple[int, int, str]]:
-        rest = sorted(self.top, reverse=True)[: max(0, per_group - len(self.must))]
-        return sorted(self.must + rest, key=lambda b: b[1])
+        rest = sorted(self.top, key=_rank, reverse=True)[: max(0, per_group - len(self.must))]
+        return [(score, seq, _bullet(ev)) for score, seq, ev in sorted(self.must + rest, key=_rank_seq)]
 
     def group(self) -> dict[str, Any]:
         return {
@@ -221,6 +223,14 @@ class SummaryState:
             "recent": keep,
             "truncated": cut,  # even bare counts did not fit: the text itself was cut
         }
+
+
+def _rank(bullet: tuple[int, int, Any]) -> tuple[int, int]:
+    return bullet[0], bullet[1]
+
+
+def _rank_seq(bullet: tuple[int, int, Any]) -> int:
+    return bullet[1]
 
 
 def _fold(stats: dict[str, _TypeStats], ev: Mapping[str, Any]) -> None:
