@@ -30,7 +30,7 @@ from sidecar.log.events import (
     Visibility,
 )
 from sidecar.log.scan import Limit, QueryFilter
-from sidecar.log.summarize import RING, load_summary, persist_summary, rolling_summary
+from sidecar.log.summarize import RING, load_snapshot, load_summary, persist_summary, rolling_summary
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
@@ -351,6 +351,17 @@ class ConversationRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     conversation_id: ConversationId
 
 
+class SnapshotRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    summary_ref: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    summary_ref: str
+    markdown: str
+
+
 class ContextParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     conversation_id: ConversationId
     budget_tokens: Annotated[int, Meta(ge=1)]
@@ -411,6 +422,14 @@ async def summary_get(p: ConversationRef, conn: Connection) -> Summary:
     if found is None:
         raise NotFoundError(f"no persisted summary for {p.conversation_id!r}", {"conversation_id": p.conversation_id})
     return msgspec.convert(found, Summary)
+
+
+@registry.method("summary.snapshot", SnapshotRef, Snapshot, "The persisted summary a summary_ref names, forever.")
+async def summary_snapshot(p: SnapshotRef, conn: Connection) -> Snapshot:
+    markdown = await _read(lambda: load_snapshot(p.conversation_id, p.summary_ref, data_dir=conn.daemon.store.data_dir))
+    if markdown is None:
+        raise NotFoundError(f"no snapshot {p.summary_ref} for {p.conversation_id!r}", {"summary_ref": p.summary_ref})
+    return Snapshot(conversation_id=p.conversation_id, summary_ref=p.summary_ref, markdown=markdown)
 
 
 @registry.method("context.build", ContextParams, Context, "Prompt layers for a conversation, within the budget.")

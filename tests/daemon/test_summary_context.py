@@ -41,6 +41,15 @@ def test_summary_rolling_persist_get(daemon) -> None:
     on_disk = (daemon.data_dir / "summaries" / "c1.md").read_bytes()
     assert hashlib.sha256(on_disk).hexdigest() == rolling["summary_ref"]
     assert (daemon.data_dir / "summaries" / "c1" / f"{rolling['summary_ref']}.md").exists()
+    with Client(daemon.socket_path) as c:
+        fill(c, 5)
+        newer = c.call("summary.persist", {"conversation_id": "c1"})  # a newer summary replaces it...
+        assert c.call("summary.get", {"conversation_id": "c1"})["summary_ref"] == newer["summary_ref"]
+        cited = c.call("summary.snapshot", {"conversation_id": "c1", "summary_ref": rolling["summary_ref"]})
+        assert cited["markdown"] == rolling["markdown"]  # ...but the cited snapshot stays
+        with pytest.raises(RpcError) as info:
+            c.call("summary.snapshot", {"conversation_id": "c1", "summary_ref": "0" * 64})
+        assert info.value.code == -32002
 
 
 def test_context_build(daemon) -> None:
