@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import Report  # noqa: E402
+from report import Report, best_time  # noqa: E402
 
 from sidecar.context.build import build_context  # noqa: E402
 from sidecar.context.tokens import DEFAULT_COUNTER  # noqa: E402
@@ -25,15 +24,6 @@ from sidecar.log.summarize import SummaryState, rolling_summary  # noqa: E402
 from tests.test_log_summarize import realistic  # noqa: E402
 
 REPORT = Report("summary", width=52)
-
-
-def timed(fn, rounds: int = 5) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -50,14 +40,14 @@ def main() -> None:
             ", all ids/errors/decisions visible" if visible else ", SOMETHING MISSING"
         )
         REPORT.row(f"compression, {n:,} events, keep_recent=5", f"{ratio:.1f}x", f"{raw_tokens:,} tok raw", verdict)
-        base = timed(lambda evs=evs: [json.dumps(e) for e in evs])
-        t_sum = timed(lambda evs=evs: rolling_summary("c1", evs, keep_recent=5))
+        base = best_time(lambda evs=evs: [json.dumps(e) for e in evs])
+        t_sum = best_time(lambda evs=evs: rolling_summary("c1", evs, keep_recent=5))
         REPORT.row(f"rolling_summary, {n:,} events", f"{t_sum * 1e3:.1f} ms", f"{base * 1e3:.1f} ms encode", "")
         state = SummaryState("c1")
         for e in evs:
             state.add(e)
-        t_inc = timed(lambda state=state: state.render(keep_recent=5))
-        t_add = timed(lambda state=state, last=evs[-1]: state.add({**last, "seq": state.last_seq + 1}), rounds=50)
+        t_inc = best_time(lambda state=state: state.render(keep_recent=5))
+        t_add = best_time(lambda state=state, last=evs[-1]: state.add({**last, "seq": state.last_seq + 1}), rounds=50)
         REPORT.row(
             f"incremental: render after {n:,} events",
             f"{t_inc * 1e3:.2f} ms",
@@ -65,7 +55,7 @@ def main() -> None:
             "independent of the log's length",
         )
         REPORT.row("incremental: fold in one new event", f"{t_add * 1e6:.1f} us", "-", "")
-        t_ctx = timed(lambda evs=evs: build_context("c1", evs, budget_tokens=4000, system_prompt="Be brief."))
+        t_ctx = best_time(lambda evs=evs: build_context("c1", evs, budget_tokens=4000, system_prompt="Be brief."))
         REPORT.row(
             f"build_context(4000 tokens), {n:,} events", f"{t_ctx * 1e3:.1f} ms", f"{base * 1e3:.1f} ms encode", ""
         )

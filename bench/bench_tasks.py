@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from report import Report  # noqa: E402
+from report import Report, best_time  # noqa: E402
 
 from sidecar.task_graph import NewTask, TaskGraph, TaskPatch  # noqa: E402
 
@@ -49,21 +48,12 @@ def naive_ready(g: TaskGraph) -> list[str]:
     return [t.id for t in sorted(ready, key=lambda t: (t.priority, t.created_at, t.id))]
 
 
-def best_of(fn, rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def main() -> None:
     for n in (100, 1_000, 10_000, 100_000):
         g = build(n)
         assert [t.id for t in g.ready()] == naive_ready(g)
-        ours = best_of(g.ready, 20 if n <= 10_000 else 5)
-        base = best_of(lambda g=g: naive_ready(g), 3)
+        ours = best_time(g.ready, 20 if n <= 10_000 else 5)
+        base = best_time(lambda g=g: naive_ready(g), 3)
         verdict = ""
         if n == 10_000:
             verdict = "OK (< 5 ms)" if ours < 0.005 else "ABOVE 5 ms"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,3 +35,13 @@ class Report:
         path.write_text("\n".join(lines) + "\n")
         print(f"\nwritten to {path}")
         return path
+
+
+def best_time(fn: Callable[[], object], rounds: int = 5) -> float:
+    """The fastest of ``rounds`` runs, in seconds: the least disturbed by a noisy machine."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -107,12 +107,7 @@ def create_task(
 ) -> dict[str, Any]:
     """Add a task (validated: links exist, no cycle); returns it with its id and version."""
     new = task if isinstance(task, NewTask) else _convert(task, NewTask)
-    path = _path_for(data_dir)
-    with locked(path, exclusive=True):
-        graph = read_graph(path)
-        created = graph.create(new, _now(clock))
-        write_graph(path, graph)
-    return msgspec.to_builtins(created)
+    return _change(data_dir, lambda graph: graph.create(new, _now(clock)))
 
 
 def update_task(
@@ -125,12 +120,7 @@ def update_task(
     """Change a task: ``expected_version=`` makes it conditional; ``reopen=True`` lets a
     finished task go back to pending. Returns the task with its new version."""
     change = _convert({"id": task_id, **patch}, TaskPatch)
-    path = _path_for(data_dir)
-    with locked(path, exclusive=True):
-        graph = read_graph(path)
-        updated = graph.update(change, _now(clock))
-        write_graph(path, graph)
-    return msgspec.to_builtins(updated)
+    return _change(data_dir, lambda graph: graph.update(change, _now(clock)))
 
 
 def list_active(
@@ -147,6 +137,16 @@ def ready_tasks(*, data_dir: str | os.PathLike[str] | None = None) -> list[dict[
     path = _path_for(data_dir)
     with locked(path, exclusive=False):
         return [msgspec.to_builtins(t) for t in read_graph(path).ready()]
+
+
+def _change(data_dir: str | os.PathLike[str] | None, apply: Callable[[TaskGraph], Task]) -> dict[str, Any]:
+    """Read, change and write the graph under the exclusive lock; returns the changed task."""
+    path = _path_for(data_dir)
+    with locked(path, exclusive=True):
+        graph = read_graph(path)
+        task = apply(graph)
+        write_graph(path, graph)
+    return msgspec.to_builtins(task)
 
 
 def _convert(obj: dict[str, Any], kind: type[Any]) -> Any:
