@@ -7,7 +7,7 @@ replies and produce the ``rpc.discover`` document.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import msgspec
@@ -15,7 +15,7 @@ from msgspec import Meta
 
 from sidecar import __version__
 from sidecar.context.build import build_context
-from sidecar.errors import ForbiddenError, NotFoundError
+from sidecar.errors import ForbiddenError, NotFoundError, SidecarError
 from sidecar.log.committer import AppendRequest
 from sidecar.log.events import (
     AppendResult,
@@ -25,6 +25,7 @@ from sidecar.log.events import (
     Event,
     EventId,
     EventType,
+    Label,
     NewEvent,
     Page,
     Visibility,
@@ -450,3 +451,83 @@ async def context_build(p: ContextParams, conn: Connection) -> Context:
         )
 
     return msgspec.convert(await _read(work), Context)
+
+
+# --- the gate and the controller -------------------------------------------------------------
+
+
+class UserMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    text: Annotated[str, Meta(min_length=1)]
+    data: dict[str, Any] = {}
+
+
+class NarratorSay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    grant_id: str
+    text: Annotated[str, Meta(min_length=1)]
+
+
+class Heartbeat(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    agent_id: Label | None = None
+    task_id: Label | None = None
+
+
+class LastDecision(msgspec.Struct, kw_only=True):
+    speak_now: bool
+    reason: str
+
+
+class ControllerStatus(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    gate: Literal["open", "closed"]
+    grant_id: str | None
+    expires_at: str | None
+    reason: str
+    idle_for_s: float | None
+    user_waiting: bool
+    open_tasks: list[str]
+    stalled_tasks: list[str]
+    last_decision: LastDecision | None
+
+
+@registry.method("chat.user_message", UserMessage, AppendResult, "The user speaks: a user.message, visibility user.")
+async def chat_user_message(p: UserMessage, conn: Connection) -> AppendResult:
+    event = NewEvent(
+        conversation_id=p.conversation_id,
+        type="user.message",
+        visibility="user",
+        level="milestone",
+        data={**p.data, "text": p.text},
+    )
+    return (await conn.daemon.appender.submit([event]))[0]
+
+
+@registry.method("narrator.say", NarratorSay, AppendResult, "The narrator speaks, with a valid grant; else -32004.")
+async def narrator_say(p: NarratorSay, conn: Connection) -> AppendResult:
+    grants = conn.daemon.controller.grants
+    grant = grants.redeem(p.conversation_id, p.grant_id)
+    event = NewEvent(
+        conversation_id=p.conversation_id,
+        type="narrator.message",
+        visibility="user",
+        level="milestone",
+        data={"text": p.text, "grant_id": p.grant_id, "reason": grant.reason},
+    )
+    try:
+        return (await conn.daemon.appender.submit([event]))[0]
+    except SidecarError:
+        grants.unredeem(grant)  # nothing was said: the grant still stands
+        raise
+
+
+@registry.method("controller.status", ConversationRef, ControllerStatus, "The gate, and why it is open or closed.")
+async def controller_status(p: ConversationRef, conn: Connection) -> ControllerStatus:
+    return msgspec.convert(conn.daemon.controller.status(p.conversation_id), ControllerStatus)
+
+
+@registry.method("controller.heartbeat", Heartbeat, Ok, "An agent is alive: keeps the idle watchdog quiet.")
+async def controller_heartbeat(p: Heartbeat, conn: Connection) -> Ok:
+    conn.daemon.controller.heartbeat(p.conversation_id, p.task_id)
+    return Ok()

@@ -21,6 +21,7 @@ from anyio.abc import SocketStream, TaskStatus
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.context.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
+from sidecar.controller import Controller, GrantBook, RulePolicy
 from sidecar.daemon import unix
 from sidecar.daemon.config import Config, ConfigError, load_config
 from sidecar.daemon.methods import Stats, SubscribeParams, registry
@@ -340,9 +341,19 @@ class Daemon:
 
             self.summaries = SummaryCache(self.store)
 
+            cc = self.config.controller
+            self.controller = Controller(
+                RulePolicy(min_gap_s=cc.min_gap_s, idle_timeout_s=cc.idle_timeout_s),
+                GrantBook(self.clock, cc.grant_ttl_s),
+                self.clock,
+                emit=self.appender.submit,
+                summary_ref=self._summary_ref,
+            )
+
             def fan_out(events: list[Event]) -> None:  # in the event loop, in commit order
                 self.hub.publish(events)
                 self.summaries.publish(events)
+                self.controller.observe(events)
 
             def published(events: list[Event]) -> None:  # in the commit thread
                 token.backend_class.run_sync_soon(fan_out, (events,), token.native_token)
@@ -351,6 +362,7 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.appender.run)
                 await tg.start(self.tasks.run)
+                await tg.start(self.controller.run)
                 tg.start_soon(self._signals, tg.cancel_scope)
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
@@ -380,6 +392,11 @@ class Daemon:
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()
             log.info("daemon.stopped")
+
+    async def _summary_ref(self, cid: str) -> str | None:
+        """The summary a decision was made on: cheap, from the incremental state."""
+        state = await self.summaries.state(cid)
+        return state.render(keep_recent=5, counter=self.counter)["summary_ref"]
 
     def _token_counter(self) -> TokenCounter:
         """Exact counts when the configured LLM server is llama.cpp; the estimate otherwise."""
@@ -467,6 +484,9 @@ class Daemon:
             return
         self.config.server = fresh.server
         self.config.controller = fresh.controller
+        policy = self.controller.policy
+        policy.min_gap_s, policy.idle_timeout_s = fresh.controller.min_gap_s, fresh.controller.idle_timeout_s
+        self.controller.grants.ttl_s = fresh.controller.grant_ttl_s
         log.info("daemon.reloaded", config=self.config_path)
 
     async def _watchdog(self, notifier: Notifier) -> None:
