@@ -531,3 +531,62 @@ async def controller_status(p: ConversationRef, conn: Connection) -> ControllerS
 async def controller_heartbeat(p: Heartbeat, conn: Connection) -> Ok:
     conn.daemon.controller.heartbeat(p.conversation_id, p.task_id)
     return Ok()
+
+
+class NarratorPromptParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    budget_tokens: Annotated[int, Meta(ge=16)]
+    reason: str | None = None
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class NarratorPrompt(msgspec.Struct, kw_only=True):
+    messages: list[ChatMessage]
+    summary_ref: str | None
+    tokens: int
+
+
+_HEADINGS = {
+    "tasks": "## Tasks",
+    "summary": "## Earlier in this conversation",
+    "recent": "## Recent events",
+    "newest": "## Newest event",
+}
+
+
+@registry.method(
+    "narrator.prompt", NarratorPromptParams, NarratorPrompt, "Chat messages for the narrator, within the budget."
+)
+async def narrator_prompt(p: NarratorPromptParams, conn: Connection) -> NarratorPrompt:
+    daemon = conn.daemon
+    last = daemon.controller.status(p.conversation_id)["last_decision"]
+    reason = p.reason or (last["reason"] if last else "asked to speak")
+    system = daemon.prompts.render("narrator", conversation_id=p.conversation_id, reason=reason)
+    graph = daemon.tasks.graph
+    tasks = [t for t in graph.list_active() if t.conversation_id == p.conversation_id]
+    ready = [t for t in graph.ready() if t.conversation_id == p.conversation_id]
+    overhead = daemon.counter.count("\n\n".join(_HEADINGS.values()))  # the headings cost tokens too
+
+    def work() -> dict[str, Any]:
+        return build_context(
+            p.conversation_id,
+            _all_events(conn, p.conversation_id),
+            budget_tokens=max(1, p.budget_tokens - overhead),
+            system_prompt=system,
+            tasks=tasks,
+            ready=ready,
+            counter=daemon.counter,
+        )
+
+    ctx = await _read(work)
+    layers = {layer["name"]: layer for layer in ctx["layers"]}
+    body = "\n\n".join(f"{_HEADINGS[n]}\n{layers[n]['text']}" for n in _HEADINGS if n in layers)
+    messages = [ChatMessage(role="system", content=layers.get("system", {}).get("text", ""))]
+    if body:
+        messages.append(ChatMessage(role="user", content=body))
+    tokens = sum(daemon.counter.count(m.content) for m in messages)
+    return NarratorPrompt(messages=messages, summary_ref=ctx["summary_ref"], tokens=tokens)

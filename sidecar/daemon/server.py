@@ -22,6 +22,7 @@ from anyio.abc import SocketStream, TaskStatus
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.context.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 from sidecar.controller import Controller, GrantBook, RulePolicy
+from sidecar.controller.prompts import PromptLibrary
 from sidecar.daemon import unix
 from sidecar.daemon.config import Config, ConfigError, load_config
 from sidecar.daemon.methods import Stats, SubscribeParams, registry
@@ -335,6 +336,7 @@ class Daemon:
             self.store = await anyio.to_thread.run_sync(self._load_store)
             self.appender = AsyncAppender(self.store)
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
+            self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
             self.tasks = TaskService(self.store.data_dir, audit=self.appender.submit, clock=self.clock)
             await anyio.to_thread.run_sync(self.tasks.load)
             token = anyio.lowlevel.current_token()
@@ -363,6 +365,7 @@ class Daemon:
                 await tg.start(self.appender.run)
                 await tg.start(self.tasks.run)
                 await tg.start(self.controller.run)
+                await tg.start(self.prompts.watch)
                 tg.start_soon(self._signals, tg.cancel_scope)
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
