@@ -15,7 +15,7 @@ import anyio
 import structlog
 
 from sidecar.clock import Clock
-from sidecar.controller.grants import GrantBook
+from sidecar.controller.grants import Grant, GrantBook
 from sidecar.controller.policy import Decision, RulePolicy
 from sidecar.errors import SidecarError
 from sidecar.log.events import Event, NewEvent
@@ -24,6 +24,9 @@ log = structlog.get_logger("sidecar.controller")
 
 Emit = Callable[[list[NewEvent]], Awaitable[Any]]
 SummaryRef = Callable[[str], Awaitable[str | None]]
+# Asked before speaking (except to a waiting user): (conversation, rules' reason) -> (speak?, why).
+# Any exception means "no opinion": the rules' decision stands.
+Advisor = Callable[[str, str], Awaitable[tuple[bool, str]]]
 
 
 class Controller:
@@ -34,12 +37,16 @@ class Controller:
         clock: Clock,
         emit: Emit,
         summary_ref: SummaryRef | None = None,
+        advisor: Advisor | None = None,
+        on_grant: Callable[[Grant], None] | None = None,
     ) -> None:
         self.policy = policy
         self.grants = grants
         self.clock = clock
         self.emit = emit
         self.summary_ref = summary_ref
+        self.advisor = advisor
+        self.on_grant = on_grant
         self._wakeup = anyio.Event()
 
     # --- input -----------------------------------------------------------------------------------
@@ -62,9 +69,20 @@ class Controller:
         granted = {cid for cid in self.policy.conversations if self.grants.outstanding(cid) is not None}
         decisions = self.policy.due(now, granted)
         events: list[NewEvent] = []
+        issued: list[Grant] = []
         for d in decisions:
             st = self.policy.conversations[d.conversation_id]
-            data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason}
+            data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason, "policy": "rules"}
+            if d.speak_now and self.advisor is not None and d.reason != "user_message":
+                try:
+                    speak, why = await self.advisor(d.conversation_id, d.reason)
+                    data.update(policy="llm", llm_reason=why)
+                    if not speak:
+                        data["speak_now"] = d.speak_now = False
+                except Exception as exc:  # a timeout, a malformed answer: the rules decide
+                    log.warning("controller.llm_fallback", conversation_id=d.conversation_id, error=str(exc))
+                    data["policy"] = "rules (llm failed)"
+            grant = None
             if d.speak_now:
                 grant = self.grants.issue(d.conversation_id, d.reason)
                 if grant is None:  # one outstanding grant per conversation, never two
@@ -73,6 +91,8 @@ class Controller:
                     data.update(grant_id=grant.grant_id, expires_at=grant.expires_at)
                 if self.summary_ref is not None and grant is not None:
                     data["summary_ref"] = await self.summary_ref(d.conversation_id)
+                if grant is not None:
+                    issued.append(grant)
             if d.idle:
                 idle_for = round(now - st.last_activity, 3)
                 events.append(
@@ -108,6 +128,9 @@ class Controller:
                 await self.emit(events)
             except SidecarError as exc:
                 log.error("controller.emit_failed", error=exc.message)
+        if self.on_grant is not None:
+            for grant in issued:
+                self.on_grant(grant)
         return decisions
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

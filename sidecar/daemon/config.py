@@ -51,6 +51,8 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: str | None = None
     model: str | None = None
     timeout_s: Seconds = 10.0
+    narrator: bool = False  # the daemon speaks itself when a grant is issued
+    narrator_budget_tokens: Positive = 3000
 
 
 class Config(msgspec.Struct, kw_only=True):

@@ -506,17 +506,22 @@ async def chat_user_message(p: UserMessage, conn: Connection) -> AppendResult:
 
 @registry.method("narrator.say", NarratorSay, AppendResult, "The narrator speaks, with a valid grant; else -32004.")
 async def narrator_say(p: NarratorSay, conn: Connection) -> AppendResult:
-    grants = conn.daemon.controller.grants
-    grant = grants.redeem(p.conversation_id, p.grant_id)
+    return await narrate(conn.daemon, p.conversation_id, p.grant_id, p.text)
+
+
+async def narrate(daemon: Any, cid: str, grant_id: str, text: str) -> AppendResult:
+    """Say ``text`` to the user with a grant: the one way a narrator.message is written."""
+    grants = daemon.controller.grants
+    grant = grants.redeem(cid, grant_id)
     event = NewEvent(
-        conversation_id=p.conversation_id,
+        conversation_id=cid,
         type="narrator.message",
         visibility="user",
         level="milestone",
-        data={"text": p.text, "grant_id": p.grant_id, "reason": grant.reason},
+        data={"text": text, "grant_id": grant_id, "reason": grant.reason},
     )
     try:
-        return (await conn.daemon.appender.submit([event]))[0]
+        return (await daemon.appender.submit([event]))[0]
     except SidecarError:
         grants.unredeem(grant)  # nothing was said: the grant still stands
         raise
@@ -558,24 +563,22 @@ _HEADINGS = {
 }
 
 
-@registry.method(
-    "narrator.prompt", NarratorPromptParams, NarratorPrompt, "Chat messages for the narrator, within the budget."
-)
-async def narrator_prompt(p: NarratorPromptParams, conn: Connection) -> NarratorPrompt:
-    daemon = conn.daemon
-    last = daemon.controller.status(p.conversation_id)["last_decision"]
-    reason = p.reason or (last["reason"] if last else "asked to speak")
-    system = daemon.prompts.render("narrator", conversation_id=p.conversation_id, reason=reason)
+async def build_narrator_prompt(daemon: Any, cid: str, budget_tokens: int, reason: str | None) -> NarratorPrompt:
+    """The narrator template plus the conversation's context, as chat messages, within budget."""
+    last = daemon.controller.status(cid)["last_decision"]
+    why = reason or (last["reason"] if last else "asked to speak")
+    system = daemon.prompts.render("narrator", conversation_id=cid, reason=why)
     graph = daemon.tasks.graph
-    tasks = [t for t in graph.list_active() if t.conversation_id == p.conversation_id]
-    ready = [t for t in graph.ready() if t.conversation_id == p.conversation_id]
+    tasks = [t for t in graph.list_active() if t.conversation_id == cid]
+    ready = [t for t in graph.ready() if t.conversation_id == cid]
     overhead = daemon.counter.count("\n\n".join(_HEADINGS.values()))  # the headings cost tokens too
 
     def work() -> dict[str, Any]:
+        events = daemon.store.query(conversation_id=cid, limit=None).events
         return build_context(
-            p.conversation_id,
-            _all_events(conn, p.conversation_id),
-            budget_tokens=max(1, p.budget_tokens - overhead),
+            cid,
+            events,
+            budget_tokens=max(1, budget_tokens - overhead),
             system_prompt=system,
             tasks=tasks,
             ready=ready,
@@ -590,3 +593,10 @@ async def narrator_prompt(p: NarratorPromptParams, conn: Connection) -> Narrator
         messages.append(ChatMessage(role="user", content=body))
     tokens = sum(daemon.counter.count(m.content) for m in messages)
     return NarratorPrompt(messages=messages, summary_ref=ctx["summary_ref"], tokens=tokens)
+
+
+@registry.method(
+    "narrator.prompt", NarratorPromptParams, NarratorPrompt, "Chat messages for the narrator, within the budget."
+)
+async def narrator_prompt(p: NarratorPromptParams, conn: Connection) -> NarratorPrompt:
+    return await build_narrator_prompt(conn.daemon, p.conversation_id, p.budget_tokens, p.reason)

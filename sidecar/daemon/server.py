@@ -22,10 +22,12 @@ from anyio.abc import SocketStream, TaskStatus
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.context.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 from sidecar.controller import Controller, GrantBook, RulePolicy
+from sidecar.controller.grants import Grant
+from sidecar.controller.llm import ChatClient, LLMError, parse_verdict
 from sidecar.controller.prompts import PromptLibrary
 from sidecar.daemon import unix
 from sidecar.daemon.config import Config, ConfigError, load_config
-from sidecar.daemon.methods import Stats, SubscribeParams, registry
+from sidecar.daemon.methods import Stats, SubscribeParams, build_narrator_prompt, narrate, registry
 from sidecar.daemon.subscriptions import Hub, Subscription
 from sidecar.daemon.summaries import SummaryCache
 from sidecar.daemon.systemd import Notifier
@@ -157,7 +159,9 @@ class Connection:
         fields = {k: v for k, v in msgspec.structs.asdict(params).items() if v is not None}
         flt = as_filter({k: v for k, v in fields.items() if k not in ("limit", "cursor")})
         hub = self.daemon.hub
-        sub = Subscription(hub.new_id(), flt, self.send, self.daemon.config.server.subscriber_queue, self._ended)
+        sub = Subscription(
+            hub.new_id(), flt, self.send, self.daemon.config.server.subscriber_queue, self._ended, self.send_now
+        )
         hub.add(sub)
         self.subscriptions[sub.id] = sub
         self._subs_tg.start_soon(sub.run, self.daemon.store)
@@ -343,13 +347,16 @@ class Daemon:
 
             self.summaries = SummaryCache(self.store)
 
-            cc = self.config.controller
+            cc, lc = self.config.controller, self.config.llm
+            self.chat = self._chat_client()
             self.controller = Controller(
                 RulePolicy(min_gap_s=cc.min_gap_s, idle_timeout_s=cc.idle_timeout_s),
                 GrantBook(self.clock, cc.grant_ttl_s),
                 self.clock,
                 emit=self.appender.submit,
                 summary_ref=self._summary_ref,
+                advisor=self._advise if self.chat is not None else None,
+                on_grant=self._on_grant if self.chat is not None and lc.narrator else None,
             )
 
             def fan_out(events: list[Event]) -> None:  # in the event loop, in commit order
@@ -362,6 +369,7 @@ class Daemon:
 
             self.store.on_commit(published)
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 await tg.start(self.appender.run)
                 await tg.start(self.tasks.run)
                 await tg.start(self.controller.run)
@@ -395,6 +403,50 @@ class Daemon:
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()
             log.info("daemon.stopped")
+
+    # --- the LLM: policy advice and the built-in narrator -------------------------------------
+
+    def _chat_client(self) -> ChatClient | None:
+        llm = self.config.llm
+        if not llm.url:
+            return None
+        try:
+            return ChatClient(llm.url, model=llm.model, timeout_s=llm.timeout_s)
+        except LLMError as exc:
+            log.error("daemon.llm_disabled", error=str(exc))
+            return None
+
+    async def _advise(self, cid: str, reason: str) -> tuple[bool, str]:
+        """Ask the LLM, with the controller template and the context, whether to speak."""
+        assert self.chat is not None
+        question = self.prompts.render("controller", conversation_id=cid, reason=reason)
+        context = await build_narrator_prompt(self, cid, 1500, reason)
+        messages = [{"role": "system", "content": question}]
+        messages += [{"role": "user", "content": m.content} for m in context.messages[1:]]
+        return parse_verdict(await self.chat.complete(messages))
+
+    def _on_grant(self, grant: Grant) -> None:
+        self._tg.start_soon(self._narrate, grant)
+
+    async def _narrate(self, grant: Grant) -> None:
+        """The built-in narrator: stream the LLM's reply as narrator.delta, then say it."""
+        assert self.chat is not None
+        cid = grant.conversation_id
+        try:
+            prompt = await build_narrator_prompt(self, cid, self.config.llm.narrator_budget_tokens, grant.reason)
+            parts: list[str] = []
+            async for delta in self.chat.stream([{"role": m.role, "content": m.content} for m in prompt.messages]):
+                self.hub.notify(
+                    cid,
+                    "narrator.delta",
+                    {"conversation_id": cid, "grant_id": grant.grant_id, "index": len(parts), "delta": delta},
+                )
+                parts.append(delta)
+            text = "".join(parts).strip()
+            if text:
+                await narrate(self, cid, grant.grant_id, text)
+        except (LLMError, TimeoutError, OSError, SidecarError) as exc:
+            log.warning("narrator.failed", conversation_id=cid, error=str(exc))
 
     async def _summary_ref(self, cid: str) -> str | None:
         """The summary a decision was made on: cheap, from the incremental state."""

@@ -35,10 +35,12 @@ class Subscription:
         send: Callable[[bytes], Awaitable[None]],
         limit: int,
         on_end: Callable[[Subscription], None],
+        send_now: Callable[[bytes], None] | None = None,
     ) -> None:
         self.id = sub_id
         self.filter = flt
         self._send = send
+        self.send_now = send_now  # for notifications that must not wait (narrator.delta)
         self._limit = limit
         self._on_end = on_end
         self._match = Matcher(flt)  # the same matching as log.query
@@ -168,3 +170,9 @@ class Hub:
         for sub in list(self.subscriptions.values()):
             for event in events:
                 sub.offer(event)
+
+    def notify(self, cid: str, method: str, params: dict[str, Any]) -> None:
+        """Tell every subscriber of conversation ``cid`` something that is not an event."""
+        for sub in list(self.subscriptions.values()):
+            if sub.filter.conversation_id in (None, cid) and sub.send_now is not None:
+                sub.send_now(encode(notification(method, {"subscription": sub.id, **params})))

@@ -64,6 +64,7 @@ async def test_a_user_message_opens_the_gate(clock: ManualClock) -> None:
     assert event.data == {
         "speak_now": True,
         "reason": "user_message",
+        "policy": "rules",
         "grant_id": grant.grant_id,
         "expires_at": grant.expires_at,
         "summary_ref": "ab" * 32,
@@ -73,7 +74,7 @@ async def test_a_user_message_opens_the_gate(clock: ManualClock) -> None:
     ctl.observe([ev("agent.error")])
     clock.advance(0.05)
     await ctl.tick()
-    assert written[-1].data == {"speak_now": False, "reason": "grant outstanding"}  # never two grants
+    assert written[-1].data == {"speak_now": False, "reason": "grant outstanding", "policy": "rules"}
     ctl.grants.redeem("c1", grant.grant_id)
     ctl.observe([ev("narrator.message")])
     assert ctl.status("c1")["gate"] == "closed" and not ctl.status("c1")["user_waiting"]
