@@ -18,6 +18,7 @@ examples:
   sidecar call log.tail '{"conversation_id": "c1", "limit": 5}'
   sidecar tail c1 -n 50 -f                        the last 50 events of c1, then follow
   sidecar tail c1 --json | jq .type
+  sidecar demo                                    a user, three agents and a narrator, in 15 seconds
 
 environment:
   SIDECAR_DATA_DIR, SIDECAR_SOCKET, SIDECAR_CONFIG stand in for --data-dir, --socket, --config.
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="exit 0 only when the daemon answers healthy")
     health.add_argument("--socket", help="Unix socket path")
 
+    sub.add_parser("demo", help="watch a user, three agents and a narrator, with the gate and the watchdog")
+
     tail = sub.add_parser("tail", help="show a conversation's newest events, and follow with -f")
     tail.add_argument("conversation", help="conversation id")
     tail.add_argument("-n", type=int, default=20, help="how many events to show first (default 20)")
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "demo":
+        from sidecar.demo import main as demo
+
+        return demo()
     from sidecar_client import Client, RpcError
 
     try:
