@@ -115,6 +115,12 @@ class RulePolicy:
         elif "error" in kind.split(".")[-1]:
             self._trigger(st, "error", now)
 
+    def seed_task(self, cid: str, task_id: str, owner: str | None, now: float) -> None:
+        """An active task known from before (the task graph at start-up): open work to watch."""
+        st = self.state(cid, now)
+        st.open_tasks[task_id] = owner
+        st.task_seen.setdefault(task_id, now)
+
     def heartbeat(self, cid: str, task_id: str | None, now: float) -> None:
         st = self.state(cid, now)
         self._active(st, now)

@@ -359,6 +359,11 @@ class Daemon:
                 on_grant=self._on_grant if self.chat is not None and lc.narrator else None,
             )
 
+            now = self.clock.monotonic()
+            for task in self.tasks.graph.list_active():  # open work survives a restart
+                if task.conversation_id is not None:
+                    self.controller.policy.seed_task(task.conversation_id, task.id, task.owner, now)
+
             def fan_out(events: list[Event]) -> None:  # in the event loop, in commit order
                 self.hub.publish(events)
                 self.summaries.publish(events)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from sidecar_client import Client, RpcError
 
+from tests.controller.test_llm import read_notifications
+
 CONFIG = "[controller]\nmin_gap_s = 0.2\nidle_timeout_s = 600.0\ngrant_ttl_s = 60.0\n"
 
 
@@ -73,3 +75,19 @@ def test_agents_cannot_speak_to_the_user(daemon) -> None:
             "ok": True
         }
         assert c.call("controller.status", {"conversation_id": "c1"})["gate"] == "closed"
+
+
+def test_open_work_is_watched_after_a_restart(start_daemon, tmp_path) -> None:
+    config = "[controller]\nidle_timeout_s = 0.3\nmin_gap_s = 0.1\n"
+    first = start_daemon(config_text=config)
+    with Client(first.socket_path) as c:
+        c.call(
+            "tasks.create",
+            {"type": "long", "id": "t-long", "owner": "coder", "conversation_id": "c7", "status": "running"},
+        )
+    assert first.stop() == 0
+    second = start_daemon(config_text=config, socket_path=first.socket_path)
+    # Live only (no replay), so what arrives comes from the new daemon; the read times out at 20 s.
+    notes = read_notifications(second.socket_path, {"conversation_id": "c7", "types": ["watchdog.idle"]})
+    event = next(notes)["params"]["event"]  # it knows t-long is open, and notices the silence
+    assert event["data"]["open_tasks"] == ["t-long"]
