@@ -17,11 +17,12 @@ from anyio.abc import SocketStream
 
 from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
+from sidecar_client.methods import AsyncMethods
 
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
-class AsyncClient:
+class AsyncClient(AsyncMethods):
     """``client = await AsyncClient.connect(path)``; ``await client.call(...)``; ``await client.close()``."""
 
     def __init__(self, stream: SocketStream, socket_path: str) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 
 from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
+from sidecar_client.methods import SyncMethods
 
 
-class Client:
+class Client(SyncMethods):
     """A connection to the sidecar daemon.
 
     ``call`` sends one request and waits for its answer, at most ``timeout`` seconds;
