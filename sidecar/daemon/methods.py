@@ -30,7 +30,7 @@ from sidecar.log.events import (
     Page,
     Visibility,
 )
-from sidecar.log.scan import Limit, QueryFilter
+from sidecar.log.scan import EventFilter, Limit, QueryFilter
 from sidecar.log.summarize import RING, load_snapshot, load_summary, persist_summary, rolling_summary
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
@@ -111,8 +111,8 @@ class Conversations(msgspec.Struct, kw_only=True):
     conversations: list[ConversationInfo]
 
 
-class SubscribeParams(QueryFilter, kw_only=True, forbid_unknown_fields=True):
-    """The filter of ``log.query`` (without paging), plus ``from_seq`` to replay history first."""
+class SubscribeParams(EventFilter, kw_only=True, forbid_unknown_fields=True):
+    """The filter of ``log.query`` without paging; ``from_seq`` replays history first."""
 
 
 class Subscribed(msgspec.Struct, kw_only=True):

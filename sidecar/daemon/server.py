@@ -157,7 +157,7 @@ class Connection:
 
     def subscribe(self, params: SubscribeParams) -> int:
         fields = {k: v for k, v in msgspec.structs.asdict(params).items() if v is not None}
-        flt = as_filter({k: v for k, v in fields.items() if k not in ("limit", "cursor")})
+        flt = as_filter(fields)
         hub = self.daemon.hub
         sub = Subscription(
             hub.new_id(), flt, self.send, self.daemon.config.server.subscriber_queue, self._ended, self.send_now

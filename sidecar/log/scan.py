@@ -27,8 +27,8 @@ Limit = Annotated[int, Meta(ge=1, le=100_000)]
 SortKey = tuple[str, str, int]
 
 
-class QueryFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Which events to return; every field is optional and ranges are inclusive."""
+class EventFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which events: every field is optional and ranges are inclusive (``log.subscribe``)."""
 
     conversation_id: ConversationId | None = None
     start: str | None = None
@@ -40,6 +40,11 @@ class QueryFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     visibility: Visibility | list[Visibility] | None = None
     levels: list[Level] | None = None
     from_seq: Annotated[int, Meta(ge=1)] | None = None
+
+
+class QueryFilter(EventFilter, kw_only=True, forbid_unknown_fields=True):
+    """An :class:`EventFilter` with paging (``log.query``): a page size and a cursor."""
+
     limit: Limit | None = 1000
     cursor: str | None = None
 

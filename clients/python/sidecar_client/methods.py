@@ -65,9 +65,9 @@ class SyncMethods:
         """Events of every conversation from a time on, in time order."""
         return self.call("log.since", _given(timestamp=timestamp, cursor=cursor, limit=limit))
 
-    def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, cursor: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, limit: int | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Any:
+    def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Any:
         """Replay from from_seq, then live log.event notifications."""
-        return self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, cursor=cursor, end=end, from_seq=from_seq, levels=levels, limit=limit, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility))
+        return self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, end=end, from_seq=from_seq, levels=levels, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility))
 
     def log_tail(self, *, conversation_id: str, limit: int | None = None) -> Any:
         """The newest events of a conversation, oldest first."""
@@ -187,9 +187,9 @@ class AsyncMethods:
         """Events of every conversation from a time on, in time order."""
         return await self.call("log.since", _given(timestamp=timestamp, cursor=cursor, limit=limit))
 
-    async def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, cursor: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, limit: int | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Any:
+    async def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Any:
         """Replay from from_seq, then live log.event notifications."""
-        return await self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, cursor=cursor, end=end, from_seq=from_seq, levels=levels, limit=limit, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility))
+        return await self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, end=end, from_seq=from_seq, levels=levels, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility))
 
     async def log_tail(self, *, conversation_id: str, limit: int | None = None) -> Any:
         """The newest events of a conversation, oldest first."""

@@ -250,7 +250,7 @@ export interface Page {
   next_cursor?: string | null;
 }
 
-/** Which events to return; every field is optional and ranges are inclusive. */
+/** An :class:`EventFilter` with paging (``log.query``): a page size and a cursor. */
 export interface QueryFilter {
   /** @default null */
   agent_ids?: string[] | null;
@@ -316,22 +316,18 @@ export interface Stats {
   uptime_s: number;
 }
 
-/** The filter of ``log.query`` (without paging), plus ``from_seq`` to replay history first. */
+/** The filter of ``log.query`` without paging; ``from_seq`` replays history first. */
 export interface SubscribeParams {
   /** @default null */
   agent_ids?: string[] | null;
   /** @default null */
   conversation_id?: string | null;
   /** @default null */
-  cursor?: string | null;
-  /** @default null */
   end?: string | null;
   /** @default null */
   from_seq?: number | null;
   /** @default null */
   levels?: ("action" | "decision" | "detail" | "milestone" | "state")[] | null;
-  /** @default 1000 */
-  limit?: number | null;
   /** @default null */
   start?: string | null;
   /** @default null */
