@@ -31,6 +31,7 @@ from sidecar.log.events import (
     Visibility,
 )
 from sidecar.log.scan import EventFilter, Limit, QueryFilter
+from sidecar.log.store import EventStore
 from sidecar.log.summarize import RING, load_snapshot, load_summary, persist_summary, rolling_summary
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
@@ -384,8 +385,8 @@ class Context(msgspec.Struct, kw_only=True):
     summary_ref: str | None
 
 
-def _all_events(conn: Connection, cid: str) -> list[Event]:
-    return conn.daemon.store.query(conversation_id=cid, limit=None).events
+def _all_events(store: EventStore, cid: str) -> list[Event]:
+    return store.query(conversation_id=cid, limit=None).events
 
 
 async def _summarize(p: SummaryParams, conn: Connection) -> dict[str, Any]:
@@ -396,7 +397,7 @@ async def _summarize(p: SummaryParams, conn: Connection) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         return rolling_summary(
             p.conversation_id,
-            _all_events(conn, p.conversation_id),
+            _all_events(conn.daemon.store, p.conversation_id),
             keep_recent=p.keep_recent,
             max_tokens=p.max_tokens,
             counter=conn.daemon.counter,
@@ -435,22 +436,27 @@ async def summary_snapshot(p: SnapshotRef, conn: Connection) -> Snapshot:
 
 @registry.method("context.build", ContextParams, Context, "Prompt layers for a conversation, within the budget.")
 async def context_build(p: ContextParams, conn: Connection) -> Context:
-    graph = conn.daemon.tasks.graph
-    tasks = [t for t in graph.list_active() if t.conversation_id == p.conversation_id]
-    ready = [t for t in graph.ready() if t.conversation_id == p.conversation_id]
+    return msgspec.convert(await _context(conn.daemon, p.conversation_id, p.budget_tokens, p.system_prompt), Context)
+
+
+async def _context(daemon: Any, cid: str, budget_tokens: int, system_prompt: str) -> dict[str, Any]:
+    """``build_context`` for a conversation: its events, and its active and ready tasks."""
+    graph = daemon.tasks.graph
+    tasks = [t for t in graph.list_active() if t.conversation_id == cid]
+    ready = [t for t in graph.ready() if t.conversation_id == cid]
 
     def work() -> dict[str, Any]:
         return build_context(
-            p.conversation_id,
-            _all_events(conn, p.conversation_id),
-            budget_tokens=p.budget_tokens,
-            system_prompt=p.system_prompt,
+            cid,
+            _all_events(daemon.store, cid),
+            budget_tokens=budget_tokens,
+            system_prompt=system_prompt,
             tasks=tasks,
             ready=ready,
-            counter=conn.daemon.counter,
+            counter=daemon.counter,
         )
 
-    return msgspec.convert(await _read(work), Context)
+    return await _read(work)
 
 
 # --- the gate and the controller -------------------------------------------------------------
@@ -568,24 +574,8 @@ async def build_narrator_prompt(daemon: Any, cid: str, budget_tokens: int, reaso
     last = daemon.controller.status(cid)["last_decision"]
     why = reason or (last["reason"] if last else "asked to speak")
     system = daemon.prompts.render("narrator", conversation_id=cid, reason=why)
-    graph = daemon.tasks.graph
-    tasks = [t for t in graph.list_active() if t.conversation_id == cid]
-    ready = [t for t in graph.ready() if t.conversation_id == cid]
     overhead = daemon.counter.count("\n\n".join(_HEADINGS.values()))  # the headings cost tokens too
-
-    def work() -> dict[str, Any]:
-        events = daemon.store.query(conversation_id=cid, limit=None).events
-        return build_context(
-            cid,
-            events,
-            budget_tokens=max(1, budget_tokens - overhead),
-            system_prompt=system,
-            tasks=tasks,
-            ready=ready,
-            counter=daemon.counter,
-        )
-
-    ctx = await _read(work)
+    ctx = await _context(daemon, cid, max(1, budget_tokens - overhead), system)
     layers = {layer["name"]: layer for layer in ctx["layers"]}
     body = "\n\n".join(f"{_HEADINGS[n]}\n{layers[n]['text']}" for n in _HEADINGS if n in layers)
     messages = [ChatMessage(role="system", content=layers.get("system", {}).get("text", ""))]

@@ -11,6 +11,7 @@ import pytest
 from sidecar_client import Client
 
 from sidecar.context.tokens import ByteEstimate, LlamaCppTokenizer
+from tests.controller.fake_llm import reply_json
 
 
 class FakeLlama(BaseHTTPRequestHandler):
@@ -24,12 +25,7 @@ class FakeLlama(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         type(self).calls += 1
-        payload = json.dumps({"tokens": list(range(len(body["content"].split())))}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        reply_json(self, {"tokens": list(range(len(body["content"].split())))})
 
     def log_message(self, *args: object) -> None:
         pass

@@ -9,6 +9,16 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def reply_json(handler: BaseHTTPRequestHandler, doc: object) -> None:
+    """Answer 200 with ``doc`` as a JSON body."""
+    payload = json.dumps(doc).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 class FakeLLM:
     """Answers ``verdict`` to plain requests and streams ``reply`` in ``pieces`` to streaming ones.
 
@@ -43,12 +53,7 @@ class FakeLLM:
                     self.wfile.write(b"data: [DONE]\n\n")
                     return
                 content = "no json here" if fake.mode == "garbage" else fake.verdict
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                reply_json(self, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
             def log_message(self, *args: object) -> None:
                 pass

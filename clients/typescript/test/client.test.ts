@@ -14,7 +14,7 @@ import {
   RpcError,
   TimeoutError,
 } from "../src/index.js";
-import { type Daemon, eventually, startDaemon } from "./daemon.js";
+import { type Daemon, eventually, startDaemon, stopCleanly } from "./daemon.js";
 
 function rpcError(code: number, check?: (err: RpcError) => void): (err: unknown) => boolean {
   return (err) => {
@@ -36,17 +36,7 @@ describe("calls", { timeout: 30_000 }, () => {
     client = await connect(daemon.socket);
   });
 
-  after(async () => {
-    try {
-      await client?.close();
-      if (daemon) {
-        const exit = await daemon.stop();
-        assert.deepEqual(exit, { code: 0, signal: null }, daemon.stderr());
-      }
-    } finally {
-      await daemon?.cleanup();
-    }
-  });
+  after(() => stopCleanly(daemon, client));
 
   it("sys.health answers with a typed result", async () => {
     const health = await client.call("sys.health");

@@ -2,6 +2,7 @@
 // on a fresh temporary data dir and socket, ready once its stderr (structlog JSON, one object
 // per line) says `daemon.ready`. No sleeps: every wait is for a condition, and bounded.
 
+import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -212,4 +213,17 @@ export async function eventually(check: () => Promise<boolean>, what: string, tr
     await delay(10);
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Close the client, stop the daemon (it must exit 0) and remove its directory: a test's `after`. */
+export async function stopCleanly(daemon: Daemon | undefined, client?: { close(): Promise<void> }): Promise<void> {
+  try {
+    await client?.close();
+    if (daemon) {
+      const exit = await daemon.stop();
+      assert.deepEqual(exit, { code: 0, signal: null }, daemon.stderr());
+    }
+  } finally {
+    await daemon?.cleanup();
+  }
 }

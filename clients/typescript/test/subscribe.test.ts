@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 
 import { type Client, connect, ErrorCode, type Event, RpcError } from "../src/index.js";
-import { type Daemon, eventually, startDaemon } from "./daemon.js";
+import { type Daemon, eventually, startDaemon, stopCleanly } from "./daemon.js";
 
 async function subscriptions(client: Client): Promise<number> {
   return (await client.call("sys.stats")).subscriptions;
@@ -18,17 +18,7 @@ describe("subscribe", { timeout: 30_000 }, () => {
     client = await connect(daemon.socket);
   });
 
-  after(async () => {
-    try {
-      await client?.close();
-      if (daemon) {
-        const exit = await daemon.stop();
-        assert.deepEqual(exit, { code: 0, signal: null }, daemon.stderr());
-      }
-    } finally {
-      await daemon?.cleanup();
-    }
-  });
+  after(() => stopCleanly(daemon, client));
 
   it("replays from from_seq, then goes live; break unsubscribes", async () => {
     const cid = "ts-sub";

@@ -8,7 +8,7 @@ import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 
 import { type Client, connect } from "../src/index.js";
-import { type Daemon, PACKAGE_ROOT, startDaemon } from "./daemon.js";
+import { type Daemon, PACKAGE_ROOT, startDaemon, stopCleanly } from "./daemon.js";
 
 type Generator = typeof import("../scripts/gen-types.mjs");
 
@@ -26,17 +26,7 @@ describe("generated types", { timeout: 30_000 }, () => {
     client = await connect(daemon.socket);
   });
 
-  after(async () => {
-    try {
-      await client?.close();
-      if (daemon) {
-        const exit = await daemon.stop();
-        assert.deepEqual(exit, { code: 0, signal: null }, daemon.stderr());
-      }
-    } finally {
-      await daemon?.cleanup();
-    }
-  });
+  after(() => stopCleanly(daemon, client));
 
   it("src/types.ts matches the daemon's schema byte for byte (run `npm run gen` if not)", async () => {
     const doc = await client.call("rpc.discover");
