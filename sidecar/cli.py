@@ -22,6 +22,7 @@ examples:
 
 environment:
   SIDECAR_DATA_DIR, SIDECAR_SOCKET, SIDECAR_CONFIG stand in for --data-dir, --socket, --config.
+  SIDECAR_LLM_URL, SIDECAR_LLM_MODEL set the config's [llm] url and model (e.g. http://llm:8080).
   The default socket is $XDG_RUNTIME_DIR/sidecar/sidecar.sock, else /tmp/sidecar-$UID/sidecar.sock.
 """
 

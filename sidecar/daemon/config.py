@@ -70,6 +70,10 @@ class Config(msgspec.Struct, kw_only=True):
         return os.path.abspath(self.socket or default_socket_path())
 
 
+# In a container the LLM server's address is known only at deploy time (docker-compose).
+_LLM_ENV = {"SIDECAR_LLM_URL": "url", "SIDECAR_LLM_MODEL": "model"}
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message says what to fix."""
 
@@ -102,6 +106,9 @@ def load_config(
         raw["data_dir"] = env["SIDECAR_DATA_DIR"]
     if env.get("SIDECAR_SOCKET"):
         raw["socket"] = env["SIDECAR_SOCKET"]
+    for var, key in _LLM_ENV.items():
+        if env.get(var):
+            raw["llm"] = {**raw.get("llm", {}), key: env[var]}
     if data_dir:
         raw["data_dir"] = data_dir
     if socket:

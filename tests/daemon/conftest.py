@@ -11,8 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,26 +20,45 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class NotifyListener:
+    """Our end of ``$NOTIFY_SOCKET``: what a supervisor hears from the daemon it runs."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.messages: list[str] = []
+
+    def wait_for(self, state: str, timeout: float = 20.0, context: Callable[[], str] = str) -> str:
+        """The next datagram that starts with ``state`` (READY=1, STOPPING=1, ...)."""
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                msg = self.sock.recv(4096).decode()
+            except TimeoutError:
+                raise AssertionError(f"daemon never sent {state}\n{context()}") from None
+            self.messages.append(msg)
+            if msg.startswith(state):
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @dataclass
 class DaemonProc:
     proc: subprocess.Popen
     socket_path: str
     data_dir: Path
-    notify: socket.socket
+    notify: NotifyListener
     stderr_path: Path
-    messages: list[str] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[str]:
+        return self.notify.messages
 
     def wait_for(self, state: str, timeout: float = 20.0) -> str:
-        """The next notify datagram that starts with ``state`` (READY=1, STOPPING=1, ...)."""
-        self.notify.settimeout(timeout)
-        while True:
-            try:
-                msg = self.notify.recv(4096).decode()
-            except TimeoutError:
-                raise AssertionError(f"daemon never sent {state}; stderr:\n{self.stderr()}") from None
-            self.messages.append(msg)
-            if msg.startswith(state):
-                return msg
+        return self.notify.wait_for(state, timeout, lambda: f"stderr:\n{self.stderr()}")
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -53,9 +72,8 @@ class DaemonProc:
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python"), env.get("PYTHONPATH", "")])
-    env.pop("SIDECAR_SOCKET", None)
-    env.pop("SIDECAR_DATA_DIR", None)
-    env.pop("SIDECAR_CONFIG", None)
+    for name in [n for n in env if n.startswith("SIDECAR_")]:
+        del env[name]  # the test's own settings only
     env.update(extra or {})
     return env
 
@@ -80,8 +98,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
         sock = socket_path or str(run_dir / "sidecar.sock")
         data = data_dir or tmp_path / "data"
         notify_path = str(tmp_path / f"notify{n}")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
+        notify = NotifyListener(notify_path)
         cmd = [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data), "--socket", sock]
         if config_text is not None:
             cfg = tmp_path / f"config{n}.toml"

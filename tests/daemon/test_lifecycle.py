@@ -197,49 +197,6 @@ def test_allow_list_lets_another_uid_in(start_daemon, public_dir: str) -> None:
     assert run.stdout.strip() == "ok", run.stderr
 
 
-def test_systemd_notify_and_watchdog(start_daemon) -> None:
-    d = start_daemon(env={"WATCHDOG_USEC": "200000"})  # ping every 0.1 s
-    assert "MAINPID" in d.messages[-1]
-    d.wait_for("WATCHDOG=1")
-    d.wait_for("WATCHDOG=1")
-    d.proc.send_signal(signal.SIGTERM)
-    d.wait_for("STOPPING=1")
-    assert d.proc.wait(timeout=10) == 0
-
-
-def test_socket_activation_through_listen_fds(tmp_path: Path) -> None:
-    path = str(tmp_path / "act.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(16)
-    notify_path = str(tmp_path / "notify-act")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(20)
-    # systemd passes the socket as fd 3 and names the process in LISTEN_PID: `exec` keeps $$.
-    serve = f"{sys.executable} -m sidecar serve --data-dir {tmp_path / 'data'} --socket {path}"
-    cmd = f"LISTEN_PID=$$ LISTEN_FDS=1 exec {serve}"
-    proc = subprocess.Popen(
-        ["sh", "-c", cmd],
-        pass_fds=(listener.fileno(), 3),
-        preexec_fn=lambda: os.dup2(listener.fileno(), 3),
-        env=child_env({"NOTIFY_SOCKET": notify_path}),
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert notify.recv(4096).startswith(b"READY=1")
-        with Client(path) as c:
-            assert c.call("sys.health")["status"] == "ok"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert os.path.exists(path)  # systemd's socket: not ours to remove
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        notify.close()
-        listener.close()
-
-
 def test_no_daemon_gives_a_clear_error(tmp_path: Path) -> None:
     missing = str(tmp_path / "nothing.sock")
     with pytest.raises(DaemonUnavailable, match="nothing.sock"):

@@ -1,0 +1,57 @@
+"""load_config: defaults < TOML file < SIDECAR_* environment < flags, and clear errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sidecar.daemon.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "sidecar.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, 'data_dir = "/from/file"\nsocket = "/file.sock"\n[llm]\nurl = "http://file:1"\n')
+    assert load_config(path, env={}).data_dir == "/from/file"
+    env = {"SIDECAR_DATA_DIR": "/from/env", "SIDECAR_LLM_URL": "http://llm:8080", "SIDECAR_LLM_MODEL": "qwen"}
+    config = load_config(path, env=env)
+    assert (config.data_dir, config.socket) == ("/from/env", "/file.sock")
+    assert (config.llm.url, config.llm.model) == ("http://llm:8080", "qwen")
+    flagged = load_config(path, data_dir="/from/flag", socket="/flag.sock", env=env)
+    assert (flagged.data_dir, flagged.socket_path) == ("/from/flag", "/flag.sock")
+
+
+def test_the_environment_names_the_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[controller]\nmin_gap_s = 1.5\n")
+    assert load_config(env={"SIDECAR_CONFIG": path}).controller.min_gap_s == 1.5
+
+
+def test_llm_from_the_environment_keeps_the_file_s_other_llm_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "[llm]\ntimeout_s = 3.0\nnarrator = true\n")
+    config = load_config(path, env={"SIDECAR_LLM_URL": "http://llm:8080"})
+    assert (config.llm.url, config.llm.timeout_s, config.llm.narrator) == ("http://llm:8080", 3.0, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus = 1\n", "unknown keys ['bogus']"),
+        ("[server]\nmax_mesage_bytes = 5\n", "max_mesage_bytes"),
+        ("[server]\nmax_message_bytes = -1\n", "max_message_bytes"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_file_is_an_error_that_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
+        load_config(str(tmp_path / "nope.toml"), env={})
