@@ -59,6 +59,7 @@ class Stats(msgspec.Struct, kw_only=True):
     uptime_s: float
     connections: int
     connections_total: int
+    refusing: int  # refused connections still open while we tell them why
     subscriptions: int
     requests: int
     appends: int

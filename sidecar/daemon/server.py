@@ -7,6 +7,7 @@ graceful drain) and the connections.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -54,6 +55,7 @@ log = structlog.get_logger("sidecar.daemon")
 DRAIN_SECONDS = 4.0
 
 
+_OUT_OF_FDS = encode(error_response(None, -32005, "out of file descriptors; try again later"))
 SEND_QUEUE_BYTES = 1024 * 1024  # per connection: past this, replies and notifications wait
 
 
@@ -254,6 +256,7 @@ class Daemon:
         self.hub = Hub()
         self.connections: dict[int, Connection] = {}
         self.connections_total = 0
+        self._refusing = 0  # refused connections still being told why
         self.requests = 0
         self.stopping = False
         self._started = time.monotonic()
@@ -277,6 +280,7 @@ class Daemon:
             uptime_s=round(self.uptime(), 3),
             connections=len(self.connections),
             connections_total=self.connections_total,
+            refusing=self._refusing,
             subscriptions=len(self.hub.subscriptions),
             requests=self.requests,
             appends=w.events,
@@ -470,37 +474,60 @@ class Daemon:
         return DEFAULT_COUNTER
 
     async def _accept(self, listener: socket.socket, conns: Any) -> None:
-        limit = self.config.server.max_connections
-        while True:
-            await anyio.wait_readable(listener)
-            try:
-                raw, _ = listener.accept()
-            except BlockingIOError:
-                continue
-            peer = unix.peer_credentials(raw)
-            refusal = None
-            if not self._allowed(peer):
-                log.warning("daemon.peer_refused", pid=peer[0], uid=peer[1], gid=peer[2])
-                refusal = error_response(None, -32003, f"uid {peer[1]} may not use this socket")
-            elif len(self.connections) >= limit:
-                log.warning("daemon.too_many_connections", limit=limit)
-                refusal = error_response(None, -32005, "too many connections; try again later")
-            raw.setblocking(False)
-            if refusal is not None:
+        spare = unix.SpareDescriptor()
+        try:
+            while True:
+                await anyio.wait_readable(listener)
+                try:
+                    raw, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                        raise
+                    log.warning("daemon.out_of_descriptors", connections=len(self.connections))
+                    if not spare.refuse_one(listener, _OUT_OF_FDS):
+                        await anyio.sleep(0.05)  # nothing to refuse and none free: let some close
+                    continue
+                await self._admit(raw, conns)
+        finally:
+            spare.close()
+
+    async def _admit(self, raw: socket.socket, conns: Any) -> None:
+        """Serve a new connection, or tell it why not (not allowed, or too many already)."""
+        limit, lingering = unix.descriptor_budget(self.config.server.max_connections)
+        peer = unix.peer_credentials(raw)
+        refusal = None
+        if not self._allowed(peer):
+            log.warning("daemon.peer_refused", pid=peer[0], uid=peer[1], gid=peer[2])
+            refusal = error_response(None, -32003, f"uid {peer[1]} may not use this socket")
+        elif len(self.connections) >= limit:
+            log.warning("daemon.too_many_connections", limit=limit)
+            refusal = error_response(None, -32005, "too many connections; try again later")
+        raw.setblocking(False)
+        if refusal is not None:
+            if self._refusing < lingering:
                 conns.start_soon(self._refuse, raw, encode(refusal))
-                continue
-            # The transport-based stream: far cheaper per read and write than a raw-socket one.
-            stream = await anyio.abc.SocketStream.from_socket(raw)
-            self.connections_total += 1
-            conn = Connection(self, stream, peer, self.connections_total)
-            self.connections[conn.number] = conn
-            conns.start_soon(self._serve, conn)
+            else:  # a flood: no descriptor may linger; say why in one send and hang up
+                with raw:
+                    try:
+                        raw.send(encode(refusal))
+                    except OSError:
+                        pass
+            return
+        # The transport-based stream: far cheaper per read and write than a raw-socket one.
+        stream = await anyio.abc.SocketStream.from_socket(raw)
+        self.connections_total += 1
+        conn = Connection(self, stream, peer, self.connections_total)
+        self.connections[conn.number] = conn
+        conns.start_soon(self._serve, conn)
 
     async def _refuse(self, raw: socket.socket, reply: bytes) -> None:
         """Answer with the reason, then hang up once the peer has had its say (at most 1 s).
 
         Closing at once could discard the peer's request unread, which makes the kernel
         reset the connection before our reply can be read."""
+        self._refusing += 1
         stream = await anyio.abc.SocketStream.from_socket(raw)
         try:
             await stream.send(reply)
@@ -511,7 +538,10 @@ class Daemon:
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             pass
         finally:
-            await stream.aclose()
+            try:
+                await stream.aclose()
+            finally:
+                self._refusing -= 1  # its descriptor is closed: another refusal may linger
 
     async def _serve(self, conn: Connection) -> None:
         try:

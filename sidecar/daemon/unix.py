@@ -6,11 +6,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 import socket
 import stat
 import struct
+from typing import NamedTuple
+
+from sidecar.log.files import open_files_budget
 
 MAX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
+FD_RESERVE = 96  # std streams, the listener, journal, locks, inotify, files read by worker threads
 
 
 class SocketSetupError(Exception):
@@ -111,3 +116,58 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
+
+
+class DescriptorBudget(NamedTuple):
+    connections: int  # served at once
+    lingering_refusals: int  # refused peers we wait on, to read their request before closing
+
+
+def descriptor_budget(max_connections: int) -> DescriptorBudget:
+    """Share RLIMIT_NOFILE out so that a flood of connections can never starve the store:
+    its open log files (``open_files_budget``) and a reserve come first."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DescriptorBudget(max_connections, 32)
+    lingering = max(1, min(32, soft // 16))
+    spare = soft - open_files_budget() - min(FD_RESERVE, soft // 3) - lingering
+    return DescriptorBudget(max(1, min(max_connections, spare)), lingering)
+
+
+class SpareDescriptor:
+    """One descriptor held in reserve, so that when ``accept`` fails with EMFILE we can free
+    it, accept the waiting peer, tell it why and hang up, instead of leaving it queued (and
+    the listener readable, which would spin the accept loop)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def refuse_one(self, listener: socket.socket, reply: bytes) -> bool:
+        """Accept one pending connection with the spare descriptor, send ``reply``, close it.
+        Returns whether there was a connection to refuse."""
+        self.close()
+        try:
+            try:
+                raw, _ = listener.accept()
+            except OSError:  # BlockingIOError: nobody waiting; EMFILE: the spare was not enough
+                return False
+            with raw:
+                raw.setblocking(False)
+                try:
+                    raw.send(reply)
+                except OSError:
+                    pass
+            return True
+        finally:
+            self._reopen()  # only once the peer's descriptor is closed
+
+    def _reopen(self) -> None:
+        try:
+            self.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = None  # still out of descriptors: try again next time
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -90,7 +90,10 @@ class Conversation:
         elif ident != self.active_ident:
             self._follow_rotation(fd, st)
         elif st.st_size > self.active_size:
-            self._consume_active(fd, self.active_size, st.st_size)
+            try:  # lines another process added: they may be damage, not events
+                self._consume_active(fd, self.active_size, st.st_size)
+            except _Corrupt as exc:
+                self._mark_corrupt(fd, exc)
         elif st.st_size < self.active_size:
             self._load(fd, st, index=self.indexed)  # truncated behind our back
 
@@ -138,12 +141,14 @@ class Conversation:
     def _consume_active(self, fd: int, start: int, end: int) -> None:
         """Account for ``[start, end)`` of the active segment, repairing a torn tail."""
         good = line_end_before(fd, start, end)
-        if self.indexed:
+        if self.indexed or start > 0:
+            # Lines added since we last looked (by another process) are few: check each one.
+            # Only a first look at an unindexed log trusts its newest line, for speed.
             bad_at = self._scan(fd, start, good, final=True)
             if bad_at is not None:
                 good = bad_at
         else:
-            good = self._learn_tail(fd, start, good)
+            good = self._learn_tail(fd, good)
         if good < end:
             self._repair_torn(fd, good, end)
         self.active_size = good
@@ -162,7 +167,7 @@ class Conversation:
             raise _Corrupt(f"{seg.path} ends at seq {self.last_seq}, its name says {seg.last_seq}", end)
 
     def _scan(self, fd: int, start: int, end: int, *, final: bool) -> int | None:
-        """Index every line of ``[start, end)``, checking seqs and timestamps.
+        """Check every line of ``[start, end)`` (seqs and timestamps), indexing it if we index.
 
         Returns the offset of an unparseable *last* line when ``final`` (a torn append for
         the caller to cut off); any other bad line raises :class:`_Corrupt`.
@@ -186,20 +191,21 @@ class Conversation:
         stamps = [h.timestamp for h in heads]
         if stamps[0] < self.last_ts or any(a > b for a, b in zip(stamps, stamps[1:])):
             raise _Corrupt(f"timestamps go backwards near seq {first}", offset)
-        self.index.add_run([h.id for h in heads], self.no, first)
-        for h in heads:
-            if h.caused_by:
-                self.index.add_children(h.caused_by, self.no, h.seq)
+        if self.indexed:
+            self.index.add_run([h.id for h in heads], self.no, first)
+            for h in heads:
+                if h.caused_by:
+                    self.index.add_children(h.caused_by, self.no, h.seq)
         self.last_seq = seqs[-1]
         self.last_ts = stamps[-1]
 
-    def _learn_tail(self, fd: int, start: int, end: int) -> int:
+    def _learn_tail(self, fd: int, end: int) -> int:
         """Without an index, learn the last seq from the newest line; returns where good bytes end.
 
         One unparseable newest line is a torn append (cut by the caller); a second is damage.
         """
         torn = False
-        for line in iter_lines_backward(fd, start, end):
+        for line in iter_lines_backward(fd, 0, end):
             try:
                 head = head_decoder.decode(line)
                 break
@@ -209,13 +215,10 @@ class Conversation:
                 torn = True
                 end -= len(line) + 1
         else:
-            return start
-        if start == 0:
-            first = _decode_head(read_line_at(fd, 0, end), 0)
-            if first.seq != self.last_seq + 1:
-                raise _Corrupt(f"active segment starts at seq {first.seq}, expected {self.last_seq + 1}", 0)
-        elif head.seq <= self.last_seq:
-            raise _Corrupt(f"newest seq {head.seq} is not after the known {self.last_seq}", end)
+            return 0
+        first = _decode_head(read_line_at(fd, 0, end), 0)
+        if first.seq != self.last_seq + 1:
+            raise _Corrupt(f"active segment starts at seq {first.seq}, expected {self.last_seq + 1}", 0)
         self.last_seq, self.last_ts = head.seq, head.timestamp
         return end
 

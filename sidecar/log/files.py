@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 from collections.abc import Iterator
 
 # Indirection points for fault-injection tests: patch these to simulate a failing disk.
@@ -120,3 +121,12 @@ def unlock(fd: int) -> None:
 def unlock_close(fd: int) -> None:
     unlock(fd)
     os.close(fd)
+
+
+def open_files_budget() -> int:
+    """How many log files the writer keeps open between batches: an eighth of RLIMIT_NOFILE,
+    at most 256, so that connections and reads keep descriptors of their own."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(4, min(256, soft // 8))

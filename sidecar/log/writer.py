@@ -34,8 +34,6 @@ from sidecar.log.timestamps import format_timestamp
 
 log = structlog.get_logger("sidecar.log")
 
-_MAX_OPEN_FILES = 256
-
 
 @dataclass
 class _Pending:
@@ -85,6 +83,7 @@ class LogWriter:
         self.conversations: dict[str, Conversation] = {}
         self.by_no: list[Conversation] = []
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self.max_open_files = files.open_files_budget()
         self._pool: ThreadPoolExecutor | None = None
         self.on_commit: Callable[[list[Event]], None] | None = None  # new events, once durable
 
@@ -315,7 +314,7 @@ class LogWriter:
 
     def _trim_fds(self) -> None:
         """Close the coldest files past the limit (all are unlocked between batches)."""
-        while len(self._fds) > _MAX_OPEN_FILES:
+        while len(self._fds) > self.max_open_files:
             cid, fd = self._fds.popitem(last=False)
             if cid in self._dirty:
                 try:

@@ -7,6 +7,7 @@ socket as ``NOTIFY_SOCKET`` and waits for ``READY=1``, so there is no polling an
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -80,7 +81,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator:
-    """Start daemons: ``start_daemon(config_text=None, env=None, wait=True)`` -> DaemonProc."""
+    """Start daemons: ``start_daemon(config_text=None, env=None, wait=True, ...)`` -> DaemonProc.
+
+    ``max_fds`` sets the daemon's RLIMIT_NOFILE."""
     started: list[DaemonProc] = []
     counter = [0]
 
@@ -91,6 +94,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
         data_dir: Path | None = None,
         socket_path: str | None = None,
         args: list[str] | None = None,
+        max_fds: int | None = None,
     ) -> DaemonProc:
         counter[0] += 1
         n = counter[0]
@@ -111,6 +115,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
             env=child_env({"NOTIFY_SOCKET": notify_path, **(env or {})}),
             stdout=subprocess.DEVNULL,
             stderr=open(stderr_path, "wb"),  # noqa: SIM115 - the child owns it
+            preexec_fn=None if max_fds is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds,) * 2),
         )
         d = DaemonProc(proc, sock, data, notify, stderr_path)
         started.append(d)

@@ -123,16 +123,8 @@ def test_file_size_limit_gives_a_clean_error(data_dir: Path, python_env: dict) -
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path: Path):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tiny_tmpfs(make_tmpfs) -> Path:
+    return make_tmpfs("256k")
 
 
 def test_full_disk_on_a_tiny_tmpfs(tiny_tmpfs: Path) -> None:

@@ -100,6 +100,20 @@ def test_bad_line_in_the_middle_refuses_writes_until_repaired(data_dir: Path) ->
     assert not torn_files(data_dir)
 
 
+def test_damage_appended_by_another_process_while_we_run_is_refused(store: EventStore, data_dir: Path) -> None:
+    store.append(ev())  # no id: the unindexed path, which still checks every line others add
+    good = log_file(data_dir).read_bytes()
+    forged = {**json.loads(good), "id": str(uuid.uuid4()), "seq": 2}
+    with open(log_file(data_dir), "ab") as f:  # a bad line, then one that parses: not a torn tail
+        f.write(b"this is not json\n" + json.dumps(forged).encode() + b"\n")
+    damaged = log_file(data_dir).read_bytes()
+    with pytest.raises(CorruptLogError, match="damaged log"):
+        store.append(ev())
+    assert log_file(data_dir).read_bytes() == damaged  # nothing written, nothing cut
+    log_file(data_dir).write_bytes(good)  # repaired by hand
+    assert store.append(ev()).seq == 2
+
+
 def test_seq_gap_is_corruption(data_dir: Path) -> None:
     with EventStore(data_dir) as s:
         for _ in range(3):

@@ -309,6 +309,7 @@ export interface Stats {
   connections_total: number;
   fsyncs: number;
   mean_batch: number;
+  refusing: number;
   requests: number;
   subscriptions: number;
   summary_full_reads: number;

@@ -1,0 +1,144 @@
+"""Random input into the real socket, with hypothesis: raw bytes, and JSON-RPC requests with
+random methods and params (path tricks included). Every answer is well-formed JSON-RPC, no
+request ever meets an internal error, and the daemon serves on, in bounded time."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sidecar_client import Client
+
+PROBE = b'{"jsonrpc":"2.0","id":"probe","method":"sys.health"}\n'
+CODES = {-32700, -32600, -32601, -32602, -32001, -32002, -32003, -32004, -32005, -32006}  # never -32603
+FUZZ = settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+tricky_ids = st.sampled_from(["../../etc/passwd", "a/b", "", ".", "..", "x" * 300, "c\x00d", "ok-1", "ü", " "])
+field_names = st.sampled_from(
+    [
+        "conversation_id",
+        "event_id",
+        "limit",
+        "cursor",
+        "types",
+        "type",
+        "data",
+        "text",
+        "grant_id",
+        "budget_tokens",
+        "task_id",
+        "agent_id",
+        "visibility",
+        "level",
+        "caused_by",
+        "expected_seq",
+        "from_seq",
+        "subscription",
+        "events",
+        "title",
+        "owner",
+        "parents",
+        "depends_on",
+        "status",
+        "version",
+        "ref",
+        "timestamp",
+        "start",
+        "end",
+    ]
+)
+params = st.dictionaries(field_names, json_values | tricky_ids, max_size=6) | json_values
+
+
+def method_names() -> st.SearchStrategy[str]:
+    known = [
+        "chat.user_message", "context.build", "controller.heartbeat", "controller.status", "log.append",
+        "log.append_many", "log.by_type", "log.causality", "log.conversations", "log.get", "log.query",
+        "log.since", "log.subscribe", "log.tail", "log.unsubscribe", "narrator.prompt", "narrator.say",
+        "summary.get", "summary.persist", "summary.rolling", "summary.snapshot", "sys.stats", "tasks.create",
+        "tasks.get", "tasks.list_active", "tasks.ready", "tasks.update",
+    ]  # fmt: skip
+    return st.sampled_from(known) | st.text(max_size=20)
+
+
+requests = st.fixed_dictionaries(
+    {"jsonrpc": st.just("2.0") | json_values, "method": method_names(), "params": params},
+    optional={"id": st.integers(0, 10**6) | st.text(max_size=8)},
+)
+
+
+def exchange(path: str, payload: bytes) -> list[dict]:
+    """Send ``payload``, then a probe; every message the daemon sends until the probe's answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(path)
+        s.sendall(payload + b"\n" + PROBE)
+        buf, messages = b"", []
+        while True:
+            chunk = s.recv(1 << 20)
+            assert chunk, f"closed before the probe was answered; got {messages}"
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                msg = json.loads(line)  # every line is JSON
+                messages.append(msg)
+                if isinstance(msg, dict) and msg.get("id") == "probe":
+                    assert msg["result"]["status"] == "ok"
+                    return messages
+
+
+def check(message: object) -> None:
+    """A JSON-RPC 2.0 response (or a batch of them) or a notification; no internal error."""
+    if isinstance(message, list):
+        assert message, "an empty batch answer"
+        for m in message:
+            check(m)
+        return
+    assert isinstance(message, dict) and message["jsonrpc"] == "2.0"
+    if "method" in message:  # a notification we subscribed to by chance
+        return
+    assert "id" in message and (("result" in message) != ("error" in message)), message
+    if "error" in message:
+        assert message["error"]["code"] in CODES, message
+        assert isinstance(message["error"]["message"], str) and message["error"]["message"]
+
+
+def test_random_bytes(daemon) -> None:
+    @FUZZ
+    @given(st.binary(max_size=4096))
+    def run(payload: bytes) -> None:
+        for message in exchange(daemon.socket_path, payload.replace(b"\n", b" ")):
+            check(message)
+
+    run()
+    assert_still_whole(daemon)
+
+
+def test_random_requests_and_batches(daemon) -> None:
+    @FUZZ
+    @given(requests | st.lists(requests | json_values, min_size=1, max_size=5))
+    def run(request: object) -> None:
+        for message in exchange(daemon.socket_path, json.dumps(request).encode()):
+            check(message)
+
+    run()
+    assert_still_whole(daemon)
+
+
+def assert_still_whole(daemon) -> None:
+    with Client(daemon.socket_path) as c:
+        assert c.call("sys.health")["status"] == "ok"
+        for conv in c.call("log.conversations")["conversations"]:  # whatever the fuzz appended is intact
+            events = c.call("log.tail", {"conversation_id": conv["conversation_id"], "limit": 1000})["events"]
+            assert [e["seq"] for e in events] == list(range(1, conv["last_seq"] + 1))
+    assert "Traceback" not in daemon.stderr()
+    assert daemon.stop() == 0
