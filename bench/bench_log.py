@@ -1,44 +1,41 @@
-"""Event-log benchmarks: each figure is printed beside a baseline measured in the same run.
+"""Queries and daemon start-up against the log's size (10^4 .. 10^6 events, one conversation).
 
-    python bench/bench_log.py                 # the full run: a 1,000,000-event conversation
-    python bench/bench_log.py --events 100000 # quicker
+    python bench/bench_log.py [--quick]     # these sections alone (run_all.py --only log)
 
-Targets (issue "Event log engine"): durable appends from 16 writers >= 5x the plain
-open+flock+write+fsync+close loop; tail(20), get(id) and the first page of since() under
-1 ms on a 1M-event log; opening that log (recovery + index) under 3 s and 300 MB.
-Results also go to bench/results/log.md.
+One log is grown in steps (``append_many`` in batches of 5,000) and measured at each size:
+``tail``, ``get`` and ``since`` in-process beside a naive read or scan of the same file, the
+same through the daemon's socket beside a bare ``sys.health`` round trip, and the daemon's
+start-up (spawn to READY=1) and memory beside a daemon on an empty data dir. Indexed queries
+should cost the same at every size; the naive ones grow with the file.
 """
 
 from __future__ import annotations
 
-import argparse
-import fcntl
+import itertools
 import json
-import os
 import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import msgspec
+from bench_daemon import Daemon, clean_env, request, round_trips
+from plots import Panel, Series, figure
+from report import Config, Section, best_time, count, ms, per_call
 
-import anyio  # noqa: E402
-from report import Report  # noqa: E402
+from sidecar.log import Event, EventStore
 
-from sidecar.log import EventStore  # noqa: E402
-from sidecar.log.aio import async_appender  # noqa: E402
-
-REPORT = Report("log", width=58)
-row = REPORT.row
+CID = "big"
+BATCH = 5000
+SAMPLE_EVERY = 50  # ids kept for random get()s: enough, without holding a million strings
 
 
-def event(cid: str, n: int) -> dict:
+def log_event(n: int) -> dict:
     return {
-        "conversation_id": cid,
+        "conversation_id": CID,
         "type": "agent.progress",
         "visibility": "status",
         "agent_id": "coder",
@@ -48,224 +45,312 @@ def event(cid: str, n: int) -> dict:
     }
 
 
-# --- durable appends ---------------------------------------------------------------------
-
-
-def plain_loop(path: str, writers: int, per_writer: int) -> float:
-    """The baseline: every event opens, locks, writes, fsyncs and closes the file itself."""
-    line = (json.dumps(event("base", 1)) + "\n").encode()
-
-    def work() -> None:
-        for _ in range(per_writer):
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)
-            os.fsync(fd)
-            os.close(fd)
-
-    return _threads(work, writers) / (writers * per_writer)
-
-
-def store_appends(store: EventStore, writers: int, per_writer: int, *, shared: bool) -> float:
-    """Threads calling the blocking API, one append in flight each."""
-
-    def work(i: int) -> None:
-        cid = "shared" if shared else f"writer-{i}"
-        for n in range(per_writer):
-            store.append(event(cid, n))
-
-    return _threads(work, writers, indexed=True) / (writers * per_writer)
-
-
-def async_appends(store: EventStore, writers: int, per_writer: int, *, shared: bool, in_flight: int = 1) -> float:
-    """anyio tasks through the async appender (as the daemon writes), ``in_flight`` each."""
-
-    async def main() -> float:
-        async with async_appender(store) as app:
-
-            async def work(i: int) -> None:
-                cid = "shared" if shared else f"writer-{i % writers}"
-                for n in range(per_writer // in_flight):
-                    await app.append(event(cid, n))
-
-            t0 = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for i in range(writers * in_flight):
-                    tg.start_soon(work, i)
-            return time.perf_counter() - t0
-
-    took = anyio.run(main)
-    return took / (writers * (per_writer // in_flight) * in_flight)
-
-
-def _threads(work, count: int, indexed: bool = False) -> float:
-    """Seconds for ``count`` threads to finish ``work``, started together."""
-    start = threading.Barrier(count + 1)
-
-    def run(i: int) -> None:
-        start.wait()
-        work(i) if indexed else work()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0
-
-
-def bench_appends(tmp: Path, per_writer: int) -> None:
-    # The baseline runs before and after the rest, and the faster run counts, so a noisy
-    # moment can only make our ratios look worse, never better.
-    baselines = [1 / plain_loop(str(tmp / "plain.jsonl"), 16, per_writer)]
-    results: list[tuple[str, float, bool]] = []
-    with EventStore(tmp / "appends") as store:
-        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            spe = async_appends(store, 16, per_writer, shared=shared)
-            results.append((f"16 async writers, 1 in flight, {where}", spe, True))
-        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            spe = async_appends(store, 16, per_writer * 2, shared=shared, in_flight=8)
-            results.append((f"16 async writers, 8 in flight, {where}", spe, False))
-        for shared, where in ((True, "one conversation"), (False, "16 conversations")):
-            spe = store_appends(store, 16, per_writer, shared=shared)
-            results.append((f"16 threads, blocking API, {where}", spe, False))
-        results.append(("1 thread, one at a time", store_appends(store, 1, per_writer * 4, shared=True), False))
-    with EventStore(tmp / "per-file", journal=False) as store:
-        spe = async_appends(store, 16, per_writer, shared=False)
-        results.append(("16 async writers, 1 in flight, 16 conversations, no journal (fsync per file)", spe, False))
-    baselines.append(1 / plain_loop(str(tmp / "plain2.jsonl"), 16, per_writer))
-    base_rate = REPORT.baseline("plain open+flock+write+fsync+close loop, 16 threads (events/s)", baselines)
-    for label, seconds_per_event, target in results:
-        rate = 1 / seconds_per_event
-        ratio = rate / base_rate
-        verdict = f"{ratio:.1f}x the plain loop"
-        if target:
-            verdict += " OK (>= 5x)" if ratio >= 5 else " BELOW the 5x target"
-        row(f"durable appends, {label} (events/s)", f"{rate:,.0f}", f"{base_rate:,.0f}", verdict)
-
-
-# --- a big log -----------------------------------------------------------------------------
-
-
-def build_big_log(data_dir: Path, count: int) -> tuple[list[str], float]:
+def grow(data_dir: Path, have: int, want: int) -> tuple[list[str], float]:
+    """Append events ``have`` .. ``want`` in batches; returns a sample of their ids and the seconds."""
     ids: list[str] = []
-    batch = 5000
     t0 = time.perf_counter()
     with EventStore(data_dir) as store:
-        for start in range(0, count, batch):
-            acks = store.append_many([event("big", n) for n in range(start, min(count, start + batch))])
-            ids.extend(a.id for a in acks)
+        for start in range(have, want, BATCH):
+            acks = store.append_many([log_event(n) for n in range(start, min(want, start + BATCH))])
+            ids.extend(a.id for a in acks[::SAMPLE_EVERY])
     return ids, time.perf_counter() - t0
 
 
-def per_call(fn, rounds: int) -> float:
+# --- the naive baselines: no index, just the file ------------------------------------------------
+
+
+def naive_tail(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()[-20:]]
+
+
+def naive_get(path: Path, event_id: str) -> dict | None:
+    target = f'"id":"{event_id}"'.encode()
+    with open(path, "rb") as f:
+        for line in f:
+            if target in line:
+                return json.loads(line)
+    return None
+
+
+TS = b'"timestamp":"'
+
+
+def naive_since(path: Path, timestamp: str) -> list[dict]:
+    """The first 100 events at or after ``timestamp``: a scan from the start to the first one."""
+    t = timestamp.encode()
+    with open(path, "rb") as f:
+        for line in f:
+            i = line.find(TS) + len(TS)
+            if line[i : i + len(t)] >= t:
+                return [json.loads(x) for x in itertools.chain([line], itertools.islice(f, 99))]
+    return []
+
+
+def mean_time(fn: Callable[[str], object], args: list[str]) -> float:
     t0 = time.perf_counter()
-    for _ in range(rounds):
-        fn()
-    return (time.perf_counter() - t0) / rounds
+    for a in args:
+        fn(a)
+    return (time.perf_counter() - t0) / len(args)
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f} ms"
+# --- one size --------------------------------------------------------------------------------------
 
 
-def bench_queries(data_dir: Path, ids: list[str]) -> None:
-    path = data_dir / "logs" / "big.jsonl"
-    size_mb = path.stat().st_size / 1e6
-
-    def naive_tail() -> list[bytes]:
-        return path.read_bytes().splitlines()[-20:]
-
-    def naive_get(target: bytes) -> bytes | None:
-        with open(path, "rb") as f:
-            for line in f:
-                if target in line:
-                    return line
-        return None
-
+def queries(data_dir: Path, ids: list[str], calls: int) -> tuple[dict[str, float], list[str]]:
+    """In-process query times beside the naive ones, each checked to give the same answer;
+    also some events' timestamps, for ``since`` through the socket."""
+    path = data_dir / "logs" / f"{CID}.jsonl"
+    rng = random.Random(7)
+    out: dict[str, float] = {}
     with EventStore(data_dir) as store:
         store.load()
-        t_tail = per_call(lambda: store.tail("big", 20), 2000)
-        b_tail = per_call(naive_tail, 2)
-        row(
-            f"tail(20) on {len(ids):,} events / {size_mb:.0f} MB",
-            ms(t_tail),
-            ms(b_tail) + " read-all",
-            "OK (< 1 ms)" if t_tail < 1e-3 else "ABOVE 1 ms",
-        )
+        assert [e.id for e in store.tail(CID, 20)] == [e["id"] for e in naive_tail(path)]
+        out["tail"] = per_call(lambda: store.tail(CID, 20), calls)
+        out["tail naive"] = best_time(lambda: naive_tail(path), 2)
 
-        picks = random.Random(7).sample(ids, 2000)
-        it = iter(picks)
-        t_get = per_call(lambda: store.get(next(it)), len(picks))
-        target = picks[0].encode()
-        b_get = per_call(lambda: naive_get(target), 1)
-        row("get(id), random ids", ms(t_get), ms(b_get) + " scan", "OK (< 1 ms)" if t_get < 1e-3 else "ABOVE 1 ms")
+        picks = itertools.cycle(rng.choices(ids, k=calls))
+        out["get"] = per_call(lambda: store.get(next(picks)), calls)
+        few = rng.sample(ids, 3)
+        assert all(store.get(i) == msgspec.convert(naive_get(path, i), Event) for i in few)
+        out["get naive"] = mean_time(lambda i: naive_get(path, i), few)
 
-        stamps = [store.get(i).timestamp for i in random.Random(3).sample(ids, 200)]
-        st = iter(stamps * 5)
-        t_since = per_call(lambda: store.since(next(st), limit=100), 1000)
-        row("since(t), first page of 100", ms(t_since), "-", "OK (< 1 ms)" if t_since < 1e-3 else "ABOVE 1 ms")
+        stamps = [e.timestamp for e in map(store.get, rng.choices(ids, k=200)) if e]
+        cycle = itertools.cycle(stamps)
+        out["since"] = per_call(lambda: store.since(next(cycle), limit=100), calls)
+        few = stamps[:3]
+        for s in few:
+            assert [e.id for e in store.since(s, limit=100).events] == [e["id"] for e in naive_since(path, s)]
+        out["since naive"] = mean_time(lambda s: naive_since(path, s), few)
+
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+    out["raw read"] = time.perf_counter() - t0
+    return out, stamps
 
 
-OPEN_SCRIPT = """
-import json, sys, time
-sys.path.insert(0, sys.argv[2])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak-RSS mark: a forked child inherits its parent's
-def peak_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-t0 = time.perf_counter()
-with open(sys.argv[1] + "/logs/big.jsonl", "rb") as f:
-    while f.read(1 << 24):
-        pass
-raw = time.perf_counter() - t0
+OPEN = """
+import sys, time
 from sidecar.log import EventStore
 t0 = time.perf_counter()
 store = EventStore(sys.argv[1])
 store.load()
-took = time.perf_counter() - t0
-print(json.dumps({"open_s": took, "raw_read_s": raw, "rss_mb": peak_mb()}))
+print(time.perf_counter() - t0)
+store.close()
 """
 
 
-def bench_open(data_dir: Path) -> None:
+def open_fresh(data_dir: Path) -> float:
+    """Seconds to open the log (recovery) and load its index, in a fresh process: the bench's own
+    heap would make the garbage collector's passes longer than a real opener's."""
     out = subprocess.run(
-        [sys.executable, "-c", OPEN_SCRIPT, str(data_dir), str(ROOT)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", OPEN, str(data_dir)], env=clean_env(), capture_output=True, text=True, check=True
     )
-    res = json.loads(out.stdout.splitlines()[-1])
-    row(
-        "open + recover + index the big log (s)",
-        f"{res['open_s']:.2f} s",
-        f"{res['raw_read_s']:.2f} s raw read",
-        "OK (< 3 s)" if res["open_s"] < 3 else "ABOVE 3 s",
-    )
-    row(
-        "peak RSS of that process (MB)",
-        f"{res['rss_mb']:.0f} MB",
-        "-",
-        "OK (< 300 MB)" if res["rss_mb"] < 300 else "ABOVE 300 MB",
-    )
+    return float(out.stdout.split()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000, help="size of the big conversation")
-    parser.add_argument("--appends", type=int, default=250, help="appends per writer in the append test")
-    parser.add_argument("--dir", help="work directory (default: a temp dir, removed afterwards)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp_name:
+def start(data_dir: Path, run_dir: Path) -> tuple[float, float]:
+    """Spawn to READY=1 in seconds, and VmRSS in MB once ready."""
+    with Daemon(data_dir, run_dir) as d:
+        return d.startup_s, d.rss_mb()
+
+
+def through_socket(data_dir: Path, run_dir: Path, ids: list[str], stamps: list[str], calls: int) -> dict[str, float]:
+    """Start-up and memory (best of two starts), and median round trips on the second daemon."""
+    first = start(data_dir, run_dir)
+    with Daemon(data_dir, run_dir) as d:
+        second = (d.startup_s, d.rss_mb())
+        rtt = {
+            "sys.health": round_trips(d.socket, lambda i: request(i, "sys.health", {}), calls),
+            "log.tail": round_trips(
+                d.socket, lambda i: request(i, "log.tail", {"conversation_id": CID, "limit": 20}), calls
+            ),
+            "log.get": round_trips(d.socket, lambda i: request(i, "log.get", {"event_id": ids[i % len(ids)]}), calls),
+            "log.since": round_trips(
+                d.socket, lambda i: request(i, "log.since", {"timestamp": stamps[i % len(stamps)], "limit": 100}), calls
+            ),
+        }
+    return {"start": min(first[0], second[0]), "rss": second[1], **rtt}
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+
+def run(cfg: Config) -> list[Section]:
+    flag = " --quick" if cfg.quick else ""
+    sizes = list(cfg.log_sizes)
+    q = Section(
+        "Queries against log size",
+        "./dev bench --only log" + flag,
+        "One conversation, grown in steps with `append_many`; in-process through `EventStore` (per call, "
+        "the best of 3 rounds) beside a naive read or scan of the same file, and through the daemon's "
+        "socket (median round trip) beside `sys.health`. The last column is the largest size's figure "
+        "over the smallest's: flat is about 1x, the naive ones grow with the file.",
+    )
+    s = Section(
+        "Daemon start-up against log size",
+        "./dev bench --only log" + flag,
+        "Spawn to `READY=1` on `$NOTIFY_SOCKET` (the best of two starts, page cache warm), and VmRSS "
+        "once ready, beside the same daemon on an empty data dir and a raw read of the log file.",
+    )
+    figures: dict[str, list[float]] = {}
+    mb: list[float] = []
+    built = 0.0
+    with tempfile.TemporaryDirectory(dir=cfg.tmp, prefix="sidecar-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        bench_appends(tmp, args.appends)
-        ids, took = build_big_log(tmp / "big", args.events)
-        row(f"append_many, batches of 5000 ({args.events:,} events)", f"{args.events / took:,.0f}/s", "-", "bulk load")
-        bench_queries(tmp / "big", ids)
-        bench_open(tmp / "big")
-    REPORT.write()
+        data = tmp / "data"
+        ids: list[str] = []
+        have = 0
+        for size in sizes:
+            new_ids, took = grow(data, have, size)
+            ids += new_ids
+            built += took
+            have = size
+            print(f"log grown to {size:,} events", flush=True)
+            got, stamps = queries(data, ids, cfg.calls)
+            got["open"] = open_fresh(data)
+            empty = start(tmp / "empty", tmp / "run-empty")
+            got |= {"empty start": empty[0], "empty rss": empty[1]}
+            got |= through_socket(data, tmp / "run", ids, stamps, cfg.calls)
+            for k, v in got.items():
+                figures.setdefault(k, []).append(v)
+            mb.append((data / "logs" / f"{CID}.jsonl").stat().st_size / 1e6)
+
+    first, last = count(sizes[0]), count(sizes[-1])
+    t = q.table("In-process, per call", ["query", *map(count, sizes), f"{last} / {first}"])
+    for key, label in (
+        ("tail", "`tail(20)`"),
+        ("tail naive", "baseline: read the file, decode the last 20"),
+        ("get", "`get(id)`, random ids"),
+        ("get naive", "baseline: scan the file for the id"),
+        ("since", "`since(t)`, first page of 100, random t"),
+        ("since naive", "baseline: scan the file to t"),
+    ):
+        v = figures[key]
+        t.row(label, *map(ms, v), f"{v[-1] / v[0]:.1f}x")
+    t = q.table(
+        "Through the socket, median round trip (x `sys.health`)", ["method", *map(count, sizes), f"{last} / {first}"]
+    )
+    for key, label in (
+        ("sys.health", "baseline: `sys.health`"),
+        ("log.tail", "`log.tail`, 20"),
+        ("log.get", "`log.get`, random ids"),
+        ("log.since", "`log.since`, 100, random t"),
+    ):
+        v, h = figures[key], figures["sys.health"]
+        cells = [ms(x) if key == "sys.health" else f"{ms(x)} ({x / y:.1f}x)" for x, y in zip(v, h)]
+        t.row(label, *cells, f"{v[-1] / v[0]:.1f}x")
+    q.note(f"the log was built with `append_many` in batches of {BATCH:,} at {sizes[-1] / built:,.0f} events/s")
+    q.note(f"log file sizes: {', '.join(f'{m:,.1f} MB' for m in mb)}")
+    if sizes[-1] >= 1_000_000:
+        for key in ("tail", "get", "since"):
+            q.target(f"`{key}` under 1 ms on {sizes[-1]:,} events", figures[key][-1] < 1e-3)
+        for key in ("log.tail", "log.get"):
+            q.target(
+                f"`{key}` within 3x `sys.health` on {sizes[-1]:,} events",
+                figures[key][-1] <= 3 * figures["sys.health"][-1],
+            )
+
+    t = s.table(
+        "Start-up and memory",
+        [
+            "events",
+            "log file",
+            "daemon start to READY=1",
+            "baseline: empty data dir",
+            "open + index, in a fresh process",
+            "baseline: raw read of the file",
+            "daemon RSS after READY",
+            "baseline: empty data dir RSS",
+        ],
+    )
+    for i, size in enumerate(sizes):
+        t.row(
+            f"{size:,}",
+            f"{mb[i]:,.1f} MB",
+            ms(figures["start"][i]),
+            ms(figures["empty start"][i]),
+            ms(figures["open"][i]),
+            ms(figures["raw read"][i]),
+            f"{figures['rss'][i]:.0f} MB",
+            f"{figures['empty rss'][i]:.0f} MB",
+        )
+    if sizes[-1] >= 1_000_000:
+        s.target(f"opening {sizes[-1]:,} events (recovery + index) under 3 s", figures["open"][-1] < 3)
+        s.target(f"daemon RSS with {sizes[-1]:,} events under 300 MB", figures["rss"][-1] < 300)
+    q.data = s.data = {"sizes": sizes, "mb": mb, **figures}
+
+    def line(key: str, label: str, style: str = "o-", scale: float = 1e3) -> Series:
+        return Series(label, sizes, [v * scale for v in figures[key]], style)
+
+    q.plots.append(
+        figure(
+            cfg.out / "queries.png",
+            [
+                Panel(
+                    "In-process query, per call",
+                    "events in the log",
+                    "ms",
+                    [
+                        line("tail", "tail(20)", "C0o-"),
+                        line("get", "get(id)", "C1o-"),
+                        line("since", "since(t), 100", "C2o-"),
+                        line("tail naive", "baseline: read all, last 20", "C0x--"),
+                        line("get naive", "baseline: scan for the id", "C1x--"),
+                        line("since naive", "baseline: scan to t", "C2x--"),
+                    ],
+                    logx=True,
+                    logy=True,
+                ),
+                Panel(
+                    "Through the socket, median round trip",
+                    "events in the log",
+                    "ms",
+                    [
+                        line("log.tail", "log.tail"),
+                        line("log.get", "log.get"),
+                        line("log.since", "log.since"),
+                        line("sys.health", "sys.health (baseline)", "k--"),
+                    ],
+                    logx=True,
+                    logy=True,
+                ),
+            ],
+        )
+    )
+    s.plots.append(
+        figure(
+            cfg.out / "startup.png",
+            [
+                Panel(
+                    "Start-up",
+                    "events in the log",
+                    "seconds",
+                    [
+                        line("start", "daemon, spawn to READY=1", scale=1),
+                        line("open", "open + index, fresh process", scale=1),
+                        line("empty start", "daemon, empty data dir", "k--", scale=1),
+                        line("raw read", "raw read of the file", "x--", scale=1),
+                    ],
+                    logx=True,
+                ),
+                Panel(
+                    "Daemon memory once ready",
+                    "events in the log",
+                    "VmRSS, MB",
+                    [line("rss", "daemon RSS", scale=1), line("empty rss", "empty data dir", "k--", scale=1)],
+                    logx=True,
+                ),
+            ],
+        )
+    )
+    return [q, s]
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    import run_all
+
+    run_all.main(["--only", "log", *sys.argv[1:]])

@@ -1,66 +1,191 @@
 """Summaries and context: compression on realistic agent traffic, and build times.
 
-    python bench/bench_summary.py
+    python bench/bench_summary.py [--quick]     # this section alone (run_all.py --only summary)
 
 Target (issue "Task graph, summaries and budgeted context"): with keep_recent=5 the summary
 is at least 5x fewer tokens than the raw events, with every task id, error and decision
-still visible. Times are printed beside a baseline from the same run: encoding the raw events.
+still visible. In-process times are printed beside encoding the raw events as JSON; the
+daemon's ``summary.*`` and ``context.build`` beside a ``sys.health`` round trip and the
+in-process build.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench_daemon import Daemon, call, request, round_trips
+from plots import Panel, Series, figure
+from report import Config, Section, best_time, ms
 
-from report import Report, best_time  # noqa: E402
+from sidecar.context.build import build_context
+from sidecar.context.tokens import DEFAULT_COUNTER
+from sidecar.log.summarize import SummaryState, rolling_summary
+from tests.test_log_summarize import realistic
 
-from sidecar.context.build import build_context  # noqa: E402
-from sidecar.context.tokens import DEFAULT_COUNTER  # noqa: E402
-from sidecar.log.summarize import SummaryState, rolling_summary  # noqa: E402
-from tests.test_log_summarize import realistic  # noqa: E402
-
-REPORT = Report("summary", width=52)
+BUDGET = 4000
 
 
-def main() -> None:
-    for n in (100, 1_000, 10_000):
-        evs = realistic(n)
-        raw_tokens = sum(DEFAULT_COUNTER.count(json.dumps(e)) for e in evs)
-        s = rolling_summary("c1", evs, keep_recent=5)
-        ratio = raw_tokens / s["token_estimate"]
-        md = s["markdown"]
-        visible = all(e["task_id"] in md for e in evs if e["task_id"]) and all(
-            f"#{e['seq']} " in md for e in evs if e["type"] in ("agent.error", "agent.decision")
+def in_process(n: int) -> dict[str, float]:
+    evs = realistic(n)
+    raw_tokens = sum(DEFAULT_COUNTER.count(json.dumps(e)) for e in evs)
+    s = rolling_summary("c1", evs, keep_recent=5)
+    md = s["markdown"]
+    visible = all(e["task_id"] in md for e in evs if e["task_id"]) and all(
+        f"#{e['seq']} " in md for e in evs if e["type"] in ("agent.error", "agent.decision")
+    )
+    state = SummaryState("c1")
+    for e in evs:
+        state.add(e)
+    return {
+        "compression": raw_tokens / s["token_estimate"],
+        "visible": float(visible),
+        "encode": best_time(lambda: [json.dumps(e) for e in evs]),
+        "rolling_summary": best_time(lambda: rolling_summary("c1", evs, keep_recent=5)),
+        "render": best_time(lambda: state.render(keep_recent=5)),
+        "fold": best_time(lambda last=evs[-1]: state.add({**last, "seq": state.last_seq + 1}), rounds=50),
+        "build_context": best_time(
+            lambda: build_context("c1", evs, budget_tokens=BUDGET, system_prompt="Be brief."), rounds=3
+        ),
+    }
+
+
+def through_daemon(socket: str, n: int, calls: int) -> dict[str, float]:
+    """The same traffic appended to a conversation of the daemon, then its summary and context."""
+    cid = f"c{n}"
+    keep = ("type", "visibility", "level", "agent_id", "task_id", "data")
+    evs = [{"conversation_id": cid, **{k: e[k] for k in keep}} for e in realistic(n)]
+    for i in range(0, n, 1000):
+        call(socket, "log.append_many", {"events": evs[i : i + 1000]})
+    summary = {"conversation_id": cid, "keep_recent": 5}
+    context = {"conversation_id": cid, "budget_tokens": BUDGET, "system_prompt": "Be brief."}
+    heavy = max(5, calls // 20)  # context.build reads the conversation: fewer rounds
+    return {
+        "summary.rolling first": round_trips(socket, lambda i: request(i, "summary.rolling", summary), 1),
+        "sys.health": round_trips(socket, lambda i: request(i, "sys.health", {}), calls),
+        "summary.rolling": round_trips(socket, lambda i: request(i, "summary.rolling", summary), calls),
+        "summary.persist": round_trips(socket, lambda i: request(i, "summary.persist", summary), heavy),
+        "context.build": round_trips(socket, lambda i: request(i, "context.build", context), heavy),
+    }
+
+
+def run(cfg: Config) -> list[Section]:
+    sizes = list(cfg.summary_sizes)
+    sec = Section(
+        "Summaries and context",
+        "./dev bench --only summary" + (" --quick" if cfg.quick else ""),
+        "Traffic that imitates agents (progress lines, tool calls, task changes, some errors and "
+        "decisions). In-process: the best of several runs, beside encoding the raw events as JSON. "
+        "Through the daemon: the same traffic appended to one conversation per size, median round "
+        "trips, beside `sys.health` and the in-process `build_context`.",
+    )
+    local = [in_process(n) for n in sizes]
+    t = sec.table(
+        "In-process",
+        [
+            "events",
+            "compression (keep_recent=5)",
+            "`rolling_summary`",
+            "incremental render",
+            "fold in one event",
+            f"`build_context({BUDGET})`",
+            "baseline: encode the raw events",
+        ],
+    )
+    for n, r in zip(sizes, local):
+        t.row(
+            f"{n:,}",
+            f"{r['compression']:.1f}x",
+            ms(r["rolling_summary"]),
+            ms(r["render"]),
+            f"{r['fold'] * 1e6:.1f} us",
+            ms(r["build_context"]),
+            ms(r["encode"]),
         )
-        verdict = ("OK (>= 5x)" if ratio >= 5 else "BELOW 5x") + (
-            ", all ids/errors/decisions visible" if visible else ", SOMETHING MISSING"
+    with tempfile.TemporaryDirectory(dir=cfg.tmp, prefix="sidecar-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        with Daemon(tmp / "data", tmp / "run") as d:
+            remote = [through_daemon(d.socket, n, cfg.calls) for n in sizes]
+    t = sec.table(
+        "Through the daemon, median round trip",
+        [
+            "events",
+            "baseline: `sys.health`",
+            "`summary.rolling`, first call",
+            "`summary.rolling`",
+            "`summary.persist`",
+            f"`context.build({BUDGET})`",
+            "baseline: in-process `build_context`",
+        ],
+    )
+    for n, r, loc in zip(sizes, remote, local):
+        t.row(
+            f"{n:,}",
+            ms(r["sys.health"]),
+            ms(r["summary.rolling first"]),
+            ms(r["summary.rolling"]),
+            ms(r["summary.persist"]),
+            f"{ms(r['context.build'])} ({r['context.build'] / loc['build_context']:.1f}x)",
+            ms(loc["build_context"]),
         )
-        REPORT.row(f"compression, {n:,} events, keep_recent=5", f"{ratio:.1f}x", f"{raw_tokens:,} tok raw", verdict)
-        base = best_time(lambda evs=evs: [json.dumps(e) for e in evs])
-        t_sum = best_time(lambda evs=evs: rolling_summary("c1", evs, keep_recent=5))
-        REPORT.row(f"rolling_summary, {n:,} events", f"{t_sum * 1e3:.1f} ms", f"{base * 1e3:.1f} ms encode", "")
-        state = SummaryState("c1")
-        for e in evs:
-            state.add(e)
-        t_inc = best_time(lambda state=state: state.render(keep_recent=5))
-        t_add = best_time(lambda state=state, last=evs[-1]: state.add({**last, "seq": state.last_seq + 1}), rounds=50)
-        REPORT.row(
-            f"incremental: render after {n:,} events",
-            f"{t_inc * 1e3:.2f} ms",
-            f"{t_sum * 1e3:.1f} ms full",
-            "independent of the log's length",
+    sec.target(">= 5x compression at every size", all(r["compression"] >= 5 for r in local))
+    sec.note(
+        "every task id, error and decision visible in the summary at every size: "
+        + ("yes" if all(r["visible"] for r in local) else "NO")
+    )
+    sec.note(
+        "`summary.rolling` with keep_recent <= 256 is served from the daemon's incremental state; "
+        "`context.build` reads the whole conversation each call."
+    )
+    sec.data = {
+        "events": sizes,
+        "in_process": {k: [r[k] for r in local] for k in local[0]},
+        "daemon": {k: [r[k] for r in remote] for k in remote[0]},
+    }
+
+    def series(rows: list[dict[str, float]], key: str, label: str, style: str = "o-") -> Series:
+        return Series(label, sizes, [r[key] * 1e3 for r in rows], style)
+
+    sec.plots.append(
+        figure(
+            cfg.out / "summary.png",
+            [
+                Panel(
+                    "Summaries and context, in-process",
+                    "events in the conversation",
+                    "ms",
+                    [
+                        series(local, "rolling_summary", "rolling_summary"),
+                        series(local, "render", "incremental render"),
+                        series(local, "build_context", f"build_context({BUDGET})"),
+                        series(local, "encode", "encode raw events (baseline)", "k--"),
+                    ],
+                    logx=True,
+                    logy=True,
+                ),
+                Panel(
+                    "Through the daemon, median round trip",
+                    "events in the conversation",
+                    "ms",
+                    [
+                        series(remote, "summary.rolling", "summary.rolling"),
+                        series(remote, "summary.persist", "summary.persist"),
+                        series(remote, "context.build", "context.build"),
+                        series(remote, "sys.health", "sys.health (baseline)", "k--"),
+                    ],
+                    logx=True,
+                    logy=True,
+                ),
+            ],
         )
-        REPORT.row("incremental: fold in one new event", f"{t_add * 1e6:.1f} us", "-", "")
-        t_ctx = best_time(lambda evs=evs: build_context("c1", evs, budget_tokens=4000, system_prompt="Be brief."))
-        REPORT.row(
-            f"build_context(4000 tokens), {n:,} events", f"{t_ctx * 1e3:.1f} ms", f"{base * 1e3:.1f} ms encode", ""
-        )
-    REPORT.write()
+    )
+    return [sec]
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    import run_all
+
+    run_all.main(["--only", "summary", *sys.argv[1:]])

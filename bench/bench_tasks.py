@@ -1,6 +1,6 @@
-"""Task graph benchmark: ``ready()`` on 10^2 .. 10^5 tasks, beside a naive baseline.
+"""Task graph: ``ready()`` on 10^2 .. 10^5 tasks, beside a naive baseline.
 
-    python bench/bench_tasks.py
+    python bench/bench_tasks.py [--quick]     # this section alone (run_all.py --only tasks)
 
 Target (issue "Task graph, summaries and budgeted context"): ready() on 10,000 tasks under
 5 ms. The baseline recomputes every task's blocked state without sharing work between tasks.
@@ -9,16 +9,11 @@ Target (issue "Task graph, summaries and budgeted context"): ready() on 10,000 t
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from plots import Panel, Series, figure
+from report import Config, Section, best_time, count, ms
 
-from report import Report, best_time  # noqa: E402
-
-from sidecar.task_graph import NewTask, TaskGraph, TaskPatch  # noqa: E402
-
-REPORT = Report("tasks", width=44)
+from sidecar.task_graph import NewTask, TaskGraph, TaskPatch
 
 
 def build(n: int, seed: int = 1) -> TaskGraph:
@@ -48,18 +43,53 @@ def naive_ready(g: TaskGraph) -> list[str]:
     return [t.id for t in sorted(ready, key=lambda t: (t.priority, t.created_at, t.id))]
 
 
-def main() -> None:
-    for n in (100, 1_000, 10_000, 100_000):
+def run(cfg: Config) -> list[Section]:
+    sec = Section(
+        "Task graph: ready()",
+        "./dev bench --only tasks" + (" --quick" if cfg.quick else ""),
+        "`TaskGraph.ready()` on a random graph (up to 3 dependencies per task, a parent for 30% of "
+        "tasks, a third done), the best of several runs, beside a naive baseline that recomputes each "
+        "task's blocked state without sharing any work.",
+    )
+    t = sec.table("ready()", ["tasks", "`ready()`", "baseline: naive", "vs baseline"])
+    ours: list[float] = []
+    naive: list[float] = []
+    for n in cfg.task_sizes:
         g = build(n)
         assert [t.id for t in g.ready()] == naive_ready(g)
-        ours = best_time(g.ready, 20 if n <= 10_000 else 5)
-        base = best_time(lambda g=g: naive_ready(g), 3)
-        verdict = ""
-        if n == 10_000:
-            verdict = "OK (< 5 ms)" if ours < 0.005 else "ABOVE 5 ms"
-        REPORT.row(f"ready() on {n:,} tasks", f"{ours * 1e3:.2f} ms", f"{base * 1e3:.2f} ms", verdict)
-    REPORT.write()
+        ours.append(best_time(g.ready, 20 if n <= 10_000 else 5))
+        naive.append(best_time(lambda g=g: naive_ready(g), 3))
+        t.row(f"{n:,}", ms(ours[-1]), ms(naive[-1]), f"{naive[-1] / ours[-1]:.1f}x faster")
+    sizes = list(cfg.task_sizes)
+    if 10_000 in sizes:
+        sec.target("`ready()` on 10,000 tasks under 5 ms", ours[sizes.index(10_000)] < 0.005)
+    if len(sizes) > 1:
+        sec.note(f"{count(sizes[-1])} / {count(sizes[0])} tasks: `ready()` takes {ours[-1] / ours[0]:,.0f}x as long")
+    sec.data = {"tasks": sizes, "ready": ours, "naive": naive}
+    sec.plots.append(
+        figure(
+            cfg.out / "tasks.png",
+            [
+                Panel(
+                    "Task graph: ready()",
+                    "tasks",
+                    "ms",
+                    [
+                        Series("ready()", sizes, [v * 1e3 for v in ours]),
+                        Series("naive (baseline)", sizes, [v * 1e3 for v in naive], "k--"),
+                    ],
+                    logx=True,
+                    logy=True,
+                )
+            ],
+        )
+    )
+    return [sec]
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    import run_all
+
+    run_all.main(["--only", "tasks", *sys.argv[1:]])
