@@ -1,5 +1,6 @@
 """The socket, made safe: an owner-only directory, 0600 from the first instant, one daemon
-per socket and data dir, stale sockets reclaimed only when nothing answers, peers checked."""
+per socket and data dir, stale sockets reclaimed only when nothing answers, peers checked,
+and file descriptors shared out so that a flood of connections cannot starve the store."""
 
 from __future__ import annotations
 
