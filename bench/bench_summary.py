@@ -135,8 +135,8 @@ def run(cfg: Config) -> list[Section]:
         + ("yes" if all(r["visible"] for r in local) else "NO")
     )
     sec.note(
-        "`summary.rolling` with keep_recent <= 256 is served from the daemon's incremental state; "
-        "`context.build` reads the whole conversation each call."
+        "`summary.rolling` (keep_recent <= 256) and `context.build` are served from the daemon's "
+        "incremental summary state: after the first call, neither re-reads the log."
     )
     sec.data = {
         "events": sizes,

@@ -16,7 +16,7 @@ import msgspec
 
 from sidecar.context.tokens import DEFAULT_COUNTER, TokenCounter
 from sidecar.log.events import Event
-from sidecar.log.summarize import event_line, rolling_summary
+from sidecar.log.summarize import RING, SummaryState, event_line
 from sidecar.task_graph.model import Task
 
 RECENT_WINDOW = 20
@@ -45,7 +45,7 @@ def _task_lines(tasks: Sequence[Task], ready: Sequence[Task]) -> list[str]:
 
 def build_context(
     conversation_id: str,
-    events: Sequence[Event | Mapping[str, Any]],
+    events: Sequence[Event | Mapping[str, Any]] = (),
     *,
     budget_tokens: int,
     system_prompt: str = "",
@@ -53,9 +53,19 @@ def build_context(
     ready: Sequence[Task] = (),
     counter: TokenCounter = DEFAULT_COUNTER,
     recent_window: int = RECENT_WINDOW,
+    state: SummaryState | None = None,
 ) -> dict[str, Any]:
-    """The context for one conversation, never over ``budget_tokens``."""
-    evs = sorted((_event_dict(e) for e in events), key=lambda e: e["seq"])
+    """The context for one conversation, never over ``budget_tokens``.
+
+    Give the conversation's ``events``, or its incremental ``state`` (the daemon's, which
+    makes this O(ring) however long the log is); both give the same context."""
+    if state is None:
+        state = SummaryState(conversation_id, ring=max(RING, recent_window + 1))
+        for ev in sorted((_event_dict(e) for e in events), key=lambda e: e["seq"]):
+            state.add(ev)
+    elif recent_window + 1 > state.ring_size:
+        raise ValueError(f"recent_window is at most {state.ring_size - 1} with an incremental state")
+    tail = state.newest(recent_window + 1)  # the recent window, then the newest event
     left = budget_tokens
     layers: dict[str, dict[str, Any]] = {}
 
@@ -68,7 +78,7 @@ def build_context(
     # 1. The system prompt and the newest event: cut only if nothing else fits.
     system = _fit(system_prompt, left, counter)
     add("system", system, {"chars": len(system), "truncated": len(system) < len(system_prompt)})
-    newest = evs[-1] if evs else None
+    newest = tail[-1] if tail else None
     if newest is not None:
         line = _fit(event_line(newest), left, counter)
         if line:
@@ -81,12 +91,11 @@ def build_context(
         if len(lines) > 1:
             add("tasks", "\n".join(lines), {"task_ids": [t.id for t in tasks][: len(lines) - 1]})
     # 3. The summary of what came before the recent window.
-    body = evs[:-1]
-    recent_candidates = body[-recent_window:] if recent_window else []
-    older = body[: len(body) - len(recent_candidates)]
+    recent_candidates = tail[:-1] if recent_window else []
+    has_older = bool(state.settled) or len(state.ring) > len(tail)
     summary_ref = None
-    if older and left > 0:
-        summary = rolling_summary(conversation_id, older, keep_recent=0, max_tokens=left, counter=counter)
+    if has_older and left > 0:
+        summary = state.render(keep_recent=0, leave_out=len(recent_candidates) + 1, max_tokens=left, counter=counter)
         if summary["markdown"] and not summary["truncated"] and summary["token_estimate"] <= left:
             summary_ref = summary["summary_ref"]
             add(

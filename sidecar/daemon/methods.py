@@ -441,15 +441,17 @@ async def context_build(p: ContextParams, conn: Connection) -> Context:
 
 
 async def _context(daemon: Any, cid: str, budget_tokens: int, system_prompt: str) -> dict[str, Any]:
-    """``build_context`` for a conversation: its events, and its active and ready tasks."""
+    """``build_context`` for a conversation, from its incremental summary state (no re-read
+    of the log), and its active and ready tasks."""
     graph = daemon.tasks.graph
     tasks = [t for t in graph.list_active() if t.conversation_id == cid]
     ready = [t for t in graph.ready() if t.conversation_id == cid]
+    state = (await daemon.summaries.state(cid)).copy()  # a snapshot: commits go on meanwhile
 
     def work() -> dict[str, Any]:
         return build_context(
             cid,
-            _all_events(daemon.store, cid),
+            state=state,
             budget_tokens=budget_tokens,
             system_prompt=system_prompt,
             tasks=tasks,

@@ -171,20 +171,37 @@ class SummaryState:
         if len(self.ring) > self.ring_size:
             _fold(self.settled, self.ring.popleft())
 
+    def copy(self) -> SummaryState:
+        """An independent snapshot (O(ring + types)), e.g. to render in a worker thread."""
+        twin = SummaryState(self.conversation_id, self.ring_size)
+        twin.ring = deque(self.ring)  # the event dicts are never changed once added
+        twin.settled = {t: st.copy() for t, st in self.settled.items()}
+        twin.first_seq, twin.last_seq = self.first_seq, self.last_seq
+        return twin
+
+    def newest(self, n: int) -> list[dict[str, Any]]:
+        """The newest ``n`` events (at most ``ring``), oldest first."""
+        return list(self.ring)[-n:] if n > 0 else []
+
     def render(
         self,
         *,
         keep_recent: int = 5,
         max_tokens: int | None = None,
         counter: TokenCounter = DEFAULT_COUNTER,
+        leave_out: int = 0,
     ) -> dict[str, Any]:
-        """The summary with the newest ``keep_recent`` (at most ``ring``) events whole."""
-        if keep_recent < 0:
-            raise InvalidParams("keep_recent must be >= 0")
-        if keep_recent > len(self.ring) and self.settled:
+        """The summary with the newest ``keep_recent`` (at most ``ring``) events whole.
+
+        ``leave_out`` summarizes as if the newest ``leave_out`` events were not there yet
+        (the context builder shows those itself); ``keep_recent + leave_out`` is at most ``ring``."""
+        if keep_recent < 0 or leave_out < 0:
+            raise InvalidParams("keep_recent and leave_out must be >= 0")
+        if keep_recent + leave_out > len(self.ring) and self.settled:
             raise InvalidParams(f"keep_recent is at most {self.ring_size}", {"max": self.ring_size})
         cid = self.conversation_id
-        ring = list(self.ring)
+        ring = list(self.ring)[: max(0, len(self.ring) - leave_out)]
+        last_seq = ring[-1]["seq"] if ring else (self.last_seq if self.settled else 0)
         keep = min(keep_recent, len(ring))
         per_group = BULLETS_PER_GROUP
         cut = False
@@ -195,7 +212,7 @@ class SummaryState:
             groups = sorted(stats.values(), key=lambda st: st.order)
             bullets = {st.type: st.bullets(per_group) for st in groups}
             recent = ring[len(ring) - keep :]
-            markdown = _render(cid, self.first_seq, self.last_seq, groups, bullets, recent)
+            markdown = _render(cid, self.first_seq, last_seq, groups, bullets, recent)
             if max_tokens is None or counter.count(markdown) <= max_tokens:
                 break
             # Over the cap: drop the least important bullet; when none is left, fewer recent events.
@@ -204,7 +221,7 @@ class SummaryState:
                 _, seq, _ = droppable.pop(0)
                 for group in bullets.values():
                     group[:] = [b for b in group if b[1] != seq]
-                markdown = _render(cid, self.first_seq, self.last_seq, groups, bullets, recent)
+                markdown = _render(cid, self.first_seq, last_seq, groups, bullets, recent)
             if counter.count(markdown) <= max_tokens:
                 break
             if keep == 0:
@@ -217,7 +234,7 @@ class SummaryState:
             "markdown": markdown,
             "summary_ref": summary_ref(markdown),
             "from_seq": self.first_seq,
-            "to_seq": self.last_seq,
+            "to_seq": last_seq,
             "groups": [st.group() for st in groups],
             "token_estimate": counter.count(markdown),
             "recent": keep,

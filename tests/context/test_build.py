@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.context.build import build_context
+from sidecar.context.build import RECENT_WINDOW, build_context
 from sidecar.context.tokens import DEFAULT_COUNTER, ByteEstimate
+from sidecar.log.summarize import SummaryState, rolling_summary
 from sidecar.task_graph import NewTask, TaskGraph
 from tests.test_log_summarize import realistic
 
@@ -73,3 +74,24 @@ def test_never_over_budget(budget: int, n: int, bpt: float) -> None:
     )
     assert ctx["total_tokens"] <= budget
     assert ctx["total_tokens"] == sum(counter.count(layer["text"]) for layer in ctx["layers"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(budget=st.integers(50, 8000), n=st.integers(0, 700), window=st.sampled_from([0, 1, 20, 255]))
+def test_the_incremental_state_gives_the_same_context_as_the_events(budget: int, n: int, window: int) -> None:
+    """The daemon builds from its SummaryState (O(ring)); a library caller from the events."""
+    events = realistic(n)
+    state = SummaryState("c1")
+    for ev in events:
+        state.add(ev)
+    kw = {"budget_tokens": budget, "system_prompt": SYSTEM, "recent_window": window}
+    assert build_context("c1", state=state, **kw) == build_context("c1", events, **kw)
+
+
+def test_the_summary_layer_covers_what_precedes_the_recent_window() -> None:
+    events = realistic(600)
+    ctx = build_context("c1", events, budget_tokens=100_000)
+    summary = next(layer for layer in ctx["layers"] if layer["name"] == "summary")
+    older = rolling_summary("c1", events[: -(RECENT_WINDOW + 1)], keep_recent=0)
+    assert summary["text"] == older["markdown"] and ctx["summary_ref"] == older["summary_ref"]
+    assert summary["covers"]["seqs"] == [1, 600 - RECENT_WINDOW - 1]

@@ -67,6 +67,7 @@ def test_context_build(daemon) -> None:
 
 
 def test_summaries_keep_up_without_rereading_the_log(daemon) -> None:
+    from sidecar.context.build import build_context
     from sidecar.log import EventStore
     from sidecar.log.summarize import rolling_summary
 
@@ -78,8 +79,10 @@ def test_summaries_keep_up_without_rereading_the_log(daemon) -> None:
         with EventStore(daemon.data_dir) as other:  # and a writer in another "process"
             other.append({"conversation_id": "c1", "type": "agent.note", "data": {"text": "from outside"}})
         later = c.call("summary.rolling", {"conversation_id": "c1"})
+        context = c.call("context.build", {"conversation_id": "c1", "budget_tokens": 4000, "system_prompt": "Hi."})
         assert c.call("sys.stats")["summary_full_reads"] == reads  # no re-read of the log
         events = c.call("log.query", {"conversation_id": "c1", "limit": 1000})["events"]
     assert (first["to_seq"], later["to_seq"]) == (30, 81)
     assert later["markdown"] == rolling_summary("c1", events)["markdown"]  # same as from scratch
+    assert context == build_context("c1", events, budget_tokens=4000, system_prompt="Hi.")
     assert "from outside" in later["markdown"]
