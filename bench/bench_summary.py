@@ -60,7 +60,7 @@ def through_daemon(socket: str, n: int, calls: int) -> dict[str, float]:
         call(socket, "log.append_many", {"events": evs[i : i + 1000]})
     summary = {"conversation_id": cid, "keep_recent": 5}
     context = {"conversation_id": cid, "budget_tokens": BUDGET, "system_prompt": "Be brief."}
-    heavy = max(5, calls // 20)  # context.build reads the conversation: fewer rounds
+    heavy = max(5, calls // 20)  # persist writes files, context.build fits a budget: fewer rounds
     return {
         "summary.rolling first": round_trips(socket, lambda i: request(i, "summary.rolling", summary), 1),
         "sys.health": round_trips(socket, lambda i: request(i, "sys.health", {}), calls),

@@ -1,6 +1,6 @@
 """Every benchmark, into bench/results/: README.md (a table per section), results.json and PNG plots.
 
-    ./dev bench                      # the full run: about 2 minutes on 2 cores
+    ./dev bench                      # the full run: about 90-110 s on 2 cores
     ./dev bench --quick              # small sizes, about 15 s: checks that it all works
     ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks)
 
