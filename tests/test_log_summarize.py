@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.context.tokens import DEFAULT_COUNTER
 from sidecar.errors import InvalidParams
-from sidecar.log.summarize import load_snapshot, load_summary, persist_summary, rolling_summary
+from sidecar.log.summarize import _drop_bullets, load_snapshot, load_summary, persist_summary, rolling_summary
 
 
 def event(
@@ -212,3 +214,27 @@ def test_incremental_state_matches_the_full_summary() -> None:
             )
     with pytest.raises(InvalidParams, match="at most 8"):
         state.render(keep_recent=9)
+
+
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=0, max_size=30),
+    cap=st.integers(0, 600),
+)
+def test_dropping_bullets_drops_the_fewest_least_important(sizes: list[int], cap: int) -> None:
+    """The binary search finds what dropping one bullet at a time (least important first) would."""
+    bullets = {"t": [(len(sizes) - i, i, "x" * size) for i, size in enumerate(sizes)]}
+
+    def render(kept: dict) -> str:
+        return "\n".join(["header", *(text for _, _, text in kept["t"])])
+
+    def fits(text: str) -> bool:
+        return len(text) <= cap
+
+    order = sorted(bullets["t"])
+    linear = render(bullets)
+    for k in range(1, len(order) + 1):
+        gone = {seq for _, seq, _ in order[:k]}
+        linear = render({"t": [b for b in bullets["t"] if b[1] not in gone]})
+        if fits(linear):
+            break
+    assert _drop_bullets(bullets, render, fits) == linear

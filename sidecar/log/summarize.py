@@ -6,11 +6,12 @@ the SHA-256 of the markdown, names one immutable snapshot a prompt can cite and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -215,13 +216,10 @@ class SummaryState:
             markdown = _render(cid, self.first_seq, last_seq, groups, bullets, recent)
             if max_tokens is None or counter.count(markdown) <= max_tokens:
                 break
-            # Over the cap: drop the least important bullet; when none is left, fewer recent events.
-            droppable = sorted(b for g in bullets.values() for b in g)
-            while droppable and counter.count(markdown) > max_tokens:
-                _, seq, _ = droppable.pop(0)
-                for group in bullets.values():
-                    group[:] = [b for b in group if b[1] != seq]
-                markdown = _render(cid, self.first_seq, last_seq, groups, bullets, recent)
+            # Over the cap: drop the least important bullets; when that is not enough, fewer
+            # recent events.
+            render = functools.partial(_render, cid, self.first_seq, last_seq, groups, recent=recent)
+            markdown = _drop_bullets(bullets, render, lambda text: counter.count(text) <= max_tokens)
             if counter.count(markdown) <= max_tokens:
                 break
             if keep == 0:
@@ -240,6 +238,32 @@ class SummaryState:
             "recent": keep,
             "truncated": cut,  # even bare counts did not fit: the text itself was cut
         }
+
+
+def _drop_bullets(
+    bullets: dict[str, list[tuple[int, int, str]]],
+    render: Callable[[dict[str, list[tuple[int, int, str]]]], str],
+    fits: Callable[[str], bool],
+) -> str:
+    """The text with the fewest of the least important bullets dropped that ``fits`` (or all
+    of them dropped). A binary search: the text only shrinks as bullets go, so this costs
+    O(log n) renders where dropping one at a time cost O(n)."""
+    droppable = sorted(b for group in bullets.values() for b in group)
+
+    def without(k: int) -> str:
+        gone = {seq for _, seq, _ in droppable[:k]}
+        return render({t: [b for b in group if b[1] not in gone] for t, group in bullets.items()})
+
+    lo, hi = 1, len(droppable)  # without(0) is over the cap
+    if not droppable or not fits(without(hi)):
+        return without(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(without(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return without(lo)
 
 
 def _rank(bullet: tuple[int, int, Any]) -> tuple[int, int]:
