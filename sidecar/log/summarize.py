@@ -158,6 +158,7 @@ class SummaryState:
         self.ring: deque[dict[str, Any]] = deque()
         self.ring_size = ring
         self.settled: dict[str, _TypeStats] = {}
+        self.settled_seq = 0  # the newest event folded into ``settled``
         self.first_seq = 0
         self.last_seq = 0
 
@@ -170,14 +171,16 @@ class SummaryState:
         self.last_seq = ev["seq"]
         self.ring.append(ev)
         if len(self.ring) > self.ring_size:
-            _fold(self.settled, self.ring.popleft())
+            folded = self.ring.popleft()
+            _fold(self.settled, folded)
+            self.settled_seq = folded["seq"]
 
     def copy(self) -> SummaryState:
         """An independent snapshot (O(ring + types)), e.g. to render in a worker thread."""
         twin = SummaryState(self.conversation_id, self.ring_size)
         twin.ring = deque(self.ring)  # the event dicts are never changed once added
         twin.settled = {t: st.copy() for t, st in self.settled.items()}
-        twin.first_seq, twin.last_seq = self.first_seq, self.last_seq
+        twin.first_seq, twin.last_seq, twin.settled_seq = self.first_seq, self.last_seq, self.settled_seq
         return twin
 
     def newest(self, n: int) -> list[dict[str, Any]]:
@@ -202,7 +205,7 @@ class SummaryState:
             raise InvalidParams(f"keep_recent is at most {self.ring_size}", {"max": self.ring_size})
         cid = self.conversation_id
         ring = list(self.ring)[: max(0, len(self.ring) - leave_out)]
-        last_seq = ring[-1]["seq"] if ring else (self.last_seq if self.settled else 0)
+        last_seq = ring[-1]["seq"] if ring else self.settled_seq
         keep = min(keep_recent, len(ring))
         per_group = BULLETS_PER_GROUP
         cut = False

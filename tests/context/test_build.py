@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,10 +89,11 @@ def test_the_incremental_state_gives_the_same_context_as_the_events(budget: int,
     assert build_context("c1", state=state, **kw) == build_context("c1", events, **kw)
 
 
-def test_the_summary_layer_covers_what_precedes_the_recent_window() -> None:
+@pytest.mark.parametrize("window", [RECENT_WINDOW, 255])  # 255: the whole ring is left out of the summary
+def test_the_summary_layer_covers_what_precedes_the_recent_window(window: int) -> None:
     events = realistic(600)
-    ctx = build_context("c1", events, budget_tokens=100_000)
+    ctx = build_context("c1", events, budget_tokens=100_000, recent_window=window)
     summary = next(layer for layer in ctx["layers"] if layer["name"] == "summary")
-    older = rolling_summary("c1", events[: -(RECENT_WINDOW + 1)], keep_recent=0)
+    older = rolling_summary("c1", events[: -(window + 1)], keep_recent=0)
     assert summary["text"] == older["markdown"] and ctx["summary_ref"] == older["summary_ref"]
-    assert summary["covers"]["seqs"] == [1, 600 - RECENT_WINDOW - 1]
+    assert summary["covers"]["seqs"] == [1, 600 - window - 1]
