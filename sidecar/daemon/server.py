@@ -508,12 +508,8 @@ class Daemon:
         if refusal is not None:
             if self._refusing < lingering:
                 conns.start_soon(self._refuse, raw, encode(refusal))
-            else:  # a flood: no descriptor may linger; say why in one send and hang up
-                with raw:
-                    try:
-                        raw.send(encode(refusal))
-                    except OSError:
-                        pass
+            else:  # a flood: no descriptor may linger
+                unix.hang_up(raw, encode(refusal))
             return
         # The transport-based stream: far cheaper per read and write than a raw-socket one.
         stream = await anyio.abc.SocketStream.from_socket(raw)

@@ -135,6 +135,22 @@ def descriptor_budget(max_connections: int) -> DescriptorBudget:
     return DescriptorBudget(max(1, min(max_connections, spare)), lingering)
 
 
+def hang_up(raw: socket.socket, reply: bytes) -> None:
+    """Tell a refused peer why in one non-blocking send (best effort), and close at once.
+
+    Whatever the peer already sent is read first: closing with it unread would make the
+    kernel reset the connection, and the peer could not read the reply."""
+    with raw:
+        raw.setblocking(False)
+        try:
+            raw.send(reply)
+            for _ in range(4):  # at most 256 KiB: a peer that keeps sending gets its reset
+                if not raw.recv(65536):
+                    break
+        except OSError:  # BlockingIOError: nothing more to read; or the peer is gone
+            pass
+
+
 class SpareDescriptor:
     """One descriptor held in reserve, so that when ``accept`` fails with EMFILE we can free
     it, accept the waiting peer, tell it why and hang up, instead of leaving it queued (and
@@ -152,12 +168,7 @@ class SpareDescriptor:
                 raw, _ = listener.accept()
             except OSError:  # BlockingIOError: nobody waiting; EMFILE: the spare was not enough
                 return False
-            with raw:
-                raw.setblocking(False)
-                try:
-                    raw.send(reply)
-                except OSError:
-                    pass
+            hang_up(raw, reply)
             return True
         finally:
             self._reopen()  # only once the peer's descriptor is closed

@@ -6,6 +6,7 @@ socket as ``NOTIFY_SOCKET`` and waits for ``READY=1``, so there is no polling an
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -43,6 +44,31 @@ class NotifyListener:
                 return msg
 
     def close(self) -> None:
+        self.sock.close()
+
+
+class Raw:
+    """A bare socket speaking NDJSON, to test the wire exactly."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(20)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def recv(self) -> object:
+        line = self.file.readline()
+        assert line, "connection closed"
+        return json.loads(line)
+
+    def closed(self) -> bool:
+        return self.file.readline() == b""
+
+    def close(self) -> None:
+        self.file.close()
         self.sock.close()
 
 

@@ -69,6 +69,18 @@ class LineReader:
         return line
 
 
+def follower(socket_path: str, *args: str, as_json: bool = True) -> subprocess.Popen:
+    """``sidecar tail c1 -f`` (``--json`` unless told otherwise) with ``args``, as a child."""
+    json_flag = ["--json"] if as_json else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "tail", "c1", "-f", *json_flag, "--socket", socket_path, *args],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def finish(proc: subprocess.Popen) -> None:
     """Stop a follower if it still runs, and close its pipes."""
     if proc.poll() is None:
@@ -233,14 +245,7 @@ def test_tail_colours_a_terminal(daemon) -> None:
 @pytest.mark.parametrize("as_json", [False, True], ids=["readable", "json"])
 def test_tail_follow_shows_new_events_once_and_in_order(daemon, as_json: bool) -> None:
     append(daemon.socket_path, "c1", 5)
-    cmd = [sys.executable, "-m", "sidecar", "tail", "c1", "-n", "3", "-f", "--socket", daemon.socket_path]
-    proc = subprocess.Popen(
-        cmd + (["--json"] if as_json else []),
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = follower(daemon.socket_path, "-n", "3", as_json=as_json)
     try:
         reader = LineReader(proc.stdout)
         assert [seq_of(reader.next(), as_json) for _ in range(3)] == [3, 4, 5]
@@ -265,13 +270,7 @@ def test_tail_follow_shows_new_events_once_and_in_order(daemon, as_json: bool) -
 
 def test_tail_follow_ends_when_the_daemon_stops(daemon) -> None:
     append(daemon.socket_path, "c1", 1)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "tail", "c1", "-f", "--json", "--socket", daemon.socket_path],
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = follower(daemon.socket_path)
     try:
         reader = LineReader(proc.stdout)
         assert seq_of(reader.next(), True) == 1
@@ -320,16 +319,6 @@ def test_subcommand_help_and_usage_errors() -> None:
 
 
 # --- the follower's edge cases ---
-
-
-def follower(socket_path: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "tail", "c1", "-f", "--json", "--socket", socket_path, *args],
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def wait_for_subscriber(socket_path: str) -> None:

@@ -3,37 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import uuid
 
-import anyio
-from sidecar_client import AsyncClient, Client
+from sidecar_client import Client
 
-
-class Raw:
-    """A bare socket speaking NDJSON, to test the wire exactly."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(20)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rb")
-
-    def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
-
-    def recv(self) -> object:
-        line = self.file.readline()
-        assert line, "connection closed"
-        return json.loads(line)
-
-    def closed(self) -> bool:
-        return self.file.readline() == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+from tests.daemon.conftest import Raw
 
 
 def test_spec_examples_over_the_socket(daemon) -> None:
@@ -145,32 +120,6 @@ def test_many_concurrent_clients(daemon) -> None:
     assert all(on_disk[a["id"]] == a["seq"] for acks in acked for a in acks)
     assert stats["appends"] >= 1000 and stats["connections_total"] >= 101
     assert stats["mean_batch"] >= 1
-
-
-def test_a_stalled_client_does_not_block_others(daemon) -> None:
-    """A client that sends requests and never reads its replies."""
-    stalled = Raw(daemon.socket_path)
-    request = (
-        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "log.tail", "params": {"conversation_id": "x", "limit": 100}})
-        + "\n"
-    )
-    stalled.sock.setblocking(False)
-    try:
-        for _ in range(20_000):
-            stalled.sock.send(request.encode())
-    except BlockingIOError:
-        pass  # its socket buffers are full: the daemon has stopped reading from it
-
-    async def others() -> None:
-        async with await AsyncClient.connect(daemon.socket_path) as c:
-            with anyio.fail_after(10):
-                for _ in range(50):
-                    await c.call("log.append", {"conversation_id": "free", "type": "a.b"})
-
-    anyio.run(others)
-    stalled.close()
-    with Client(daemon.socket_path) as c:
-        assert c.call("sys.health")["status"] == "ok"
 
 
 def test_rpc_discover_is_generated_from_the_schemas(daemon) -> None:

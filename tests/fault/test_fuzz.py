@@ -5,11 +5,12 @@ request ever meets an internal error, and the daemon serves on, in bounded time.
 from __future__ import annotations
 
 import json
-import socket
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sidecar_client import Client
+
+from tests.daemon.conftest import Raw
 
 PROBE = b'{"jsonrpc":"2.0","id":"probe","method":"sys.health"}\n'
 CODES = {-32700, -32600, -32601, -32602, -32001, -32002, -32003, -32004, -32005, -32006}  # never -32603
@@ -78,22 +79,18 @@ requests = st.fixed_dictionaries(
 
 def exchange(path: str, payload: bytes) -> list[dict]:
     """Send ``payload``, then a probe; every message the daemon sends until the probe's answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(20)
-        s.connect(path)
-        s.sendall(payload + b"\n" + PROBE)
-        buf, messages = b"", []
+    raw = Raw(path)
+    try:
+        raw.send(payload + b"\n" + PROBE)
+        messages = []
         while True:
-            chunk = s.recv(1 << 20)
-            assert chunk, f"closed before the probe was answered; got {messages}"
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                msg = json.loads(line)  # every line is JSON
-                messages.append(msg)
-                if isinstance(msg, dict) and msg.get("id") == "probe":
-                    assert msg["result"]["status"] == "ok"
-                    return messages
+            msg = raw.recv()  # every line is JSON; the connection stays open until the probe
+            messages.append(msg)
+            if isinstance(msg, dict) and msg.get("id") == "probe":
+                assert msg["result"]["status"] == "ok"
+                return messages
+    finally:
+        raw.close()
 
 
 def check(message: object) -> None:
