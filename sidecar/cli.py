@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -130,14 +131,26 @@ _COLOURS = {"user": "\033[1;36m", "status": "\033[33m", "internal": "\033[2m"}
 _LEVEL_MARK = {"milestone": "★", "decision": "◆", "action": "•", "state": "·", "detail": " "}
 
 
+# Characters that steer a terminal or hide text: C0 and C1 controls (ESC, CSI, OSC 52's
+# clipboard writes...), DEL, and the invisible and bidirectional format characters.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that could steer the operator's terminal escaped."""
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def format_event(event: dict[str, Any], colour: bool) -> str:
-    """One readable line: seq, time, visibility, level mark, type, agent, data."""
+    """One readable line: seq, time, visibility, level mark, type, agent, data.
+
+    Every field came from some client: whatever it holds is shown, never obeyed."""
     ts = event["timestamp"][11:23]
     data = json.dumps(event.get("data") or {}, ensure_ascii=False, separators=(",", ":"))
     if len(data) > 120:
         data = data[:117] + "..."
     agent = f" [{event['agent_id']}]" if event.get("agent_id") else ""
-    line = (
+    line = printable(
         f"{event['seq']:>6} {ts} {event['visibility']:<8} {_LEVEL_MARK.get(event['level'], ' ')} "
         f"{event['type']}{agent} {data}"
     )
@@ -150,7 +163,8 @@ def _tail(client: Any, args: argparse.Namespace) -> int:
     colour = sys.stdout.isatty() and not args.json and "NO_COLOR" not in os.environ
 
     def show(event: dict[str, Any]) -> None:
-        print(json.dumps(event, ensure_ascii=False) if args.json else format_event(event, colour), flush=True)
+        line = printable(json.dumps(event, ensure_ascii=False)) if args.json else format_event(event, colour)
+        print(line, flush=True)
 
     shown = max(args.n, 0)
     events = client.call("log.tail", {"conversation_id": args.conversation, "limit": max(shown, 1)})["events"]

@@ -7,8 +7,10 @@ an error naming the key rather than a setting silently ignored.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from typing import Annotated, Any
+import typing
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -25,10 +27,16 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_message_bytes: Positive = 1024 * 1024
     max_connections: Positive = 1024
     max_inflight: Positive = 64  # requests per connection before we stop reading from it
+    max_depth: Annotated[int, Meta(ge=2, le=512)] = 64  # nesting of params
+    max_batch: Positive = 1000  # members of one batch
+    max_reply_bytes: Annotated[int, Meta(ge=4096)] = 16 * 1024 * 1024  # one reply line
+    max_subscriptions: Positive = 256  # live subscriptions per connection
+    line_timeout_s: Seconds = 30.0  # a line begun but not finished this long: the connection closes
+    idle_timeout_s: Annotated[float, Meta(ge=0)] = 0.0  # idle connections (no subscription) close; 0: never
     subscriber_queue: Positive = 10_000  # events a subscriber may lag before it is dropped
     allow_uids: list[int] = []  # peers besides our own uid (and root) that may connect
     allow_gids: list[int] = []
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -45,14 +53,18 @@ class ControllerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 
 class LLMConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The OpenAI-compatible LLM server beside us (llama.cpp, vLLM): used for exact token
-    counts (llama.cpp's /tokenize) and, later, by the controller's LLM policy."""
+    """The OpenAI-compatible LLM server beside us (llama.cpp, vLLM), http or https: exact token
+    counts (llama.cpp's /tokenize), the controller's LLM policy and the built-in narrator."""
 
     url: str | None = None
     model: str | None = None
-    timeout_s: Seconds = 10.0
+    # The name of the environment variable that holds the API key (sent as "Authorization:
+    # Bearer ..."), so the key itself is in no file and no log.
+    api_key_env: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    timeout_s: Seconds = 10.0  # a whole reply, streamed or not (/tokenize gets at most 2 s)
+    max_tokens: Positive = 512  # the longest reply asked for
     narrator: bool = False  # the daemon speaks itself when a grant is issued
-    narrator_budget_tokens: Positive = 3000
+    narrator_budget_tokens: Positive = 3000  # the prompt; less when the server's context is smaller
 
 
 class Config(msgspec.Struct, kw_only=True):
@@ -116,4 +128,19 @@ def load_config(
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {exc}") from None
+        hint = _allowed_values(str(exc))
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {exc}{hint}") from None
+
+
+def _allowed_values(message: str) -> str:
+    """For a bad choice (``Invalid enum value ... at `$.server.log_level```), the choices."""
+    found = re.search(r"at `\$\.([a-z_.]+)`", message)
+    if not found or "enum" not in message:
+        return ""
+    kind: Any = Config
+    for name in found.group(1).split("."):
+        kind = typing.get_type_hints(kind).get(name)
+        if kind is None:
+            return ""
+    choices = typing.get_args(kind)
+    return f"; expected one of {', '.join(repr(c) for c in choices)}" if choices else ""

@@ -33,7 +33,7 @@ from sidecar.log.events import (
 from sidecar.log.scan import EventFilter, Limit, QueryFilter
 from sidecar.log.store import EventStore
 from sidecar.log.summarize import RING, load_snapshot, load_summary, persist_summary, rolling_summary
-from sidecar.rpc.dispatch import NoParams, Registry
+from sidecar.rpc.dispatch import BadParams, NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
 
@@ -72,6 +72,8 @@ class Stats(msgspec.Struct, kw_only=True):
     commit_queue: int
     task_graph_writes: int
     summary_full_reads: int
+    internal_errors: int = 0  # requests answered -32603: each one is a bug worth reporting
+    faults: dict[str, int] = {}  # failures contained (connection, subscription, controller...)
 
 
 class AppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -179,7 +181,7 @@ def log_append_now(req: Request, conn: Connection) -> bool:
     answered from the batch's completion. Anything else takes the general path above."""
     try:
         event = registry.params_of(req, NewEvent)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except BadParams:
         return False  # the general path words the error
     if event.visibility == "user" or conn.daemon.stopping:
         return False
@@ -573,18 +575,26 @@ _HEADINGS = {
 
 
 async def build_narrator_prompt(daemon: Any, cid: str, budget_tokens: int, reason: str | None) -> NarratorPrompt:
-    """The narrator template plus the conversation's context, as chat messages, within budget."""
+    """The narrator template plus the conversation's context, as chat messages, within budget.
+
+    The budget also pays for the headings and the chat template's role markers (two messages
+    and the reply's opening), which the server counts against its context too. Counting runs in
+    worker threads: an exact count may ask the LLM server, which must never block the loop."""
+    from sidecar.controller.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REPLY
+
     last = daemon.controller.status(cid)["last_decision"]
     why = reason or (last["reason"] if last else "asked to speak")
     system = daemon.prompts.render("narrator", conversation_id=cid, reason=why)
-    overhead = daemon.counter.count("\n\n".join(_HEADINGS.values()))  # the headings cost tokens too
-    ctx = await _context(daemon, cid, max(1, budget_tokens - overhead), system)
+    headings = await _read(daemon.counter.count, "\n\n".join(_HEADINGS.values()))
+    template = 2 * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
+    ctx = await _context(daemon, cid, max(1, budget_tokens - headings - template), system)
     layers = {layer["name"]: layer for layer in ctx["layers"]}
     body = "\n\n".join(f"{_HEADINGS[n]}\n{layers[n]['text']}" for n in _HEADINGS if n in layers)
     messages = [ChatMessage(role="system", content=layers.get("system", {}).get("text", ""))]
     if body:
         messages.append(ChatMessage(role="user", content=body))
-    tokens = sum(daemon.counter.count(m.content) for m in messages)
+    content = await _read(lambda: sum(daemon.counter.count(m.content) for m in messages))
+    tokens = content + len(messages) * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
     return NarratorPrompt(messages=messages, summary_ref=ctx["summary_ref"], tokens=tokens)
 
 

@@ -31,17 +31,22 @@ from sidecar.daemon.config import Config, ConfigError, load_config
 from sidecar.daemon.methods import Stats, SubscribeParams, build_narrator_prompt, narrate, registry
 from sidecar.daemon.subscriptions import Hub, Subscription
 from sidecar.daemon.summaries import SummaryCache
+from sidecar.daemon.supervisor import supervise
 from sidecar.daemon.systemd import Notifier
 from sidecar.datadir import ensure_layout
-from sidecar.errors import SidecarError
+from sidecar.errors import OverloadedError, SidecarError
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.scan import as_filter
 from sidecar.log.store import EventStore
+from sidecar.rpc.dispatch import BATCH_CONCURRENCY
 from sidecar.rpc.protocol import (
+    INTERNAL_ERROR,
     INVALID_REQUEST,
     Framer,
     FrameTooLarge,
+    Invalid,
+    Limits,
     Message,
     Request,
     encode,
@@ -158,6 +163,12 @@ class Connection:
             self._room = None
 
     def subscribe(self, params: SubscribeParams) -> int:
+        limit = self.daemon.config.server.max_subscriptions
+        if len(self.subscriptions) >= limit:
+            raise OverloadedError(
+                f"this connection has {len(self.subscriptions)} subscriptions, the most max_subscriptions allows",
+                {"max_subscriptions": limit},
+            )
         fields = {k: v for k, v in msgspec.structs.asdict(params).items() if v is not None}
         flt = as_filter(fields)
         hub = self.daemon.hub
@@ -166,8 +177,18 @@ class Connection:
         )
         hub.add(sub)
         self.subscriptions[sub.id] = sub
-        self._subs_tg.start_soon(sub.run, self.daemon.store)
+        self._subs_tg.start_soon(self._run_subscription, sub)
         return sub.id
+
+    async def _run_subscription(self, sub: Subscription) -> None:
+        """A subscription that fails (say, its replay meets a damaged log) ends alone: it
+        tells its client where to resume, and the connection and daemon go on."""
+        try:
+            await sub.run(self.daemon.store)
+        except Exception:
+            self.daemon.fault("subscription")
+            log.exception("daemon.subscription_failed", connection=self.number, subscription=sub.id)
+            await sub.fail()
 
     def unsubscribe(self, sub_id: int) -> bool:
         sub = self.subscriptions.get(sub_id)
@@ -208,11 +229,37 @@ class Connection:
             await self.stream.aclose()
             log.info("daemon.connection_closed", connection=self.number)
 
-    async def _read(self, framer: Framer, requests: Any) -> None:
+    def _idle(self) -> bool:
+        return not self.subscriptions and self.slots.free == self.slots.size
+
+    async def _receive(self, framer: Framer) -> bytes | None:
+        """The next bytes from the peer; ``None`` once it is gone, or has timed out (told why).
+
+        A line begun must be finished within ``line_timeout_s``; with ``idle_timeout_s`` set,
+        a connection with nothing in flight and nothing subscribed is closed after that long."""
+        server = self.daemon.config.server
         while True:
+            timeout = server.line_timeout_s if framer.pending else (server.idle_timeout_s or None)
             try:
-                data = await self.stream.receive(65536)
+                if timeout is None:  # the hot path: no cancel scope to set up
+                    return await self.stream.receive(65536)
+                with anyio.move_on_after(timeout):
+                    return await self.stream.receive(65536)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return None
+            if framer.pending or self._idle():
+                break  # otherwise busy (answering, or subscribed): not idle, wait again
+        what = "a line begun but not finished" if framer.pending else "an idle connection"
+        message = f"Invalid Request: {what} for {timeout:g} s; closing"
+        await self.send(encode(error_response(None, INVALID_REQUEST, message)))
+        log.info("daemon.connection_timeout", connection=self.number, reason=what, seconds=timeout)
+        return None
+
+    async def _read(self, framer: Framer, requests: Any) -> None:
+        limits = self.daemon.limits
+        while True:
+            data = await self._receive(framer)
+            if data is None:
                 return
             try:
                 lines = framer.feed(data)
@@ -225,7 +272,7 @@ class Connection:
             for line in lines:
                 await self.slots.acquire()  # back-pressure: stop reading while too many are in flight
                 self.daemon.requests += 1
-                message = parse_message(line)
+                message = parse_message(line, limits)
                 if self.daemon.debug:
                     methods = [getattr(item, "method", None) for item in message.items]
                     log.debug("daemon.request", connection=self.number, methods=methods)
@@ -234,15 +281,28 @@ class Connection:
                     fast = registry.fast.get(first.method)
                     if fast is not None and fast(first, self):
                         continue  # taken: it answers, and frees its slot, when done
-                requests.start_soon(self._handle, message)
+                weight = 1
+                if message.batch:  # a batch holds as many slots as it runs members at once
+                    weight = min(len(message.items), BATCH_CONCURRENCY, self.slots.size)
+                    for _ in range(weight - 1):
+                        await self.slots.acquire()
+                requests.start_soon(self._handle, message, weight)
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message, weight: int) -> None:
         try:
-            reply = await registry.handle(message, self)
+            reply = await registry.handle(message, self, self.daemon.config.server.max_reply_bytes)
+        except Exception:  # a bug outside any handler (encoding a reply, say): answer, go on
+            self.daemon.fault("request")
+            log.exception("daemon.request_failed", connection=self.number)
+            first = message.items[0]
+            req_id = None if message.batch or isinstance(first, Invalid) else first.id
+            reply = encode(error_response(req_id, INTERNAL_ERROR, "Internal error; the daemon logged it"))
+        try:
             if reply is not None:
                 await self.send(reply)
         finally:
-            self.slots.release()
+            for _ in range(weight):
+                self.slots.release()
 
 
 class Daemon:
@@ -263,12 +323,18 @@ class Daemon:
         self._locks: list[int] = []
         self._rate = (time.monotonic(), 0)
         self._inherited = False
-        self.debug = config.server.log_level.lower() == "debug"
+        self.debug = config.server.log_level == "debug"
+        self.limits = _limits(config)
+        self.faults: dict[str, int] = {}  # failures contained, by where they happened
         self.store: EventStore
         self.appender: AsyncAppender
 
     def uptime(self) -> float:
         return time.monotonic() - self._started
+
+    def fault(self, where: str) -> None:
+        """Count a failure that was contained (the caller logs it, with its traceback)."""
+        self.faults[where] = self.faults.get(where, 0) + 1
 
     def stats(self) -> Stats:
         w = self.store.writer_stats
@@ -293,6 +359,8 @@ class Daemon:
             commit_queue=self.store.commit_queue_depth(),
             task_graph_writes=self.tasks.writes,
             summary_full_reads=self.summaries.full_reads,
+            internal_errors=registry.internal_errors,
+            faults=dict(self.faults),
         )
 
     # --- start-up ------------------------------------------------------------------------------
@@ -368,10 +436,16 @@ class Daemon:
                 if task.conversation_id is not None:
                     self.controller.policy.seed_task(task.conversation_id, task.id, task.owner, now)
 
+            consumers = {"hub": self.hub.publish, "summaries": self.summaries.publish}
+            consumers["controller"] = self.controller.observe
+
             def fan_out(events: list[Event]) -> None:  # in the event loop, in commit order
-                self.hub.publish(events)
-                self.summaries.publish(events)
-                self.controller.observe(events)
+                for name, consume in consumers.items():  # each on its own: one failing skips none
+                    try:
+                        consume(events)
+                    except Exception:
+                        self.fault(name)
+                        log.exception("daemon.fan_out_failed", consumer=name)
 
             def published(events: list[Event]) -> None:  # in the commit thread
                 token.backend_class.run_sync_soon(fan_out, (events,), token.native_token)
@@ -379,10 +453,10 @@ class Daemon:
             self.store.on_commit(published)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                await tg.start(self.appender.run)
-                await tg.start(self.tasks.run)
-                await tg.start(self.controller.run)
-                await tg.start(self.prompts.watch)
+                await tg.start(supervise, "appender", self.appender.run, self.fault)
+                await tg.start(supervise, "tasks", self.tasks.run, self.fault)
+                await tg.start(supervise, "controller", self.controller.run, self.fault)
+                await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
                 tg.start_soon(self._signals, tg.cancel_scope)
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
@@ -416,11 +490,21 @@ class Daemon:
     # --- the LLM: policy advice and the built-in narrator -------------------------------------
 
     def _chat_client(self) -> ChatClient | None:
+        """The chat client, made once: its connections, breaker and context size are shared."""
+        from sidecar.controller.llm import api_key_from_env
+
         llm = self.config.llm
         if not llm.url:
             return None
         try:
-            return ChatClient(llm.url, model=llm.model, timeout_s=llm.timeout_s)
+            return ChatClient(
+                llm.url,
+                model=llm.model,
+                timeout_s=llm.timeout_s,
+                max_tokens=llm.max_tokens,
+                api_key=api_key_from_env(llm.api_key_env),
+                clock=self.clock,
+            )
         except LLMError as exc:
             log.error("daemon.llm_disabled", error=str(exc))
             return None
@@ -429,7 +513,8 @@ class Daemon:
         """Ask the LLM, with the controller template and the context, whether to speak."""
         assert self.chat is not None
         question = self.prompts.render("controller", conversation_id=cid, reason=reason)
-        context = await build_narrator_prompt(self, cid, 1500, reason)
+        budget = await self.chat.prompt_budget(1500)  # what fits the server's context beside the reply
+        context = await build_narrator_prompt(self, cid, budget, reason)
         messages = [{"role": "system", "content": question}]
         messages += [{"role": "user", "content": m.content} for m in context.messages[1:]]
         return parse_verdict(await self.chat.complete(messages))
@@ -442,7 +527,8 @@ class Daemon:
         assert self.chat is not None
         cid = grant.conversation_id
         try:
-            prompt = await build_narrator_prompt(self, cid, self.config.llm.narrator_budget_tokens, grant.reason)
+            budget = await self.chat.prompt_budget(self.config.llm.narrator_budget_tokens)
+            prompt = await build_narrator_prompt(self, cid, budget, grant.reason)
             parts: list[str] = []
             async for delta in self.chat.stream([{"role": m.role, "content": m.content} for m in prompt.messages]):
                 self.hub.notify(
@@ -463,15 +549,27 @@ class Daemon:
         return state.render(keep_recent=5, counter=self.counter)["summary_ref"]
 
     def _token_counter(self) -> TokenCounter:
-        """Exact counts when the configured LLM server is llama.cpp; the estimate otherwise."""
-        url = self.config.llm.url
-        if url:
-            exact = LlamaCppTokenizer(url, timeout_s=min(self.config.llm.timeout_s, 2.0))
-            if exact.available():
-                log.info("daemon.tokenizer", kind="llama.cpp /tokenize", url=url)
-                return exact
-            log.warning("daemon.tokenizer", kind="byte estimate", reason=f"no /tokenize at {url}")
-        return DEFAULT_COUNTER
+        """Exact counts when the configured LLM server has llama.cpp's /tokenize; the estimate
+        otherwise. Nothing is asked here: the tokenizer finds out on first use, in a worker
+        thread, so start-up never waits on the LLM server."""
+        from sidecar.context.tokens import TOKENIZE_TIMEOUT_S
+        from sidecar.controller.llm import api_key_from_env
+
+        llm = self.config.llm
+        if not llm.url:
+            return DEFAULT_COUNTER
+        try:
+            exact = LlamaCppTokenizer(
+                llm.url,
+                timeout_s=min(llm.timeout_s, TOKENIZE_TIMEOUT_S),
+                api_key=api_key_from_env(llm.api_key_env),
+                clock=self.clock,
+            )
+        except ValueError as exc:
+            log.warning("daemon.tokenizer", kind="byte estimate", reason=str(exc))
+            return DEFAULT_COUNTER
+        log.info("daemon.tokenizer", kind="llama.cpp /tokenize", checked="on first use", url=exact.shown)
+        return exact
 
     async def _accept(self, listener: socket.socket, conns: Any) -> None:
         spare = unix.SpareDescriptor()
@@ -480,16 +578,23 @@ class Daemon:
                 await anyio.wait_readable(listener)
                 try:
                     raw, _ = listener.accept()
-                except BlockingIOError:
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue
                 except OSError as exc:
-                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                        raise
-                    log.warning("daemon.out_of_descriptors", connections=len(self.connections))
-                    if not spare.refuse_one(listener, _OUT_OF_FDS):
-                        await anyio.sleep(0.05)  # nothing to refuse and none free: let some close
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        log.warning("daemon.out_of_descriptors", connections=len(self.connections))
+                        if spare.refuse_one(listener, _OUT_OF_FDS):
+                            continue
+                    else:  # ENOBUFS, ENOMEM, EPROTO...: passing, or at least not ours to fix
+                        self.fault("accept")
+                        log.warning("daemon.accept_failed", error=str(exc))
+                    await anyio.sleep(0.05)  # let some close
                     continue
-                await self._admit(raw, conns)
+                try:
+                    await self._admit(raw, conns)
+                except OSError as exc:  # the peer left before we could look at it
+                    raw.close()
+                    log.info("daemon.admit_failed", error=str(exc))
         finally:
             spare.close()
 
@@ -542,6 +647,9 @@ class Daemon:
     async def _serve(self, conn: Connection) -> None:
         try:
             await conn.serve()
+        except Exception:  # contained: this client is dropped, everyone else is served
+            self.fault("connection")
+            log.exception("daemon.connection_failed", connection=conn.number)
         finally:
             self.connections.pop(conn.number, None)
             if self.stopping and not self.connections:
@@ -569,6 +677,7 @@ class Daemon:
             log.error("daemon.reload_failed", error=str(exc))
             return
         self.config.server = fresh.server
+        self.limits = _limits(fresh)
         self.config.controller = fresh.controller
         policy = self.controller.policy
         policy.min_gap_s, policy.idle_timeout_s = fresh.controller.min_gap_s, fresh.controller.idle_timeout_s
@@ -591,6 +700,11 @@ class Daemon:
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
+
+
+def _limits(config: Config) -> Limits:
+    server = config.server
+    return Limits(max_depth=server.max_depth, max_batch=server.max_batch)
 
 
 def serve(config: Config, config_path: str | None = None) -> int:

@@ -135,13 +135,22 @@ class Subscription:
         await self._send(encode(notification("log.event", {"subscription": self.id, "event": event})))
         self._sent[event.conversation_id] = event.seq
 
-    async def _send_overflow(self) -> None:
+    async def fail(self) -> None:
+        """This subscription broke (its replay met a damaged log, say): end it alone, and
+        tell the client where to resume, as an overflow does."""
+        self._on_end(self)
+        if self.overflowed is None:
+            self.overflowed = {}
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._send_overflow(reason="error")
+
+    async def _send_overflow(self, reason: str = "overflow") -> None:
         assert self.overflowed is not None
         resume = {cid: seq + 1 for cid, seq in self._sent.items()}
         for cid, seq in self.overflowed.items():
             resume.setdefault(cid, seq)
         self.overflowed = resume
-        params: dict[str, Any] = {"subscription": self.id, "resume_from": resume}
+        params: dict[str, Any] = {"subscription": self.id, "resume_from": resume, "reason": reason}
         if self.filter.conversation_id is not None:
             params["conversation_id"] = self.filter.conversation_id
             params["from_seq"] = self.overflowed.get(self.filter.conversation_id, self.filter.from_seq or 1)
@@ -150,10 +159,14 @@ class Subscription:
 
 
 class Hub:
-    """Every live subscription of the daemon; commits are published to it in order."""
+    """Every live subscription of the daemon; commits are published to it in order.
+
+    Subscriptions are filed by the conversation they follow (``None``: all of them), so a
+    commit costs work for the subscribers that can want it, not for every subscriber."""
 
     def __init__(self) -> None:
         self.subscriptions: dict[int, Subscription] = {}
+        self._by_conversation: dict[str | None, dict[int, Subscription]] = {}
         self._next = 0
 
     def new_id(self) -> int:
@@ -162,17 +175,36 @@ class Hub:
 
     def add(self, sub: Subscription) -> None:
         self.subscriptions[sub.id] = sub
+        self._by_conversation.setdefault(sub.filter.conversation_id, {})[sub.id] = sub
 
     def remove(self, sub: Subscription) -> None:
-        self.subscriptions.pop(sub.id, None)
+        if self.subscriptions.pop(sub.id, None) is None:
+            return
+        cid = sub.filter.conversation_id
+        filed = self._by_conversation.get(cid)
+        if filed is not None:
+            filed.pop(sub.id, None)
+            if not filed:
+                del self._by_conversation[cid]
+
+    def _interested(self, cid: str) -> list[Subscription]:
+        subs = list(self._by_conversation.get(cid, {}).values())
+        return subs + list(self._by_conversation.get(None, {}).values())
 
     def publish(self, events: list[Event]) -> None:
-        for sub in list(self.subscriptions.values()):
+        by_cid: dict[str, list[Event]] = {}
+        for event in events:
+            by_cid.setdefault(event.conversation_id, []).append(event)
+        for cid, group in by_cid.items():
+            for sub in list(self._by_conversation.get(cid, {}).values()):
+                for event in group:
+                    sub.offer(event)
+        for sub in list(self._by_conversation.get(None, {}).values()):  # all of them, in commit order
             for event in events:
                 sub.offer(event)
 
     def notify(self, cid: str, method: str, params: dict[str, Any]) -> None:
         """Tell every subscriber of conversation ``cid`` something that is not an event."""
-        for sub in list(self.subscriptions.values()):
-            if sub.filter.conversation_id in (None, cid) and sub.send_now is not None:
+        for sub in self._interested(cid):
+            if sub.send_now is not None:
                 sub.send_now(encode(notification(method, {"subscription": sub.id, **params})))

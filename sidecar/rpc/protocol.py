@@ -8,6 +8,7 @@ and fuzzed, apart from any socket.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +21,11 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+OVERLOADED = -32005
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
 
-Id = str | int | float | None
+Id = msgspec.Raw | str | int | float | None  # Raw: the caller's own bytes, echoed back
 
 
 class FrameTooLarge(Exception):
@@ -67,8 +68,10 @@ class Framer:
 class Request:
     """One call. ``is_notification`` means the caller wants no reply (no ``id`` member).
 
-    ``params`` is a dict, or the undecoded JSON object (``msgspec.Raw``) when the fast path
-    parsed it: the dispatcher then decodes it straight into the method's params Struct."""
+    ``params`` is the undecoded JSON object (``msgspec.Raw``): the dispatcher decodes it
+    straight into the method's params Struct. A dict is accepted too (tests, in-process
+    callers). ``id`` is kept as the caller's raw JSON, so it is echoed back byte for byte
+    (a 40-digit number, ``1.0`` and ``1e400`` included)."""
 
     method: str
     params: dict[str, Any] | msgspec.Raw
@@ -96,69 +99,179 @@ class Message:
     batch: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one line may ask of us (``[server]`` in the config)."""
+
+    max_depth: int = 64  # nesting of params, counted from the params object itself
+    max_batch: int = 1000  # members of one batch
+
+
+DEFAULT_LIMITS = Limits()
+
+
 class _Single(msgspec.Struct, forbid_unknown_fields=True):
     """The common case, a single well-formed request, decoded in one pass."""
 
     jsonrpc: str
     method: str
     params: msgspec.Raw = msgspec.Raw(b"{}")
-    id: str | int | float | None | msgspec.UnsetType = msgspec.UNSET
+    id: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 _single_decoder = msgspec.json.Decoder(_Single)
+_members_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
+
+# Bytes that are not JSON structure, which translate() deletes at C speed while it maps
+# braces to brackets (for depth, an object is an array).
+_NOT_STRUCTURE = bytes(range(256)).translate(None, b'[]{}"')
+_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
 
 
-def parse_message(line: bytes) -> Message:
-    """Parse one line into requests, following the specification's rules to the letter."""
-    try:
-        one = _single_decoder.decode(line)
-        if one.jsonrpc == JSONRPC and memoryview(one.params)[:1] == b"{":
-            if one.id is msgspec.UNSET:
-                return Message([Request(one.method, one.params, None, True)], False)
-            return Message([Request(one.method, one.params, one.id, False)], False)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-        pass  # anything unusual takes the careful path below
-    try:
-        doc = _decoder.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+def nesting_exceeds(line: bytes, limit: int) -> bool | None:
+    """Whether ``line`` nests arrays and objects deeper than ``limit``; ``None`` when its
+    brackets do not balance (it is not JSON). Brackets inside strings do not count.
+
+    Runs at C speed (replace, translate), before any recursive decoder sees the line, so a
+    hostile line costs at most ``limit`` passes over its brackets and never a deep stack."""
+    if b"\\" in line:
+        line = line.replace(b"\\\\", b"")  # escaped backslashes first, then escaped quotes
+    if b'\\"' in line:
+        line = line.replace(b'\\"', b"")
+    s = line.translate(_BRACES_AS_BRACKETS, _NOT_STRUCTURE)
+    if len(s) <= limit:  # the common case: too few brackets to nest that deep
+        return False
+    s = s.replace(b'""', b"")  # empty (or merged adjacent) strings: no brackets inside
+    if b'"' in s:
+        s = b"".join(s.split(b'"')[::2])  # drop what strings still enclose
+    for _ in range(limit):
+        if not s:
+            return False
+        inner = s.replace(b"[]", b"")  # one level: the innermost pairs
+        if len(inner) == len(s):
+            return None
+        s = inner
+    return bool(s)
+
+
+_LONE_SURROGATE = re.compile(
+    rb"(\\\\)|\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?|\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _mend_surrogate(match: re.Match[bytes]) -> bytes:
+    text = match.group(0)
+    if match.group(1) is not None or len(text) == 12:  # an escaped backslash, or a whole pair
+        return text
+    return b"\\ufffd"
+
+
+def mend_lone_surrogates(line: bytes) -> bytes:
+    """``\\ud83d`` with no partner (what JavaScript's ``slice`` can cut a string into) is
+    valid JSON but not valid Unicode: take it in as U+FFFD, as RFC 8259 leaves us free to."""
+    return _LONE_SURROGATE.sub(_mend_surrogate, line)
+
+
+def parse_message(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Parse one line into requests, following the specification's rules to the letter.
+
+    Never raises: whatever the bytes, the answer is requests or the errors owed for them."""
+    batch = line[:1] == b"[" or line.lstrip()[:1] == b"["
+    deep = nesting_exceeds(line, limits.max_depth + (2 if batch else 1))
+    if deep is None:
         return Message([Invalid(None, PARSE_ERROR, "Parse error: the message is not valid JSON")], False)
-    if isinstance(doc, list):
-        if not doc:
-            return Message([Invalid(None, INVALID_REQUEST, "Invalid Request: empty batch")], False)
-        return Message([_parse_request(member) for member in doc], True)
-    return Message([_parse_request(doc)], False)
+    if deep:
+        why = f"Invalid Request: nested deeper than max_depth ({limits.max_depth})"
+        return Message([Invalid(None, INVALID_REQUEST, why)], False)
+    if b"\\u" in line and _SURROGATE_ESCAPE.search(line):
+        line = mend_lone_surrogates(line)
+    if not batch:
+        try:
+            one = _single_decoder.decode(line)
+        except _DECODE_ERRORS:
+            pass  # anything unusual takes the careful path below
+        else:
+            if one.jsonrpc == JSONRPC and memoryview(one.params)[:1] == b"{" and _plain_id(one.id):
+                if one.id is msgspec.UNSET:
+                    return Message([Request(one.method, one.params, None, True)], False)
+                return Message([Request(one.method, one.params, one.id, False)], False)
+    try:
+        if batch:
+            members = _batch_decoder.decode(line)
+        else:
+            _raw_decoder.decode(line)  # valid JSON at all?
+            members = None
+    except _DECODE_ERRORS:
+        return Message([Invalid(None, PARSE_ERROR, "Parse error: the message is not valid JSON")], False)
+    if members is None:
+        return Message([_parse_request(line)], False)
+    if not members:
+        return Message([Invalid(None, INVALID_REQUEST, "Invalid Request: empty batch")], False)
+    if len(members) > limits.max_batch:
+        why = f"Invalid Request: a batch of {len(members)} members; at most max_batch ({limits.max_batch})"
+        return Message([Invalid(None, INVALID_REQUEST, why)], False)
+    return Message([_parse_request(bytes(member)) for member in members], True)
 
 
-def _valid_id(value: object) -> bool:
-    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_NUMBER_START = frozenset(b"-0123456789")
 
 
-def _parse_request(doc: object) -> Item:
-    if not isinstance(doc, dict):
+def _plain_id(raw: msgspec.Raw | msgspec.UnsetType) -> bool:
+    """A string, a number or null: what the specification allows an id to be."""
+    if raw is msgspec.UNSET:
+        return True
+    first = bytes(memoryview(raw)[:1])
+    if first == b'"':
+        return True  # the decoder has checked the string already
+    return (bool(first) and first[0] in _NUMBER_START) or bytes(raw) == b"null"
+
+
+def _parse_request(member: bytes) -> Item:
+    """One member of a message (valid JSON already), checked member by member."""
+    if member[:1] != b"{":
         return Invalid(None, INVALID_REQUEST, "Invalid Request: expected a JSON object")
-    has_id = "id" in doc
-    raw_id = doc.get("id")
-    req_id: Id = raw_id if _valid_id(raw_id) else None
-    if has_id and not _valid_id(raw_id):
+    try:
+        doc = _members_decoder.decode(member)
+    except _DECODE_ERRORS:  # valid JSON, so: a key that is not valid Unicode, or a repeat
+        return Invalid(None, INVALID_REQUEST, "Invalid Request: the object's keys cannot be read")
+    raw_id = doc.get("id", msgspec.UNSET)
+    if not _plain_id(raw_id):
         return Invalid(None, INVALID_REQUEST, "Invalid Request: id must be a string, number or null")
-    if doc.get("jsonrpc") != JSONRPC:
+    req_id: Id = None if raw_id is msgspec.UNSET else raw_id
+    if _value(doc.get("jsonrpc")) != JSONRPC:
         return Invalid(req_id, INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be exactly "2.0"')
-    method = doc.get("method")
+    method = _value(doc.get("method"))
     if not isinstance(method, str):
         return Invalid(req_id, INVALID_REQUEST, 'Invalid Request: "method" must be a string')
     extra = set(doc) - {"jsonrpc", "method", "params", "id"}
     if extra:
         return Invalid(req_id, INVALID_REQUEST, f"Invalid Request: unknown members {sorted(extra)}")
-    params = doc.get("params", {})
-    if params is None:
-        params = {}
-    if isinstance(params, list):
-        if params:
+    params = doc.get("params")
+    first = b"n" if params is None else bytes(memoryview(params)[:1])
+    if first == b"n" and (params is None or bytes(params) == b"null"):
+        params = msgspec.Raw(b"{}")
+    elif first == b"[":
+        if _value(params) != []:
             return Invalid(req_id, INVALID_PARAMS, "Invalid params: pass params by name, as an object")
-        params = {}
-    if not isinstance(params, dict):
+        params = msgspec.Raw(b"{}")
+    elif first != b"{":
         return Invalid(req_id, INVALID_REQUEST, 'Invalid Request: "params" must be an object or an array')
-    return Request(method, params, req_id, not has_id)
+    assert params is not None
+    return Request(method, params, req_id, raw_id is msgspec.UNSET)
+
+
+def _value(raw: msgspec.Raw | None) -> object:
+    """A small member's value; anything unreadable is ``None`` (and so refused by the caller)."""
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except _DECODE_ERRORS:
+        return None
 
 
 def result_response(req_id: Id, result: Any) -> dict[str, Any]:

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from sidecar.errors import ConflictError
 from sidecar.rpc.dispatch import NoParams, Registry
-from sidecar.rpc.protocol import Framer, FrameTooLarge, parse_message
+from sidecar.rpc.protocol import (
+    Framer,
+    FrameTooLarge,
+    Invalid,
+    Limits,
+    mend_lone_surrogates,
+    nesting_exceeds,
+    parse_message,
+)
 
 
 class Subtract(msgspec.Struct, forbid_unknown_fields=True):
@@ -26,6 +34,24 @@ registry: Registry[None] = Registry()
 @registry.method("subtract", Subtract, int, "a - b")
 async def subtract(p: Subtract, ctx: None) -> int:
     return p.minuend - p.subtrahend
+
+
+class Pad(msgspec.Struct, forbid_unknown_fields=True):
+    n: int
+
+
+class Greet(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+@registry.method("greet", Greet, str, "hello")
+async def greet(p: Greet, ctx: None) -> str:
+    return f"hello {p.name}"
+
+
+@registry.method("pad", Pad, str, "n bytes of answer")
+async def pad(p: Pad, ctx: None) -> str:
+    return "x" * p.n
 
 
 @registry.method("update", NoParams, None, "a notification target")
@@ -166,3 +192,82 @@ def test_fuzz_never_crashes_and_always_answers_validly(line: str | bytes) -> Non
     reply = json.loads(out)
     for r in reply if isinstance(reply, list) else [reply]:
         check_reply(r)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.integers(1, 8))
+def test_nesting_is_measured_exactly_and_strings_do_not_count(value: object, limit: int) -> None:
+    line = json.dumps(value).encode()
+    assert nesting_exceeds(line, limit) is (_depth(value) > limit)
+    quoted = json.dumps({"s": json.dumps(value)}).encode()  # the same brackets, inside a string
+    assert nesting_exceeds(quoted, 1) is False
+
+
+def test_unbalanced_brackets_are_not_json() -> None:
+    assert nesting_exceeds(b"[" * 100, 64) is None
+    assert nesting_exceeds(b'{"a":"\\\\"}' + b"]" * 100, 64) is None
+    assert parse_message(b"[" * 1000).items[0].code == -32700  # type: ignore[union-attr]
+
+
+def test_deep_lines_are_refused_before_any_decoder_recurses() -> None:
+    deep = b'{"jsonrpc":"2.0","id":1,"method":"subtract","params":{"a":' + b"[" * 3000 + b"]" * 3000 + b"}}"
+    item = parse_message(deep).items[0]
+    assert isinstance(item, Invalid) and item.code == -32600 and "max_depth" in item.message
+    ok = parse_message(deep, Limits(max_depth=3002))  # were it allowed, msgspec itself would recurse
+    assert isinstance(ok.items[0], Invalid)  # ... and that is caught too, never raised
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=20))
+def test_lone_surrogates_mend_and_everything_else_is_kept(text: str) -> None:
+    escaped = json.dumps(text)  # ascii escapes: every non-BMP character is a surrogate pair
+    assert json.loads(mend_lone_surrogates(escaped.encode())) == text
+    lone = escaped[:-1] + '\\ud83d"'
+    assert json.loads(mend_lone_surrogates(lone.encode())) == text + "\ufffd"
+    literal = escaped[:-1] + '\\\\ud83d"'  # an escaped backslash, then letters: not an escape
+    assert json.loads(mend_lone_surrogates(literal.encode())) == text + "\\ud83d"
+
+
+def test_ids_are_echoed_byte_for_byte() -> None:
+    for rid in ["123456789012345678901234567890", "1e400", "1.0", "-0", '"a"', "null"]:
+        out = anyio.run(
+            registry.handle, parse_message(f'{{"jsonrpc":"2.0","id":{rid},"method":"update"}}'.encode()), None
+        )
+        assert out is not None and out.startswith(f'{{"jsonrpc":"2.0","id":{rid},'.encode())
+    bad = roundtrip('{"jsonrpc":"2.0","id":true,"method":"update"}')
+    assert bad["error"]["code"] == -32600 and bad["id"] is None
+
+
+def test_batch_members_and_reply_bytes_are_capped() -> None:
+    member = '{{"jsonrpc":"2.0","id":{0},"method":"pad","params":{{"n":300}}}}'
+    members = ",".join(member.format(i) for i in range(11))
+    too_many = parse_message(f"[{members}]".encode(), Limits(max_batch=10))
+    assert not too_many.batch and "max_batch" in too_many.items[0].message  # type: ignore[union-attr]
+    # 11 answers of ~340 bytes: a 2,000-byte line holds some; the rest are refused, each by id.
+    out = anyio.run(registry.handle, parse_message(f"[{members}]".encode()), None, 2000)
+    assert out is not None and len(out) <= 2000
+    replies = json.loads(out)
+    assert sorted(r["id"] for r in replies) == list(range(11))
+    kept = [r for r in replies if "result" in r]
+    assert 0 < len(kept) < 11 and all(r["error"]["code"] == -32005 for r in replies if "error" in r)
+    # When not even the refusals fit, the batch gets one error.
+    out = anyio.run(registry.handle, parse_message(f"[{members}]".encode()), None, 300)
+    assert out is not None and json.loads(out)["error"]["code"] == -32005
+    # A single answer too large is refused by its id.
+    single = anyio.run(registry.handle, parse_message(member.format(7).encode()), None, 300)
+    assert single is not None and json.loads(single)["id"] == 7 and json.loads(single)["error"]["code"] == -32005
+
+
+def test_invalid_params_name_the_field() -> None:
+    bad = roundtrip('{"jsonrpc": "2.0", "method": "subtract", "params": {"minuend": "x", "subtrahend": 1}, "id": 1}')
+    assert bad["error"]["data"] == {"field": "minuend"}
+    utf8 = roundtrip(b'{"jsonrpc": "2.0", "method": "greet", "params": {"name": "\xff"}, "id": 2}')
+    assert utf8["error"]["code"] == -32602 and "UTF-8" in utf8["error"]["message"]
