@@ -107,8 +107,10 @@ def load_config(
                 raw = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, unreadable...
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     known = {"data_dir", "socket", "server", "log", "controller", "llm"}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -55,3 +55,18 @@ def test_a_bad_file_is_an_error_that_names_the_problem(tmp_path: Path, text: str
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
         load_config(str(tmp_path / "nope.toml"), env={})
+
+
+def test_a_config_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    # Found by ./dev fuzz: invalid UTF-8 escaped tomllib as UnicodeDecodeError (a traceback).
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'[server]\nlog_lev\xe5l = "debug"\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(bad), env={})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(str(tmp_path), env={})  # a directory
+
+
+def test_a_bad_choice_lists_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"log_level.*expected one of 'debug', 'info', 'warning', 'error'"):
+        load_config(write(tmp_path, '[server]\nlog_level = "verbose"\n'), env={})

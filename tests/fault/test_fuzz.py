@@ -131,6 +131,58 @@ def test_random_requests_and_batches(daemon) -> None:
     assert_still_whole(daemon)
 
 
+# --- structure-aware: valid requests, then broken the ways an adversary breaks them ---------
+
+hostile_ids = st.sampled_from(
+    ["c1\n", "c1\r", "a/b", "..", "a..b", ".hidden", "a.md", "CON", "x" * 129, "c1\x00", "c\u2215d", "ｃ１", "-a", ""]
+)
+huge_numbers = st.sampled_from(["123456789012345678901234567890", "1e400", "-1e400", "-0", "1e-400", "1.0", "9" * 400])
+
+
+def _nest(inner: bytes, depth: int, kind: str) -> bytes:
+    if kind == "array":
+        return b"[" * depth + inner + b"]" * depth
+    return b'{"k":' * depth + inner + b"}" * depth
+
+
+@st.composite
+def hostile_lines(draw: st.DrawFn) -> bytes:
+    method = draw(method_names())
+    base = {"conversation_id": draw(st.sampled_from(["c1", "c2"]) | hostile_ids), "type": "agent.note"}
+    line = json.dumps({"jsonrpc": "2.0", "id": draw(st.integers(0, 99)), "method": method, "params": base}).encode()
+    how = draw(st.sampled_from(["deep", "utf8", "surrogate", "number", "batch"]))
+    if how == "deep":  # nesting around the limit, and far past it
+        depth = draw(st.sampled_from([60, 62, 63, 64, 65, 66, 200, 999, 5000]))
+        value = _nest(b"1", depth, draw(st.sampled_from(["array", "object"])))
+        return line[:-2] + b',"data":' + value + b"}}"
+    if how == "utf8":  # invalid UTF-8 at any offset
+        at = draw(st.integers(0, len(line)))
+        bad = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80"]))
+        return line[:at] + bad + line[at:]
+    if how == "surrogate":  # lone halves, as JavaScript's slice leaves them, anywhere a string is
+        half = draw(st.sampled_from([b"\\ud83d", b"\\udc00", b"\\ud800\\ud800", b"\\\\ud83d"]))
+        return line[:-2] + b',"data":{"t":"a' + half + b'","' + half + b'":1}}}'
+    if how == "number":  # numbers no machine type holds, where ints and ids go
+        n = draw(huge_numbers).encode()
+        where = draw(st.sampled_from(["id", "limit", "turn", "expected_seq"]))
+        if where == "id":
+            return b'{"jsonrpc":"2.0","id":' + n + b',"method":"sys.health"}'
+        return line[:-2] + b',"' + where.encode() + b'":' + n + b"}}"
+    size = draw(st.sampled_from([1, 2, 999, 1000, 1001]))  # giant batches, at the cap and past it
+    return b"[" + b",".join([line] * size) + b"]"
+
+
+def test_structured_hostile_messages(daemon) -> None:
+    @settings(FUZZ, max_examples=300)
+    @given(hostile_lines())
+    def run(line: bytes) -> None:
+        for message in exchange(daemon.socket_path, line):
+            check(message)
+
+    run()
+    assert_still_whole(daemon)
+
+
 def assert_still_whole(daemon) -> None:
     with Client(daemon.socket_path) as c:
         assert c.call("sys.health")["status"] == "ok"

@@ -1,0 +1,123 @@
+"""Coverage-guided fuzzing of everything a stranger's bytes reach: ``./dev fuzz [SECONDS]``.
+
+One input is split by its first byte between four targets, each of which must answer bad
+input with the project's own errors and nothing else:
+
+- the wire: a line through ``parse_message``, then every request's params through every
+  method's params Struct (what the daemon does before a handler runs);
+- a log file: the bytes as a conversation's log on disk, opened and read (tail, query, get,
+  conversations), where damage must be refused as a :class:`~sidecar.errors.SidecarError`;
+- the task graph file, read as the daemon reads it;
+- the config file, loaded as ``sidecar serve`` loads it.
+
+Any other exception, a hang (libFuzzer's ``-timeout``) or a crash of the interpreter is a
+finding: libFuzzer stops and writes the input to ``crash-*`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import atheris
+
+with atheris.instrument_imports(include=["sidecar", "msgspec"]):
+    import msgspec
+
+    from sidecar.daemon.config import ConfigError, load_config
+    from sidecar.daemon.methods import registry
+    from sidecar.errors import SidecarError
+    from sidecar.log.store import EventStore
+    from sidecar.rpc.dispatch import BadParams
+    from sidecar.rpc.protocol import Invalid, Limits, Message, encode, error_response, parse_message
+    from sidecar.task_graph.store import read_graph
+
+SCRATCH = tempfile.mkdtemp(prefix="sidecar-fuzz-")
+LIMITS = Limits()
+PARAMS = sorted({m.params for m in registry.methods.values()}, key=lambda t: t.__name__)
+
+
+def wire(data: bytes) -> None:
+    message = parse_message(data, LIMITS)
+    assert isinstance(message, Message) and message.items
+    for item in message.items:
+        if isinstance(item, Invalid):
+            encode(error_response(item.id, item.code, item.message))  # the reply must encode
+            continue
+        encode(error_response(item.id, -32600, "x"))
+        for params in PARAMS:
+            try:
+                registry.params_of(item, params)
+            except BadParams:
+                pass
+
+
+def log_file(data: bytes) -> None:
+    root = tempfile.mkdtemp(dir=SCRATCH)
+    os.makedirs(os.path.join(root, "logs"))
+    with open(os.path.join(root, "logs", "c1.jsonl"), "wb") as f:
+        f.write(data)
+    store = EventStore(root, journal=False)
+    try:
+        for step in (
+            lambda: store.load(),
+            lambda: store.tail("c1", 5),
+            lambda: store.query(conversation_id="c1", limit=10),
+            lambda: store.query(limit=10),
+            lambda: store.get("0195a3c2-0000-7000-8000-000000000001"),
+            lambda: store.conversations(),
+            lambda: store.append({"conversation_id": "c1", "type": "fuzz.after"}),
+        ):
+            try:
+                result = step()
+                msgspec.json.encode(result)  # whatever is read back must encode as a reply
+            except SidecarError:
+                pass
+    finally:
+        store.close()
+        _remove(root)
+
+
+def graph_file(data: bytes) -> None:
+    path = os.path.join(SCRATCH, "tasks.graph.json")
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        read_graph(path)
+    except SidecarError:
+        pass
+
+
+def config_file(data: bytes) -> None:
+    path = os.path.join(SCRATCH, "config.toml")
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        load_config(path, env={})
+    except ConfigError:
+        pass
+
+
+TARGETS = (wire, wire, log_file, graph_file, config_file)  # the wire gets the most time
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    TARGETS[data[0] % len(TARGETS)](data[1:])
+
+
+def _remove(root: str) -> None:
+    for top, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+        for name in dirs:
+            os.rmdir(os.path.join(top, name))
+    os.rmdir(root)
+
+
+if __name__ == "__main__":
+    sys.setrecursionlimit(1000)
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
