@@ -436,8 +436,11 @@ class Daemon:
                 if task.conversation_id is not None:
                     self.controller.policy.seed_task(task.conversation_id, task.id, task.owner, now)
 
-            consumers = {"hub": self.hub.publish, "summaries": self.summaries.publish}
-            consumers["controller"] = self.controller.observe
+            consumers = {
+                "hub": self.hub.publish,
+                "summaries": self.summaries.publish,
+                "controller": self.controller.observe,
+            }
 
             def fan_out(events: list[Event]) -> None:  # in the event loop, in commit order
                 for name, consume in consumers.items():  # each on its own: one failing skips none
@@ -542,6 +545,9 @@ class Daemon:
                 await narrate(self, cid, grant.grant_id, text)
         except (LLMError, TimeoutError, OSError, SidecarError) as exc:
             log.warning("narrator.failed", conversation_id=cid, error=str(exc))
+        except Exception:  # a bug: this turn is lost, the daemon is not
+            self.fault("narrator")
+            log.exception("narrator.crashed", conversation_id=cid)
 
     async def _summary_ref(self, cid: str) -> str | None:
         """The summary a decision was made on: cheap, from the incremental state."""
