@@ -149,3 +149,6 @@ class Snapshot:
             for _, line in iter_lines(fd, start, stop):
                 if line.strip():
                     yield line
+            if i + 1 < len(self.segments):  # a sealed segment, read: never hold them all open
+                os.close(seg.fd)
+                seg.fd = -1

@@ -12,13 +12,15 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import structlog
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.errors import InvalidParams, SidecarError
+from sidecar.errors import CorruptLogError, InvalidParams, SidecarError
+from sidecar.log import files
 from sidecar.log.committer import AppendRequest, CommitThread
 from sidecar.log.conversation import LogPaths
 from sidecar.log.events import (
@@ -36,8 +38,16 @@ from sidecar.log.events import (
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal, replay_orphans
 from sidecar.log.reader import Snapshot
-from sidecar.log.scan import QueryFilter, as_filter, decode_lines, run_query
-from sidecar.log.segments import SUFFIX, ArchiveListing, head_decoder
+from sidecar.log.scan import (
+    QueryFilter,
+    QueryStats,
+    ReadBudget,
+    as_filter,
+    decode_lines,
+    run_query,
+    skip_unreadable,
+)
+from sidecar.log.segments import SUFFIX, ArchiveListing, active_path, head_decoder
 from sidecar.log.writer import LogWriter, WriterStats
 
 DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
@@ -99,6 +109,13 @@ class EventStore:
         self._write_lock = threading.Lock()  # whoever holds it drives the writer
         self._committer = CommitThread(self.commit, name=f"sidecar-commit:{self.data_dir}")
         self._indexed_all = False
+        # Cross-conversation reads together keep at most this many snapshots open (each one
+        # or two descriptors): half the writer's share, whatever the number of conversations.
+        self._read_budget = ReadBudget(max(2, files.open_files_budget() // 2))
+        self.query_stats = QueryStats()
+        self.lookup_stats = LookupStats()
+        self._catch_up_lock = threading.Lock()
+        self._catch_ups = 0  # passes started, so that concurrent misses share one
         self.recover()
 
     # --- writing ---------------------------------------------------------------------------
@@ -111,7 +128,8 @@ class EventStore:
         return self.submit([new])[0]
 
     def append_many(self, events: Sequence[NewEvent | dict[str, Any]]) -> list[AppendResult]:
-        """Append several events, all or none; answers in order."""
+        """Append several events, all or none; answers in order. They may name at most as
+        many conversations as the writer holds files open (:class:`InvalidParams` beyond)."""
         return self.submit([as_new_event(e) for e in events])
 
     def submit(self, events: list[NewEvent]) -> list[AppendResult]:
@@ -175,6 +193,7 @@ class EventStore:
                 self._writer.index_conversations([cid])
                 if progress is not None:
                     progress(done, len(cids))
+            self._writer.index_all = True  # from now on the writer indexes what it writes
             self._indexed_all = True
 
     def damaged(self) -> dict[str, str]:
@@ -211,18 +230,46 @@ class EventStore:
         ``wait=False`` raises :class:`BlockingIOError` rather than wait for a lock or do
         slow work (loading, or looking for writes by other processes after a miss)."""
         event_id = check_event_id(event_id)
+        self._ensure_indexed(wait)
+        found = self._find(event_id, wait)
+        if found is None:
+            if not wait:
+                raise BlockingIOError("not found in the index: look again, slowly")
+            self._catch_up()  # perhaps written by another process since we indexed
+            found = self._find(event_id)
+        return found
+
+    def _ensure_indexed(self, wait: bool = True) -> None:
         if not self._indexed_all:
             if not wait:
                 raise BlockingIOError("the id index is not loaded yet")
             self.load()
+
+    def _find(self, event_id: str, wait: bool = True) -> Event | None:
+        """``event_id`` through the index alone, each hit checked against the log."""
         found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id, wait)
-        if not found and not wait:
-            raise BlockingIOError("not found in the index: look again, slowly")
-        if not found:  # perhaps written by another process since we indexed
-            with self._write_lock:
-                self._writer.index_conversations(self.conversation_ids())
-            found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id)
         return min(found, key=_order) if found else None
+
+    def _catch_up(self) -> None:
+        """Index what other processes wrote since we last looked, so a miss can be trusted.
+
+        Our own commits keep the index current, so only files that changed on disk since
+        they were indexed are read again: a stat per conversation, without the writer lock,
+        then each changed one indexed under the lock alone. A pass that began after the
+        caller's miss answers for it too, so concurrent misses share one."""
+        ticket = self._catch_ups
+        with self._catch_up_lock:
+            if self._catch_ups != ticket:
+                return
+            self._catch_ups += 1
+            stale = self._writer.stale(self.conversation_ids())
+            reindexed = 0
+            for cid in stale:
+                _wait_for_writers(active_path(self.paths.logs_dir, cid))
+                with self._write_lock:  # held for one conversation, never for the pass
+                    reindexed += self._writer.index_conversations([cid])
+            self.lookup_stats.catch_ups += 1
+            self.lookup_stats.reindexed += reindexed
 
     def _verified(
         self, places: Iterable[tuple[int, int]], check: Callable[[Event], bool], wait: bool = True
@@ -249,7 +296,7 @@ class EventStore:
             merged = {**{k: v for k, v in msgspec.structs.asdict(flt).items() if v is not None}, **merged}
         elif flt is not None:
             merged = {**flt, **merged}
-        return run_query(as_filter(merged), self.conversation_ids(), self.snapshot)
+        return run_query(as_filter(merged), self.conversation_ids(), self.snapshot, self._read_budget, self.query_stats)
 
     def since(self, timestamp: str, *, limit: int | None = None, cursor: str | None = None) -> Page:
         """Events of every conversation with ``timestamp >=`` the given, in time order."""
@@ -273,60 +320,112 @@ class EventStore:
 
         Breadth-first both ways, each event visited once (so cycles end), at most
         ``max_depth`` steps and ``max_events`` events per direction; ``truncated`` says so.
+        The work is bounded by ``max_events``, not by how many ids an event names: ids are
+        looked up a level at a time, the files are caught up with at most once per call,
+        and ``missing`` lists at most ``max_events`` unknown ids.
         """
-        root = self.get(event_id)
+        event_id = check_event_id(event_id)
+        self._ensure_indexed()
+        caught_up = False
+        root = self._find(event_id)
         if root is None:
-            return None
+            self._catch_up()
+            caught_up = True
+            root = self._find(event_id)
+            if root is None:
+                return None
         truncated = False
-        missing: list[str] = []
+        missing: dict[str, None] = {}
 
-        def walk(step: Callable[[Event], list[Event]]) -> list[Event]:
+        def parents(frontier: list[Event], seen: set[str], room: int) -> list[Event]:
+            nonlocal caught_up, truncated
+            refs = [r for r in dict.fromkeys(r.lower() for ev in frontier for r in ev.caused_by) if r not in seen]
+            out: list[Event] = []
+            unknown: list[str] = []
+            for ref in refs:
+                if len(out) >= room:
+                    return out
+                parent = self._find(ref)
+                if parent is None:
+                    unknown.append(ref)
+                else:
+                    out.append(parent)
+            if unknown and not caught_up:  # once per call, for every unknown id at once
+                self._catch_up()
+                caught_up = True
+                still = []
+                for ref in unknown:
+                    if len(out) >= room:
+                        return out  # truncated: what is left is neither found nor known missing
+                    parent = self._find(ref)
+                    if parent is None:
+                        still.append(ref)
+                    else:
+                        out.append(parent)
+                unknown = still
+            for ref in unknown:
+                if len(missing) >= max_events:
+                    truncated = True
+                    break
+                missing.setdefault(ref)
+            return out
+
+        def children(frontier: list[Event], seen: set[str], room: int) -> list[Event]:
+            out: dict[str, Event] = {}
+            for ev in frontier:
+                for place in self._index.children(ev.id):
+                    if len(out) >= room:
+                        return list(out.values())
+                    if place in places_seen:
+                        continue
+                    places_seen.add(place)
+                    for child in self._verified([place], lambda e, p=ev.id: p in e.caused_by):
+                        if child.id not in seen:
+                            out.setdefault(child.id, child)
+            return list(out.values())
+
+        places_seen: set[tuple[int, int]] = set()
+
+        def walk(step: Callable[[list[Event], set[str], int], list[Event]]) -> list[Event]:
+            """Each step returns up to ``room`` new events: one more than fits means truncated."""
             nonlocal truncated
             seen = {root.id}
             found: list[Event] = []
             frontier = [root]
             for _ in range(max_depth):
-                nxt: list[Event] = []
-                for ev in frontier:
-                    for other in step(ev):
-                        if other.id in seen:
-                            continue
-                        if len(found) >= max_events:
-                            truncated = True
-                            return found
-                        seen.add(other.id)
-                        found.append(other)
-                        nxt.append(other)
+                room = max_events - len(found)
+                nxt = step(frontier, seen, room + 1)
+                if len(nxt) > room:
+                    truncated = True
+                    nxt = nxt[:room]
+                seen.update(e.id for e in nxt)
+                found.extend(nxt)
                 if not nxt:
                     return found
                 frontier = nxt
-            truncated = truncated or any(step(ev) for ev in frontier)
+            truncated = truncated or bool(step(frontier, seen, 1))
             return found
 
-        def parents(ev: Event) -> list[Event]:
-            out = []
-            for ref in ev.caused_by:
-                parent = self.get(ref)
-                if parent is None:
-                    if ref not in missing:
-                        missing.append(ref)
-                else:
-                    out.append(parent)
-            return out
-
-        def children(ev: Event) -> list[Event]:
-            return self._verified(self._index.children(ev.id), lambda e: ev.id in e.caused_by)
-
         upstream = sorted(walk(parents), key=_order)
+        places_seen.clear()
         downstream = sorted(walk(children), key=_order)
-        return Causality(event=root, upstream=upstream, downstream=downstream, missing=missing, truncated=truncated)
+        return Causality(
+            event=root, upstream=upstream, downstream=downstream, missing=list(missing), truncated=truncated
+        )
 
     def conversations(self) -> list[ConversationInfo]:
-        """Each conversation with its event count and first and last timestamps."""
+        """Each conversation with its event count and first and last timestamps.
+
+        One conversation open at a time; one whose files cannot be read is left out (and
+        logged), not allowed to fail the whole listing."""
         out = []
         for cid in self.conversation_ids():
-            with self.snapshot(cid) as snap:
-                first, newest = snap.first_line(), snap.newest_lines(1)
+            try:
+                with self.snapshot(cid) as snap:
+                    first, newest = snap.first_line(), snap.newest_lines(1)
+            except (OSError, CorruptLogError) as exc:
+                skip_unreadable(cid, exc)
+                continue
             if first is None or not newest:
                 continue
             try:
@@ -361,3 +460,23 @@ class EventStore:
 
 def _order(event: Event) -> tuple[str, str, int]:
     return event.timestamp, event.conversation_id, event.seq
+
+
+@dataclass
+class LookupStats:
+    """What misses of the id index cost: catch-up passes, and conversations they re-read."""
+
+    catch_ups: int = 0
+    reindexed: int = 0
+
+
+def _wait_for_writers(path: str) -> None:
+    """Wait, holding no lock of ours, until no writer in another process holds ``path``:
+    the indexing that follows then takes the file's lock at once, not behind the writer
+    lock that every append of this process needs."""
+    try:
+        fd = files.lock_path(path, exclusive=False, create=False)
+    except OSError:
+        return  # the indexing that follows reports it
+    if fd is not None:
+        files.unlock_close(fd)

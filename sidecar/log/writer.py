@@ -13,6 +13,7 @@ Only one thread at a time may call into a :class:`LogWriter` (the store's commit
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -83,7 +84,8 @@ class LogWriter:
         self.conversations: dict[str, Conversation] = {}
         self.by_no: list[Conversation] = []
         self._fds: OrderedDict[str, int] = OrderedDict()
-        self.max_open_files = files.open_files_budget()
+        self.max_open_files = files.open_files_budget()  # also the most one commit holds
+        self.index_all = False  # set once every conversation is indexed: keep new ones indexed too
         self._pool: ThreadPoolExecutor | None = None
         self.on_commit: Callable[[list[Event]], None] | None = None  # new events, once durable
 
@@ -157,29 +159,32 @@ class LogWriter:
         """fdatasync every file the journal covers, then delete the journal."""
         if self.journal is None:
             return
-        opened: list[int] = []
-        fds = []
-        for cid in sorted(self._dirty):
-            fd = self._fds.get(cid)
-            if fd is None:
-                try:
-                    fd = os.open(active_path(self.paths.logs_dir, cid), os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue  # rotated, and fdatasync'd when it was
-                opened.append(fd)
-            fds.append(fd)
+        cached = [self._fds[cid] for cid in sorted(self._dirty) if cid in self._fds]
+        others = [cid for cid in sorted(self._dirty) if cid not in self._fds]
         try:
-            self._sync_all(fds)
+            self._sync_all(cached)
+            for i in range(0, len(others), self.max_open_files):  # never more open than our share
+                self._sync_paths(others[i : i + self.max_open_files])
         except OSError as exc:
-            log.error("log.checkpoint_failed", error=str(exc), files=len(fds))
+            log.error("log.checkpoint_failed", error=str(exc), files=len(self._dirty))
             self.journal.detach()  # the only durable copy now: kept for replay, never reused
             raise
-        finally:
-            for fd in opened:
-                os.close(fd)
         self._dirty.clear()
         self.journal.retire()
         self.stats.checkpoints += 1
+
+    def _sync_paths(self, cids: list[str]) -> None:
+        fds = []
+        try:
+            for cid in cids:
+                try:
+                    fds.append(os.open(active_path(self.paths.logs_dir, cid), os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    continue  # rotated, and fdatasync'd when it was
+            self._sync_all(fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _abandon_journal(self) -> None:
         """After a failed journal fsync: make the files durable on their own, start a new journal."""
@@ -208,6 +213,7 @@ class LogWriter:
             conv.loaded = False  # re-read it, ids and all, next time
         finally:
             self._release(cid)
+            self._trim_fds()  # a journal may name more conversations than we may hold open
 
     # --- reading back, for idempotence --------------------------------------------------------
 
@@ -232,8 +238,10 @@ class LogWriter:
                     return line_with_seq(f.fileno(), os.fstat(f.fileno()).st_size, seq)
         return None
 
-    def index_conversations(self, cids: Iterable[str]) -> None:
-        """Load and index ``cids`` (repairing torn tails, flagging damage)."""
+    def index_conversations(self, cids: Iterable[str]) -> int:
+        """Load and index ``cids`` (repairing torn tails, flagging damage); returns how many
+        had to be read. Holds no more files open than between two batches."""
+        done = 0
         for cid in cids:
             conv = self.conversations.get(cid)
             if conv is not None and conv.indexed and not self._changed_on_disk(conv):
@@ -244,6 +252,20 @@ class LogWriter:
                 log.error("log.index_failed", conversation_id=cid, error=str(exc))
                 continue
             self._release(cid)
+            self._trim_fds()
+            done += 1
+        return done
+
+    def stale(self, cids: Iterable[str]) -> list[str]:
+        """Those of ``cids`` not indexed, or whose file changed on disk since: a stat each.
+
+        Safe without the writer lock (a hint: :meth:`index_conversations` checks again)."""
+        out = []
+        for cid in cids:
+            conv = self.conversations.get(cid)
+            if conv is None or not conv.indexed or self._changed_on_disk(conv):
+                out.append(cid)
+        return out
 
     def _changed_on_disk(self, conv: Conversation) -> bool:
         try:
@@ -257,18 +279,55 @@ class LogWriter:
     def commit(self, batch: list[AppendRequest]) -> None:
         """Write ``batch`` durably; fills in every request's results or error.
 
+        A batch that names more conversations than we may hold open is committed in parts,
+        in order, each request whole inside one part; a single request naming more than
+        that is refused, since its all-or-nothing needs every file locked at once.
+        """
+        limit = self.max_open_files
+        part: list[AppendRequest] = []
+        wanted: dict[str, bool] = {}  # conversation -> whether its ids must be indexed
+        for req in batch:
+            events = req.events
+            if len(events) == 1:  # the usual request: one event, one conversation
+                ev = events[0]
+                cid = ev.conversation_id
+                if cid not in wanted and len(wanted) >= limit:
+                    self._commit_part(part, wanted)
+                    part, wanted = [], {}
+                wanted[cid] = wanted.get(cid, False) or ev.id is not None
+                part.append(req)
+                continue
+            own: dict[str, bool] = {}
+            for ev in events:
+                own[ev.conversation_id] = own.get(ev.conversation_id, False) or ev.id is not None
+            if len(own) > limit:
+                req.error = InvalidParams(
+                    f"these events name {len(own)} conversations; one call may name at most {limit} "
+                    "here (the files it must hold open at once): split it",
+                    {"conversations": len(own), "max_conversations": limit},
+                )
+                continue
+            if len(wanted) + sum(cid not in wanted for cid in own) > limit:
+                self._commit_part(part, wanted)
+                part, wanted = [], {}
+            for cid, want in own.items():
+                wanted[cid] = wanted.get(cid, False) or want
+            part.append(req)
+        if part:
+            self._commit_part(part, wanted)
+
+    def _commit_part(self, batch: list[AppendRequest], wanted: dict[str, bool]) -> None:
+        """Commit requests that together name at most ``max_open_files`` conversations.
+
         Files are locked in sorted order so writers in several processes never deadlock.
         """
-        wanted: dict[str, bool] = {}
-        for req in batch:
-            for ev in req.events:
-                wanted[ev.conversation_id] = wanted.get(ev.conversation_id, False) or ev.id is not None
+        self._make_room(wanted)
         pendings: dict[str, _Pending] = {}
         unopened: dict[str, SidecarError] = {}
         try:
             for cid in sorted(wanted):
                 try:
-                    conv, fd = self._acquire(cid, wanted[cid])
+                    conv, fd = self._acquire(cid, wanted[cid] or self.index_all)
                 except OSError as exc:
                     unopened[cid] = _storage_error(exc, f"open the log of {cid!r}")
                     continue
@@ -314,17 +373,33 @@ class LogWriter:
 
     def _trim_fds(self) -> None:
         """Close the coldest files past the limit (all are unlocked between batches)."""
-        while len(self._fds) > self.max_open_files:
-            cid, fd = self._fds.popitem(last=False)
-            if cid in self._dirty:
-                try:
-                    files.fdatasync(fd)
-                    self._dirty.discard(cid)
-                except OSError as exc:
-                    log.error("log.checkpoint_failed", error=str(exc), conversation_id=cid)
-                    if self.journal is not None:
-                        self.journal.detach()
-            os.close(fd)
+        excess = len(self._fds) - self.max_open_files
+        if excess > 0:
+            self._evict(list(itertools.islice(self._fds, excess)))
+
+    def _make_room(self, wanted: dict[str, bool]) -> None:
+        """Close cached files this commit does not need, so that it holds at most the limit."""
+        excess = len(self._fds) + len(wanted) - self.max_open_files
+        if excess <= 0:
+            return
+        excess -= sum(cid in self._fds for cid in wanted)
+        if excess > 0:
+            self._evict(list(itertools.islice((c for c in self._fds if c not in wanted), excess)))
+
+    def _evict(self, cids: list[str]) -> None:
+        """Close these cached, unlocked files; those only the journal made durable are
+        fdatasync'd first (together), so a checkpoint never has to reopen them."""
+        dirty = [cid for cid in cids if cid in self._dirty]
+        if dirty:
+            try:
+                self._sync_all([self._fds[cid] for cid in dirty])
+                self._dirty.difference_update(dirty)
+            except OSError as exc:
+                log.error("log.checkpoint_failed", error=str(exc), conversations=dirty)
+                if self.journal is not None:
+                    self.journal.detach()
+        for cid in cids:
+            os.close(self._fds.pop(cid))
 
     def _stage(
         self,
