@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sidecar.clock import Clock
@@ -24,11 +25,12 @@ class Grant:
 class GrantBook:
     """Issues and redeems grants; all time comes from the injected clock."""
 
-    def __init__(self, clock: Clock, ttl_s: float) -> None:
+    def __init__(self, clock: Clock, ttl_s: float, max_kept: int = 10_000) -> None:
         self.clock = clock
         self.ttl_s = ttl_s
-        self._by_id: dict[str, Grant] = {}
-        self._current: dict[str, Grant] = {}  # conversation -> its newest grant
+        self.max_kept = max_kept  # expired grants kept beyond this are forgotten early
+        self._by_id: OrderedDict[str, Grant] = OrderedDict()  # in the order issued
+        self._current: dict[str, Grant] = {}  # conversation -> its newest grant, while kept
 
     def outstanding(self, cid: str) -> Grant | None:
         """The conversation's grant if it is still good (unused and unexpired)."""
@@ -50,12 +52,23 @@ class GrantBook:
             expires_mono=now + self.ttl_s,
             expires_at=format_timestamp(self.clock.now_ns() + int(self.ttl_s * 1e9)),
         )
+        self._forget(now)
         self._by_id[grant.grant_id] = grant
         self._current[cid] = grant
-        if len(self._by_id) > 10_000:  # forget long-dead grants
-            for old in [g for g in self._by_id.values() if g.used or now >= g.expires_mono][:5_000]:
-                self._by_id.pop(old.grant_id, None)
         return grant
+
+    def _forget(self, now: float) -> None:
+        """Drop grants expired for a whole ttl (a late redeem still hears "expired", not
+        "unknown"), sooner beyond ``max_kept``. Oldest first, so amortized O(1) an issue,
+        whatever the number of conversations."""
+        by_id = self._by_id
+        while by_id:
+            oldest = next(iter(by_id.values()))
+            if now < oldest.expires_mono or (now < oldest.expires_mono + self.ttl_s and len(by_id) < self.max_kept):
+                return
+            del by_id[oldest.grant_id]
+            if self._current.get(oldest.conversation_id) is oldest:
+                del self._current[oldest.conversation_id]
 
     def redeem(self, cid: str, grant_id: str) -> Grant:
         """Use a grant once; -32004 says why not (unknown, used, expired, other conversation)."""

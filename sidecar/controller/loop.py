@@ -4,6 +4,10 @@ The decisions come from a policy (:class:`~sidecar.controller.policy.RulePolicy`
 module turns them into grants and events. All timekeeping goes through the injected clock:
 :meth:`Controller.tick` does whatever is due *now*, so tests advance a manual clock and
 tick, and only :meth:`Controller.run` waits in real time.
+
+The controller must not die: a fault in one tick (a bug, a hostile event's data) is logged
+with its traceback and the loop goes on after a short back-off; a fault with one decision
+costs that decision only.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
 
 from sidecar.clock import Clock
 from sidecar.controller.grants import Grant, GrantBook
-from sidecar.controller.policy import Decision, RulePolicy
+from sidecar.controller.policy import ConversationState, Decision, RulePolicy
 from sidecar.errors import SidecarError
 from sidecar.log.events import Event, NewEvent
 
@@ -27,6 +32,39 @@ SummaryRef = Callable[[str], Awaitable[str | None]]
 # Asked before speaking (except to a waiting user): (conversation, rules' reason) -> (speak?, why).
 # Any exception means "no opinion": the rules' decision stands.
 Advisor = Callable[[str, str], Awaitable[tuple[bool, str]]]
+Sleep = Callable[[float], Awaitable[None]]
+
+MAX_LISTED_TASKS = 100  # task ids named in one watchdog.idle: it must fit in one event
+
+
+class _Outstanding:
+    """The conversations holding a grant, asked one at a time: O(1) each, not a set of all."""
+
+    def __init__(self, grants: GrantBook) -> None:
+        self.grants = grants
+
+    def __contains__(self, cid: object) -> bool:
+        return isinstance(cid, str) and self.grants.outstanding(cid) is not None
+
+
+class _Faults:
+    """Logs each kind of fault once with its traceback, then only every power-of-two repeat,
+    so a fault that persists cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def report(self, what: str, exc: BaseException, **context: Any) -> None:
+        self.count += 1
+        key = (what, f"{type(exc).__name__}: {exc}"[:200])
+        n = self._seen[key] = self._seen.get(key, 0) + 1
+        if len(self._seen) > 1000:  # bounded: forget the kinds seen so far
+            self._seen = {key: n}
+        if n == 1:
+            log.error(what, error=key[1], exc_info=exc, **context)
+        elif n & (n - 1) == 0:
+            log.error(what, error=key[1], repeats=n, **context)
 
 
 class Controller:
@@ -39,6 +77,10 @@ class Controller:
         summary_ref: SummaryRef | None = None,
         advisor: Advisor | None = None,
         on_grant: Callable[[Grant], None] | None = None,
+        *,
+        fault_backoff_s: float = 0.05,
+        max_fault_backoff_s: float = 2.0,
+        sleep: Sleep = anyio.sleep,
     ) -> None:
         self.policy = policy
         self.grants = grants
@@ -47,14 +89,22 @@ class Controller:
         self.summary_ref = summary_ref
         self.advisor = advisor
         self.on_grant = on_grant
+        self.fault_backoff_s = fault_backoff_s
+        self.max_fault_backoff_s = max_fault_backoff_s
+        self._sleep = sleep
+        self.faults = _Faults()
         self._wakeup = anyio.Event()
 
     # --- input -----------------------------------------------------------------------------------
 
     def observe(self, events: list[Event]) -> None:
+        """Called in commit order from the event loop: must never raise into the publisher."""
         now = self.clock.monotonic()
         for event in events:
-            self.policy.observe(event, now)
+            try:
+                self.policy.observe(event, now)
+            except Exception as exc:  # a bug: lose this event, never the ones after it
+                self.faults.report("controller.observe_failed", exc, conversation_id=event.conversation_id)
         self._wakeup.set()
 
     def heartbeat(self, cid: str, task_id: str | None) -> None:
@@ -66,79 +116,121 @@ class Controller:
     async def tick(self) -> list[Decision]:
         """Do what is due now: decisions, grants, watchdog and stall reports."""
         now = self.clock.monotonic()
-        granted = {cid for cid in self.policy.conversations if self.grants.outstanding(cid) is not None}
-        decisions = self.policy.due(now, granted)
+        decisions = self.policy.due(now, _Outstanding(self.grants))
         events: list[NewEvent] = []
         issued: list[Grant] = []
         for d in decisions:
-            st = self.policy.conversations[d.conversation_id]
-            data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason, "policy": "rules"}
-            if d.speak_now and self.advisor is not None and d.reason != "user_message":
-                try:
-                    speak, why = await self.advisor(d.conversation_id, d.reason)
-                    data.update(policy="llm", llm_reason=why)
-                    if not speak:
-                        data["speak_now"] = d.speak_now = False
-                except Exception as exc:  # a timeout, a malformed answer: the rules decide
-                    log.warning("controller.llm_fallback", conversation_id=d.conversation_id, error=str(exc))
-                    data["policy"] = "rules (llm failed)"
-            grant = None
-            if d.speak_now:
-                grant = self.grants.issue(d.conversation_id, d.reason)
-                if grant is None:  # one outstanding grant per conversation, never two
-                    data.update(speak_now=False, reason="grant outstanding")
-                else:
-                    data.update(grant_id=grant.grant_id, expires_at=grant.expires_at)
-                if self.summary_ref is not None and grant is not None:
-                    data["summary_ref"] = await self.summary_ref(d.conversation_id)
-                if grant is not None:
-                    issued.append(grant)
-            if d.idle:
-                idle_for = round(now - st.last_activity, 3)
-                events.append(
-                    NewEvent(
-                        conversation_id=d.conversation_id,
-                        type="watchdog.idle",
-                        visibility="status",
-                        level="state",
-                        data={
-                            "idle_for_s": idle_for,
-                            "open_tasks": sorted(st.open_tasks),
-                            "user_waiting": st.user_waiting_since is not None,
-                        },
-                    )
-                )
-            for task_id in d.stalled:
-                events.append(
-                    NewEvent(
-                        conversation_id=d.conversation_id,
-                        type="task.stalled",
-                        visibility="status",
-                        level="state",
-                        task_id=task_id,
-                        agent_id=st.open_tasks.get(task_id),
-                        data={"silent_for_s": round(now - st.task_seen.get(task_id, now), 3)},
-                    )
-                )
-            events.append(
-                NewEvent(conversation_id=d.conversation_id, type="controller.decision", level="decision", data=data)
-            )
-        if events:
             try:
-                await self.emit(events)
-            except SidecarError as exc:
-                log.error("controller.emit_failed", error=exc.message)
+                events += await self._carry_out(d, self.policy.conversations[d.conversation_id], now, issued)
+            except Exception as exc:  # this decision is lost; the others stand
+                self.faults.report("controller.decision_failed", exc, conversation_id=d.conversation_id)
+        if events:
+            await self._emit(events)
         if self.on_grant is not None:
             for grant in issued:
                 self.on_grant(grant)
         return decisions
 
+    async def _carry_out(self, d: Decision, st: ConversationState, now: float, issued: list[Grant]) -> list[NewEvent]:
+        """One decision as grants and events."""
+        events: list[NewEvent] = []
+        data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason, "policy": "rules"}
+        if d.speak_now and self.advisor is not None and d.reason != "user_message":
+            try:
+                speak, why = await self.advisor(d.conversation_id, d.reason)
+                data.update(policy="llm", llm_reason=why)
+                if not speak:
+                    data["speak_now"] = d.speak_now = False
+            except Exception as exc:  # a timeout, a malformed answer: the rules decide
+                log.warning("controller.llm_fallback", conversation_id=d.conversation_id, error=str(exc))
+                data["policy"] = "rules (llm failed)"
+        if d.speak_now:
+            grant = self.grants.issue(d.conversation_id, d.reason)
+            if grant is None:  # one outstanding grant per conversation, never two
+                data.update(speak_now=False, reason="grant outstanding")
+            else:
+                data.update(grant_id=grant.grant_id, expires_at=grant.expires_at)
+                if self.summary_ref is not None:
+                    data["summary_ref"] = await self._summary_ref(d.conversation_id)
+                issued.append(grant)
+        if d.idle:
+            open_tasks = sorted(st.open_tasks)
+            idle_data: dict[str, Any] = {
+                "idle_for_s": round(now - st.last_activity, 3),
+                "open_tasks": open_tasks[:MAX_LISTED_TASKS],
+                "user_waiting": st.user_waiting_since is not None,
+            }
+            if len(open_tasks) > MAX_LISTED_TASKS:
+                idle_data["open_task_count"] = len(open_tasks)
+            events.append(
+                NewEvent(
+                    conversation_id=d.conversation_id,
+                    type="watchdog.idle",
+                    visibility="status",
+                    level="state",
+                    data=idle_data,
+                )
+            )
+        for task_id in d.stalled:
+            events.append(
+                NewEvent(
+                    conversation_id=d.conversation_id,
+                    type="task.stalled",
+                    visibility="status",
+                    level="state",
+                    task_id=task_id,
+                    agent_id=st.open_tasks.get(task_id),
+                    data={"silent_for_s": round(now - st.task_seen.get(task_id, now), 3)},
+                )
+            )
+        events.append(
+            NewEvent(conversation_id=d.conversation_id, type="controller.decision", level="decision", data=data)
+        )
+        return events
+
+    async def _summary_ref(self, cid: str) -> str | None:
+        """The summary's ref, or None: a summary that cannot be rendered (say, data nested
+        too deep) must not cost the waiting user the grant."""
+        assert self.summary_ref is not None
+        try:
+            return await self.summary_ref(cid)
+        except Exception as exc:
+            self.faults.report("controller.summary_failed", exc, conversation_id=cid)
+            return None
+
+    async def _emit(self, events: list[NewEvent]) -> None:
+        """All in one append; if that is refused, conversation by conversation, so one that
+        cannot be written does not silence the others."""
+        try:
+            await self.emit(events)
+            return
+        except SidecarError as exc:
+            log.error("controller.emit_failed", error=exc.message)
+        by_cid: dict[str, list[NewEvent]] = {}
+        for event in events:
+            by_cid.setdefault(event.conversation_id, []).append(event)
+        if len(by_cid) < 2:
+            return
+        for cid, group in by_cid.items():
+            try:
+                await self.emit(group)
+            except SidecarError as exc:
+                log.error("controller.emit_failed", conversation_id=cid, error=exc.message)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Tick whenever something arrives or something falls due."""
+        """Tick whenever something arrives or something falls due; survive any fault."""
         task_status.started()
+        backoff = 0.0
         while True:
-            await self.tick()
-            deadline = self.policy.next_deadline()
+            try:
+                await self.tick()
+                deadline = self.policy.next_deadline()
+            except Exception as exc:  # cancellation is not an Exception: it still stops us
+                self.faults.report("controller.tick_failed", exc)
+                backoff = min(max(2 * backoff, self.fault_backoff_s), self.max_fault_backoff_s)
+                await self._sleep(backoff)  # a fault that persists cannot spin
+                continue
+            backoff = 0.0
             timeout = None if deadline is None else max(0.0, deadline - self.clock.monotonic())
             with anyio.move_on_after(timeout):
                 await self._wakeup.wait()
@@ -147,6 +239,7 @@ class Controller:
     # --- status ----------------------------------------------------------------------------------
 
     def status(self, cid: str) -> dict[str, Any]:
+        """The gate and why; a conversation forgotten while quiet reads as one never seen."""
         now = self.clock.monotonic()
         st = self.policy.conversations.get(cid)
         grant = self.grants.outstanding(cid)

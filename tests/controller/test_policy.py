@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from sidecar.controller.policy import RulePolicy
 from sidecar.log.events import Event
@@ -10,18 +11,28 @@ from sidecar.log.events import Event
 _seq = itertools.count(1)
 
 
-def ev(type_: str, cid: str = "c1", *, task: dict | None = None, task_id: str | None = None, level: str = "action"):
+def ev(
+    type_: str,
+    cid: str = "c1",
+    *,
+    task: dict | None = None,
+    task_id: str | None = None,
+    level: str = "action",
+    visibility: str | None = None,
+    data: Any = None,
+) -> Event:
+    """An event as the log would hand it over; the chat's own types default to visibility user."""
     return Event(
         id=f"00000000-0000-7000-8000-{next(_seq):012d}",
         seq=next(_seq),
         timestamp="2026-11-23T10:00:00.000000Z",
         conversation_id=cid,
         type=type_,
-        visibility="user" if type_ in ("user.message", "narrator.message") else "internal",
+        visibility=visibility or ("user" if type_ in ("user.message", "narrator.message") else "internal"),
         level=level,
         task_id=task_id or (task or {}).get("id"),
         caused_by=[],
-        data={"task": task} if task else {},
+        data=data if data is not None else ({"task": task} if task else {}),
     )
 
 
@@ -126,3 +137,82 @@ def test_conversations_are_independent() -> None:
     p.observe(ev("user.message", "a"), 0.0)
     p.observe(ev("agent.error", "b"), 0.0)
     assert sorted(reasons(p.due(0.1, set()))) == [("a", True, "user_message"), ("b", True, "error")]
+
+
+def test_only_the_chat_itself_is_a_user_waiting_or_an_answer() -> None:
+    """Any client may log.append a user.message or narrator.message, but not with visibility
+    user: only chat.user_message and narrator.say write those. The rest is mere activity."""
+    p = policy()
+    p.observe(ev("user.message", visibility="internal"), 0.0)
+    p.observe(ev("user.message", visibility="status"), 0.0)
+    assert p.conversations["c1"].user_waiting_since is None
+    assert p.due(1.0, set()) == []  # nobody is waiting: no grant
+    p.observe(ev("user.message"), 2.0)  # the chat itself
+    p.observe(ev("narrator.message", visibility="status"), 2.01)
+    p.observe(ev("narrator.message", visibility="internal"), 2.02)
+    assert reasons(p.due(2.1, set())) == [("c1", True, "user_message")]
+    st = p.conversations["c1"]
+    assert st.user_waiting_since == 2.0  # still waiting: a note on the rail answered nothing
+    assert st.last_narration is None  # and it starts no min_gap either
+    p.observe(ev("task.updated", task={"id": "t1", "status": "done"}), 3.0)
+    p.observe(ev("narrator.message"), 3.0)  # the narrator answers, through its grant
+    assert p.conversations["c1"].user_waiting_since is None
+
+
+def nested(depth: int) -> list:
+    """A list nested ``depth`` deep, built without recursion."""
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+HOSTILE_TASKS: list[Any] = [
+    [1, 2],
+    "t1",
+    5,
+    True,
+    nested(5000),
+    {"id": 5, "status": {}},
+    {"id": 5, "status": "running"},
+    {"id": ["t"], "status": "running"},
+    {"id": {"a": 1}, "status": "done"},
+    {"id": "t1", "status": ["running"]},
+    {"id": "t1", "status": None},
+    {"id": "t1", "status": 3},
+    {"id": "", "status": "running"},
+    {"id": "x" * 300, "status": "running"},
+    {"id": nested(5000), "status": nested(5000)},
+    {"id": "t2", "status": "running", "owner": {"deep": nested(5000)}},
+    {"id": "t3", "status": "running", "owner": 7},
+    {"id": "t4", "status": "running", "owner": ""},
+]
+
+
+def test_hostile_task_data_is_taken_in_without_trusting_its_shape() -> None:
+    """event.data is whatever a client wrote: no shape makes observe raise, and nothing that
+    is not a proper id or owner reaches the events the controller writes (or status)."""
+    p = policy(idle_timeout_s=10.0, stall_timeout_s=20.0)
+    for i, task in enumerate(HOSTILE_TASKS):
+        p.observe(ev("task.created" if i % 2 else "task.updated", data={"task": task}), 0.0)
+    for data in ({"task": None}, {"other": 1}, {}):
+        p.observe(ev("task.updated", data=data), 0.0)
+    st = p.conversations["c1"]
+    assert st.open_tasks == {"t2": None, "t3": None, "t4": None}  # ids kept, owners that are not names dropped
+    (idle,) = p.due(10.0, set())
+    assert (idle.reason, idle.idle) == ("idle", True)
+    (stall,) = p.due(20.0, set())
+    assert stall.stalled == ["t2", "t3", "t4"]
+    p.observe(ev("user.message"), 21.0)  # and it goes on deciding
+    assert reasons(p.due(21.05, set())) == [("c1", True, "user_message")]
+
+
+def test_a_stall_report_read_back_is_no_sign_of_life() -> None:
+    """The controller's own task.stalled comes back through the log: it must not revive the
+    task (reported again every stall_timeout_s) nor reset the idle watchdog."""
+    p = policy(idle_timeout_s=100.0, stall_timeout_s=20.0)
+    p.observe(ev("task.created", task={"id": "t1", "status": "running"}), 0.0)
+    assert p.due(20.0, set())[0].stalled == ["t1"]
+    p.observe(ev("task.stalled", task_id="t1", visibility="status"), 20.0)
+    assert p.due(40.0, set()) == []  # reported once
+    assert reasons(p.due(100.0, set())) == [("c1", True, "idle")]  # quiet since 0, not since 20

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import pytest
 from sidecar_client import Client, RpcError
 
@@ -91,3 +93,75 @@ def test_open_work_is_watched_after_a_restart(start_daemon, tmp_path) -> None:
     notes = read_notifications(second.socket_path, {"conversation_id": "c7", "types": ["watchdog.idle"]})
     event = next(notes)["params"]["event"]  # it knows t-long is open, and notices the silence
     assert event["data"]["open_tasks"] == ["t-long"]
+
+
+def _next_of(events: Iterable[dict], pred: Callable[[dict], bool]) -> dict:
+    """The first of ``events`` (a subscription) that satisfies ``pred``."""
+    return next(e for e in events if pred(e))
+
+
+def test_only_the_chat_itself_opens_the_gate(start_daemon) -> None:
+    """log.append may write a user.message or narrator.message, just not with visibility user
+    (-32003). Such an event is no user waiting, and no answer to one."""
+    d = start_daemon(config_text=CONFIG)
+    with Client(d.socket_path) as watcher, Client(d.socket_path) as c:
+        decisions = watcher.subscribe({"types": ["controller.decision"]})
+        seen = watcher.subscribe({"types": ["user.message", "narrator.message"]})
+        for vis in ("internal", "status"):
+            c.call("log.append", {"conversation_id": "c1", "type": "user.message", "visibility": vis})
+            _next_of(seen, lambda e: e["conversation_id"] == "c1")  # published, so observed
+        status = c.call("controller.status", {"conversation_id": "c1"})
+        assert (status["gate"], status["user_waiting"], status["reason"]) == ("closed", False, "nothing to say")
+
+        # A real user in c2: once its decision is out, one for c1 (due no later) would be too.
+        c.call("chat.user_message", {"conversation_id": "c2", "text": "hello?"})
+        decision = next(decisions)
+        assert (decision["conversation_id"], decision["data"]["reason"]) == ("c2", "user_message")
+        assert not [e for e in c.call("log.tail", {"conversation_id": "c1"})["events"] if e["type"].startswith("c")]
+        assert c.call("controller.status", {"conversation_id": "c1"})["gate"] == "closed"
+
+        # A note on the status rail is no answer: c2's user still waits, its grant still stands.
+        c.call(
+            "log.append",
+            {"conversation_id": "c2", "type": "narrator.message", "visibility": "status", "data": {"text": "done"}},
+        )
+        _next_of(seen, lambda e: e["type"] == "narrator.message")
+        status = c.call("controller.status", {"conversation_id": "c2"})
+        assert (status["gate"], status["user_waiting"]) == ("open", True)
+        assert status["grant_id"] == decision["data"]["grant_id"]
+
+
+def test_hostile_task_data_does_not_stop_the_controller(start_daemon) -> None:
+    """task.updated is open to any client, data and all. Ids that are numbers, lists or
+    dicts, owners that are objects: none may stop the controller (a mixed list of ids used
+    to crash the watchdog's tick, and the daemon with it) or reach an event it writes."""
+    d = start_daemon(config_text="[controller]\nmin_gap_s = 0.1\nidle_timeout_s = 1.0\ngrant_ttl_s = 60.0\n")
+    with Client(d.socket_path) as watcher, Client(d.socket_path) as c:
+        notes = watcher.subscribe({"conversation_id": "h1", "types": ["task.stalled", "controller.decision"]})
+        for task in (
+            [1, 2],
+            {"id": 5, "status": {}},
+            {"id": 5, "status": "running"},
+            {"id": ["t"], "status": "running"},
+            {"id": "t-ok", "status": "running", "owner": {"name": "coder"}},
+            {"id": "t-ok2", "status": [], "owner": "rag"},
+        ):
+            c.call("log.append", {"conversation_id": "h1", "type": "task.updated", "data": {"task": task}})
+        before: list[dict] = []
+        for stalled in notes:  # the watchdog speaks up at 1 s, the stall report follows at 2 s
+            if stalled["type"] == "task.stalled":
+                break
+            before.append(stalled)
+        assert stalled["task_id"] == "t-ok" and stalled.get("agent_id") is None
+        grant_id = _next_of(before, lambda e: e["data"]["reason"] == "idle")["data"]["grant_id"]
+        events = c.call("log.tail", {"conversation_id": "h1", "limit": 50})["events"]  # the log reads back
+        idle = _next_of(events, lambda e: e["type"] == "watchdog.idle")
+        assert idle["data"]["open_tasks"] == ["t-ok"]
+        assert c.call("controller.status", {"conversation_id": "h1"})["open_tasks"] == ["t-ok"]
+
+        c.call("narrator.say", {"conversation_id": "h1", "grant_id": grant_id, "text": "t-ok is silent."})
+        ack = c.call("chat.user_message", {"conversation_id": "h1", "text": "still there?"})
+        answer = _next_of(notes, lambda e: e["type"] == "controller.decision" and e["seq"] > ack["seq"])
+        assert (answer["data"]["speak_now"], answer["data"]["reason"]) == (True, "user_message")  # it decides
+        assert c.call("sys.health")["status"] == "ok"
+    assert d.proc.poll() is None
