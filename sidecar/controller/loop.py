@@ -94,6 +94,7 @@ class Controller:
         self._sleep = sleep
         self.faults = _Faults()
         self._wakeup = anyio.Event()
+        self._advice: anyio.abc.TaskGroup | None = None  # where run() consults the LLM, apart from ticks
 
     # --- input -----------------------------------------------------------------------------------
 
@@ -120,30 +121,59 @@ class Controller:
         events: list[NewEvent] = []
         issued: list[Grant] = []
         for d in decisions:
+            st = self.policy.conversations[d.conversation_id]
+            if self._advice is not None and self._needs_advice(d):
+                # Under run(), the LLM is asked on the side: however slow it is, the other
+                # conversations' decisions (a waiting user's above all) go out on time.
+                self._advice.start_soon(self._advised, d, st, now)
+                continue
             try:
-                events += await self._carry_out(d, self.policy.conversations[d.conversation_id], now, issued)
+                events += await self._carry_out(d, st, now, issued, await self._ask(d))
             except Exception as exc:  # this decision is lost; the others stand
                 self.faults.report("controller.decision_failed", exc, conversation_id=d.conversation_id)
+        await self._publish(events, issued)
+        return decisions
+
+    async def _publish(self, events: list[NewEvent], issued: list[Grant]) -> None:
         if events:
             await self._emit(events)
         if self.on_grant is not None:
             for grant in issued:
                 self.on_grant(grant)
-        return decisions
 
-    async def _carry_out(self, d: Decision, st: ConversationState, now: float, issued: list[Grant]) -> list[NewEvent]:
+    def _needs_advice(self, d: Decision) -> bool:
+        return d.speak_now and self.advisor is not None and d.reason != "user_message"
+
+    async def _ask(self, d: Decision) -> dict[str, Any]:
+        """The LLM's say on a decision to speak, as decision data (``{}``: not asked). A
+        timeout or a malformed answer leaves the rules in charge."""
+        if not self._needs_advice(d):
+            return {}
+        assert self.advisor is not None
+        try:
+            speak, why = await self.advisor(d.conversation_id, d.reason)
+        except Exception as exc:
+            log.warning("controller.llm_fallback", conversation_id=d.conversation_id, error=str(exc))
+            return {"policy": "rules (llm failed)"}
+        if not speak:
+            d.speak_now = False
+        return {"policy": "llm", "llm_reason": why}
+
+    async def _advised(self, d: Decision, st: ConversationState, now: float) -> None:
+        """A decision carried out once the LLM has had its say (a task of its own)."""
+        issued: list[Grant] = []
+        try:
+            events = await self._carry_out(d, st, now, issued, await self._ask(d))
+            await self._publish(events, issued)
+        except Exception as exc:
+            self.faults.report("controller.decision_failed", exc, conversation_id=d.conversation_id)
+
+    async def _carry_out(
+        self, d: Decision, st: ConversationState, now: float, issued: list[Grant], advice: dict[str, Any]
+    ) -> list[NewEvent]:
         """One decision as grants and events."""
         events: list[NewEvent] = []
-        data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason, "policy": "rules"}
-        if d.speak_now and self.advisor is not None and d.reason != "user_message":
-            try:
-                speak, why = await self.advisor(d.conversation_id, d.reason)
-                data.update(policy="llm", llm_reason=why)
-                if not speak:
-                    data["speak_now"] = d.speak_now = False
-            except Exception as exc:  # a timeout, a malformed answer: the rules decide
-                log.warning("controller.llm_fallback", conversation_id=d.conversation_id, error=str(exc))
-                data["policy"] = "rules (llm failed)"
+        data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason, "policy": "rules", **advice}
         if d.speak_now:
             grant = self.grants.issue(d.conversation_id, d.reason)
             if grant is None:  # one outstanding grant per conversation, never two
@@ -219,7 +249,15 @@ class Controller:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Tick whenever something arrives or something falls due; survive any fault."""
-        task_status.started()
+        async with anyio.create_task_group() as advice:
+            self._advice = advice
+            try:
+                task_status.started()
+                await self._loop()
+            finally:
+                self._advice = None
+
+    async def _loop(self) -> None:
         backoff = 0.0
         while True:
             try:

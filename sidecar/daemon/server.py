@@ -485,6 +485,9 @@ class Daemon:
             listener.close()
             if self.connections:
                 log.warning("daemon.connections_left", count=len(self.connections))
+            if getattr(self, "chat", None) is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await self.chat.aclose()  # its pooled connections to the LLM server
             if hasattr(self, "store"):
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()

@@ -6,6 +6,7 @@ import json
 import socket
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from sidecar_client import Client
 
@@ -129,3 +130,44 @@ def test_the_llm_policy_can_hold_the_narrator_back(start_daemon, llm: FakeLLM) -
         assert c.call("controller.status", {"conversation_id": "c1"})["gate"] == "closed"
     system = llm.requests[-1]["messages"][0]["content"]
     assert "speak_now" in system and "error" in system  # the controller template, with the reason
+
+
+@pytest.mark.anyio
+async def test_a_hung_llm_holds_up_no_other_decision() -> None:
+    """Under run(), the LLM is asked on the side: while it hangs over one conversation's
+    error, a user waiting in another is answered, and the error is decided once it speaks."""
+    clock = ManualClock()
+    written: list = []
+    wrote = anyio.Event()
+    asked, answer = anyio.Event(), anyio.Event()
+
+    async def emit(events):
+        written.extend(events)
+        wrote.set()
+
+    async def hung(cid, reason):
+        asked.set()
+        await answer.wait()
+        return True, "worth saying"
+
+    ctl = Controller(RulePolicy(min_gap_s=5, idle_timeout_s=30), GrantBook(clock, 30), clock, emit, advisor=hung)
+    async with anyio.create_task_group() as tg:
+        await tg.start(ctl.run)
+        ctl.observe([ev("agent.error", "slow")])
+        clock.advance(0.1)
+        ctl.observe([])  # wake the loop at the new time
+        with anyio.fail_after(10):
+            await asked.wait()
+        ctl.observe([ev("user.message", "waiting")])
+        clock.advance(0.1)
+        ctl.observe([])
+        with anyio.fail_after(10):
+            await wrote.wait()
+        assert [(e.conversation_id, e.data["reason"]) for e in written] == [("waiting", "user_message")]
+        wrote = anyio.Event()
+        answer.set()
+        with anyio.fail_after(10):
+            await wrote.wait()
+        tg.cancel_scope.cancel()
+    decided = {e.conversation_id: e.data for e in written}
+    assert decided["slow"]["policy"] == "llm" and decided["slow"]["speak_now"] and "grant_id" in decided["slow"]
