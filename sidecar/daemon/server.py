@@ -360,8 +360,15 @@ class Daemon:
             task_graph_writes=self.tasks.writes,
             summary_full_reads=self.summaries.full_reads,
             internal_errors=registry.internal_errors,
-            faults=dict(self.faults),
+            faults=self._faults(),
         )
+
+    def _faults(self) -> dict[str, int]:
+        """Failures contained so far, by where; the controller counts its own."""
+        faults = dict(self.faults)
+        if self.controller.faults.count:
+            faults["controller"] = faults.get("controller", 0) + self.controller.faults.count
+        return faults
 
     # --- start-up ------------------------------------------------------------------------------
 
