@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from sidecar.jsondepth import nesting_exceeds
+
 JSONRPC = "2.0"
 
 PARSE_ERROR = -32700
@@ -124,38 +126,6 @@ _members_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_decoder = msgspec.json.Decoder(msgspec.Raw)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
-
-# Bytes that are not JSON structure, which translate() deletes at C speed while it maps
-# braces to brackets (for depth, an object is an array).
-_NOT_STRUCTURE = bytes(range(256)).translate(None, b'[]{}"')
-_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
-
-
-def nesting_exceeds(line: bytes, limit: int) -> bool | None:
-    """Whether ``line`` nests arrays and objects deeper than ``limit``; ``None`` when its
-    brackets do not balance (it is not JSON). Brackets inside strings do not count.
-
-    Runs at C speed (replace, translate), before any recursive decoder sees the line, so a
-    hostile line costs at most ``limit`` passes over its brackets and never a deep stack."""
-    if b"\\" in line:
-        line = line.replace(b"\\\\", b"")  # escaped backslashes first, then escaped quotes
-    if b'\\"' in line:
-        line = line.replace(b'\\"', b"")
-    s = line.translate(_BRACES_AS_BRACKETS, _NOT_STRUCTURE)
-    if len(s) <= limit:  # the common case: too few brackets to nest that deep
-        return False
-    s = s.replace(b'""', b"")  # empty (or merged adjacent) strings: no brackets inside
-    if b'"' in s:
-        s = b"".join(s.split(b'"')[::2])  # drop what strings still enclose
-    for _ in range(limit):
-        if not s:
-            return False
-        inner = s.replace(b"[]", b"")  # one level: the innermost pairs
-        if len(inner) == len(s):
-            return None
-        s = inner
-    return bool(s)
-
 
 _LONE_SURROGATE = re.compile(
     rb"(\\\\)|\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?|\\u[dD][c-fC-F][0-9a-fA-F]{2}"

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.errors import ConflictError
+from sidecar.jsondepth import nesting_exceeds
 from sidecar.rpc.dispatch import NoParams, Registry
 from sidecar.rpc.protocol import (
     Framer,
@@ -18,7 +19,6 @@ from sidecar.rpc.protocol import (
     Invalid,
     Limits,
     mend_lone_surrogates,
-    nesting_exceeds,
     parse_message,
 )
 
