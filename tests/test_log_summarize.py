@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.context.tokens import DEFAULT_COUNTER
-from sidecar.errors import InvalidParams
+from sidecar.errors import InvalidParams, StorageError
 from sidecar.log.summarize import _drop_bullets, load_snapshot, load_summary, persist_summary, rolling_summary
 
 
@@ -238,3 +239,93 @@ def test_dropping_bullets_drops_the_fewest_least_important(sizes: list[int], cap
         if fits(linear):
             break
     assert _drop_bullets(bullets, render, fits) == linear
+
+
+# --- untrusted files, concurrent writers, and ids that look like file names ---------------------
+
+
+def test_conversations_a_and_a_md_keep_apart(data_dir: Path) -> None:
+    mine, theirs = rolling_summary("a", realistic(30, seed=1)), rolling_summary("a.md", realistic(20, seed=2))
+    for _ in range(2):  # and again, over what the first round left
+        persist_summary("a.md", theirs, data_dir=data_dir)
+        persist_summary("a", mine, data_dir=data_dir)
+    assert load_summary("a", data_dir=data_dir)["markdown"] == mine["markdown"]
+    assert load_summary("a.md", data_dir=data_dir)["markdown"] == theirs["markdown"]
+    assert load_snapshot("a", mine["summary_ref"], data_dir=data_dir) == mine["markdown"]
+    assert load_snapshot("a.md", theirs["summary_ref"], data_dir=data_dir) == theirs["markdown"]
+
+
+def test_the_old_layout_is_still_read_and_moved_when_in_the_way(data_dir: Path) -> None:
+    old = rolling_summary("a.md", realistic(10))
+    # an older version kept conversation a.md's snapshots in summaries/a.md/
+    (data_dir / "summaries" / "a.md").mkdir(parents=True)
+    (data_dir / "summaries" / "a.md" / f"{old['summary_ref']}.md").write_text(old["markdown"])
+    (data_dir / "summaries" / "c1").mkdir()
+    (data_dir / "summaries" / "c1" / f"{old['summary_ref']}.md").write_text(old["markdown"])
+    assert load_snapshot("c1", old["summary_ref"], data_dir=data_dir) == old["markdown"]
+    assert load_summary("a", data_dir=data_dir) is None  # a.md is someone else's directory
+    mine = rolling_summary("a", realistic(5))
+    assert persist_summary("a", mine, data_dir=data_dir).endswith("summaries/a.md")
+    assert load_summary("a", data_dir=data_dir)["summary_ref"] == mine["summary_ref"]
+    assert load_snapshot("a.md", old["summary_ref"], data_dir=data_dir) == old["markdown"]  # moved, kept
+
+
+def test_a_symlink_in_summaries_is_never_followed(data_dir: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("root's secret")
+    summary = rolling_summary("c1", realistic(10))
+    persist_summary("c1", summary, data_dir=data_dir)
+    md = data_dir / "summaries" / "c1.md"
+    md.unlink()
+    md.symlink_to(secret)
+    with pytest.raises(StorageError, match="c1") as info:
+        load_summary("c1", data_dir=data_dir)
+    assert "root's secret" not in info.value.message
+    snapshot = data_dir / "summaries" / "_snapshots" / "c1" / f"{summary['summary_ref']}.md"
+    snapshot.unlink()
+    snapshot.symlink_to(secret)
+    with pytest.raises(StorageError, match="c1"):
+        load_snapshot("c1", summary["summary_ref"], data_dir=data_dir)
+    persist_summary("c1", rolling_summary("c1", realistic(12)), data_dir=data_dir)  # replaces the link
+    assert secret.read_text() == "root's secret" and not md.is_symlink()
+    assert load_summary("other", data_dir=data_dir) is None
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "c1").mkdir(parents=True)
+    (elsewhere / "c1" / f"{'0' * 64}.md").write_text("not ours")
+    (data_dir / "summaries" / "_snapshots").rename(tmp_path / "moved")
+    (data_dir / "summaries" / "_snapshots").symlink_to(elsewhere)
+    with pytest.raises(StorageError, match="symbolic link"):
+        load_snapshot("c1", "0" * 64, data_dir=data_dir)
+    with pytest.raises(StorageError, match="symbolic link"):
+        persist_summary("c1", rolling_summary("c1", realistic(3)), data_dir=data_dir)
+
+
+def test_a_garbage_summary_fails_its_own_conversation_only(data_dir: Path) -> None:
+    for cid in ("c1", "c2"):
+        persist_summary(cid, rolling_summary(cid, realistic(10)), data_dir=data_dir)
+    (data_dir / "summaries" / "c1.json").write_bytes(b"[" * 100_000)
+    with pytest.raises(StorageError, match="c1"):
+        load_summary("c1", data_dir=data_dir)
+    assert load_summary("c2", data_dir=data_dir)["to_seq"] == 10
+
+
+def test_concurrent_persists_agree(data_dir: Path) -> None:
+    summaries = [rolling_summary("c1", realistic(n)) for n in (20, 30, 40, 50)]
+    errors: list[BaseException] = []
+
+    def persist(i: int) -> None:
+        try:
+            persist_summary("c1", summaries[i % 4], data_dir=data_dir)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=persist, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    md = (data_dir / "summaries" / "c1.md").read_bytes()
+    meta = json.loads((data_dir / "summaries" / "c1.json").read_text())
+    assert meta["summary_ref"] == hashlib.sha256(md).hexdigest()  # the two files tell one summary
+    assert not [p for p in (data_dir / "summaries").rglob("*") if p.name.startswith(".tmp")]

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from sidecar.clock import ManualClock
-from sidecar.errors import ConflictError, InvalidParams, NotFoundError
-from sidecar.task_graph import NewTask, TaskGraph, TaskPatch, store
+from sidecar.errors import ConflictError, InvalidParams, NotFoundError, StorageError
+from sidecar.task_graph import NewTask, Task, TaskGraph, TaskPatch, store
 
 T0 = "2026-11-23T10:00:00.000000Z"
 
@@ -164,8 +166,84 @@ def test_file_api_refuses_bad_input(data_dir: Path) -> None:
 def test_a_broken_file_is_a_clear_error(data_dir: Path) -> None:
     store.create_task({"type": "t", "id": "a"}, data_dir=data_dir)
     (data_dir / "tasks.graph.json").write_text('{"tasks": [{"id": "a"')
-    with pytest.raises(InvalidParams, match="not a valid task graph"):
+    with pytest.raises(StorageError, match="not a valid task graph"):
         store.load_graph(data_dir=data_dir)
+
+
+DEEP = b'{"tasks": [{"id": "a", "type": "t", "created_at": "x", "updated_at": "x", "inputs": ' + b'{"a":' * 5000
+DEEP += b"1" + b"}" * 5000 + b"}]}"
+
+
+@pytest.mark.parametrize("kind", ["deep", "directory", "symlink", "fifo", "cycle"])
+def test_an_unusable_graph_file_is_a_clear_storage_error(data_dir: Path, tmp_path: Path, kind: str) -> None:
+    store.create_task({"type": "t", "id": "a"}, data_dir=data_dir)
+    path = data_dir / "tasks.graph.json"
+    path.unlink()
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"tasks": [], "version": 99}')
+    if kind == "deep":
+        path.write_bytes(DEEP)  # msgspec gives up with RecursionError
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink":
+        path.symlink_to(secret)
+    elif kind == "fifo":
+        os.mkfifo(path)  # opening it to read must not wait for a writer
+    else:
+        t = {"type": "t", "created_at": T0, "updated_at": T0}
+        path.write_text(json.dumps({"tasks": [{**t, "id": "x", "dependency_ids": ["y"]}, {**t, "id": "y"}]}))
+        path.write_text(path.read_text().replace('"id": "y"}', '"id": "y", "dependency_ids": ["x"]}'))
+    for call in (
+        lambda: store.load_graph(data_dir=data_dir),
+        lambda: store.list_active(data_dir=data_dir),
+        lambda: store.create_task({"type": "t", "id": "b"}, data_dir=data_dir),
+    ):
+        with pytest.raises(StorageError, match="tasks.graph.json") as info:
+            call()
+        assert info.value.code == -32006
+    assert secret.read_text() == '{"tasks": [], "version": 99}'  # never followed, never written
+    if kind == "deep":
+        assert path.read_bytes() == DEEP  # a refused file is not overwritten
+
+
+def test_temp_files_of_dead_writers_are_removed(data_dir: Path) -> None:
+    store.create_task({"type": "t", "id": "a"}, data_dir=data_dir)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        stale = data_dir / f"tasks.graph.json.tmp.{int(dead.stdout)}"
+        live = data_dir / f"tasks.graph.json.tmp.{alive.pid}"
+        stale.write_text("{half a gra")
+        live.write_text("{being writ")
+        store.update_task("a", data_dir=data_dir, priority=1)
+        assert not stale.exists() and live.exists()  # a live writer's is its own business
+    finally:
+        alive.communicate(b"")
+
+
+def test_an_audit_event_is_made_to_fit_the_log() -> None:
+    from sidecar.task_graph.service import _audit_event, fit_audit_event
+
+    g = TaskGraph()
+    big = g.create(NewTask(type="t", id="big", conversation_id="c1", inputs={"blob": "x" * 100_000}), T0)
+    done = g.update(TaskPatch(id="big", status="done", outputs={"log": "y" * 50_000}), ts(1))
+    event = _audit_event(done, big, source="rpc")
+    assert event is not None
+    fitted = fit_audit_event(event, 4096)
+    assert len(msgspec.json.encode(fitted)) + 256 <= 4096
+    task = fitted.data["task"]
+    assert (task["id"], task["status"], task["version"]) == ("big", "done", 2)  # what the controller needs
+    assert task["inputs"] == {"omitted_bytes": len(msgspec.json.encode(big.inputs))} and fitted.data["omitted"] == [
+        "inputs",
+        "outputs",
+    ]
+    assert fit_audit_event(_audit_event(big, None, source="rpc"), 1 << 20).data["task"]["inputs"]["blob"]
+
+    huge = Task(id="h", type="t" * 10_000, owner="o" * 10_000, created_at=T0, updated_at=T0, conversation_id="c1")
+    hev = _audit_event(huge, None, source="file")
+    assert hev is not None and hev.agent_id is None  # an agent_id is at most 256 characters
+    small = fit_audit_event(hev, 2048)
+    assert len(msgspec.json.encode(small)) + 256 <= 2048 and small.data["task"]["id"] == "h"
 
 
 def test_the_checked_in_scaffold_loads() -> None:

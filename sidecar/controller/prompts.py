@@ -2,11 +2,16 @@
 
 Templates are markdown with ``$name`` placeholders (``string.Template``). A template that
 does not render with its known placeholders is refused with a clear log line, and the
-previous one stays in use.
+previous one stays in use (the shipped default, at start).
+
+``data/prompts/`` is in the data directory, so nothing there is trusted: the directory and
+its files are never followed through a symlink, a file must be a regular file of ours of at
+most :data:`MAX_TEMPLATE_BYTES`, and anything else is refused the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import string
 from importlib import resources
@@ -15,7 +20,11 @@ import anyio
 import structlog
 import watchfiles
 
+from sidecar.datadir import UnsafePathError, check_dir, open_regular, private_dir
+
 log = structlog.get_logger("sidecar.prompts")
+
+MAX_TEMPLATE_BYTES = 1024 * 1024
 
 # The placeholders each template may use.
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
@@ -38,19 +47,56 @@ class PromptLibrary:
     def _override_path(self, name: str) -> str | None:
         return os.path.join(self.override_dir, f"{name}.md") if self.override_dir else None
 
+    def _read_override(self, name: str) -> str | None:
+        """The override's text, ``None`` when there is none; raises when it is unsafe."""
+        if not self.override_dir:
+            return None
+        try:
+            dir_fd = os.open(self.override_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(f"{self.override_dir} is not a directory of ours (a symlink?)") from None
+            raise
+        try:
+            check_dir(self.override_dir, os.fstat(dir_fd), "prompts directory", fd=dir_fd)
+            try:
+                fd = open_regular(f"{name}.md", os.O_RDONLY, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return None
+        finally:
+            os.close(dir_fd)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                raise UnsafePathError(f"{self._override_path(name)} belongs to uid {st.st_uid}, not to us")
+            if st.st_size > MAX_TEMPLATE_BYTES:
+                raise UnsafePathError(f"{self._override_path(name)} is over {MAX_TEMPLATE_BYTES} bytes")
+            data = b""
+            while len(data) <= MAX_TEMPLATE_BYTES and (chunk := os.read(fd, MAX_TEMPLATE_BYTES + 1 - len(data))):
+                data += chunk
+            if len(data) > MAX_TEMPLATE_BYTES:
+                raise UnsafePathError(f"{self._override_path(name)} grew over {MAX_TEMPLATE_BYTES} bytes")
+            return data.decode("utf-8")
+        finally:
+            os.close(fd)
+
     def load(self, name: str) -> bool:
         """(Re)read one template; returns whether it was taken."""
         path = self._override_path(name)
         source = "default"
         try:
-            if path and os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
-                source = path
+            text = self._read_override(name)
+            if text is not None:
+                source = path or source
             else:
                 text = self._default(name)
         except (OSError, UnicodeDecodeError) as exc:
             log.error("prompts.unreadable", template=name, path=path, error=str(exc))
+            if name not in self.templates:  # at start: the shipped default, not nothing
+                self.templates[name] = string.Template(self._default(name))
+                self.sources[name] = "default"
             return False
         template = string.Template(text)
         try:
@@ -62,8 +108,11 @@ class PromptLibrary:
                 path=source,
                 error=f"{type(exc).__name__}: {exc}",
                 allowed=list(PLACEHOLDERS[name]),
-                kept=self.sources.get(name, "none"),
+                kept=self.sources.get(name, "default"),
             )
+            if name not in self.templates:
+                self.templates[name] = string.Template(self._default(name))
+                self.sources[name] = "default"
             return False
         if name in self.templates:
             log.info("prompts.reloaded", template=name, source=source)
@@ -79,7 +128,12 @@ class PromptLibrary:
         if not self.override_dir:
             task_status.started()
             return
-        os.makedirs(self.override_dir, exist_ok=True)
+        try:
+            private_dir(self.override_dir, what="prompts directory")  # 0700; never a symlink
+        except OSError as exc:
+            log.error("prompts.not_watched", path=self.override_dir, error=str(exc))
+            task_status.started()
+            return
         task_status.started()
         async for changes in watchfiles.awatch(self.override_dir, recursive=False, rust_timeout=200):
             for _change, path in changes:

@@ -13,6 +13,7 @@ import stat
 import struct
 from typing import NamedTuple
 
+from sidecar.datadir import UnsafePathError, open_regular, private_dir
 from sidecar.log.files import open_files_budget
 
 MAX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
@@ -33,31 +34,37 @@ def check_path_length(path: str) -> None:
 
 
 def prepare_directory(directory: str) -> None:
-    """Create the socket's directory 0700, or refuse one that others could tamper with."""
+    """Make the socket's directory one only we can enter: created 0700 (whatever the umask),
+    tightened to 0700 when ours and open to others; refused when it is a symlink, another
+    user's, or writable by every user (anyone could replace the socket, or read what a
+    client sends)."""
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=False)
-        return
-    except FileExistsError:
-        pass
-    st = os.lstat(directory)
-    if not stat.S_ISDIR(st.st_mode):
-        raise SocketSetupError(f"{directory} is not a directory")
-    if st.st_mode & 0o022 and st.st_uid != os.getuid():
-        raise SocketSetupError(
-            f"refusing to put the socket in {directory}: it is writable by others and owned by uid {st.st_uid}, "
-            "not us; pick a directory only we can write"
-        )
+        private_dir(directory, what="socket directory")
+    except UnsafePathError as exc:
+        raise SocketSetupError(str(exc)) from None
 
 
 def acquire_lock(path: str, what: str) -> int:
-    """Hold ``path`` locked for the daemon's life; a second daemon is told who has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Hold ``path`` locked for the daemon's life; a second daemon is told who has it.
+
+    The lock file is never followed through a symlink (we truncate it: a link would have us
+    truncate its target) and must be a regular file of ours."""
     try:
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+    except UnsafePathError as exc:
+        raise SocketSetupError(f"refusing the lock file: {exc}; remove it") from None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner != os.geteuid():
+            raise SocketSetupError(f"refusing the lock file {path}: it belongs to uid {owner}, not to us; remove it")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise SocketSetupError(f"another sidecar (pid {holder}) is already running on this {what} ({path})") from None
+    except BaseException:
+        os.close(fd)
+        raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

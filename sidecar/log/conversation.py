@@ -12,13 +12,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import msgspec
 import structlog
 
+from sidecar.datadir import UnsafePathError
 from sidecar.errors import CorruptLogError
-from sidecar.log.files import fsync, fsync_dir, pread_exact, write_all
+from sidecar.log.files import fsync, fsync_dir, open_regular, pread_exact, write_all
 from sidecar.log.index import IdIndex
 from sidecar.log.segments import (
+    DECODE_ERRORS,
     ArchivedSegment,
     ArchiveListing,
     LineHead,
@@ -70,7 +71,7 @@ class Conversation:
     new_file: bool = False  # the active file appeared since the last commit: fsync its directory
 
     def __post_init__(self) -> None:
-        self.path = active_path(self.paths.logs_dir, self.cid)
+        self.path = active_path(self.paths.logs_dir, self.cid)  # refuses an id that is no id
 
     # --- catching up -----------------------------------------------------------------------
 
@@ -156,7 +157,7 @@ class Conversation:
     # --- scanning --------------------------------------------------------------------------
 
     def _scan_archived(self, seg: ArchivedSegment, start: int) -> None:
-        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_segment(seg)
         try:
             end = os.fstat(fd).st_size
             if self._scan(fd, start, end, final=False) is not None or line_end_before(fd, start, end) != end:
@@ -209,7 +210,7 @@ class Conversation:
             try:
                 head = head_decoder.decode(line)
                 break
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except DECODE_ERRORS:
                 if torn:
                     raise _Corrupt(f"unparseable line before byte {end}", end) from None
                 torn = True
@@ -223,7 +224,7 @@ class Conversation:
         return end
 
     def _tail_archived(self, seg: ArchivedSegment) -> None:
-        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_segment(seg)
         try:
             newest = next(iter_lines_backward(fd, 0, os.fstat(fd).st_size), b"")
         finally:
@@ -240,7 +241,7 @@ class Conversation:
         torn = pread_exact(fd, end - good, good)
         name = f"{self.cid}.{good:012d}.{os.getpid()}.{_now_tag()}.torn"
         path = os.path.join(self.paths.archive_dir, name)
-        tfd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        tfd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             write_all(tfd, torn)
             fsync(tfd)
@@ -274,8 +275,16 @@ class Conversation:
 def _decode_head(line: bytes, offset: int) -> LineHead:
     try:
         return head_decoder.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except DECODE_ERRORS:
         raise _Corrupt(f"unparseable line at byte {offset}", offset) from None
+
+
+def _open_segment(seg: ArchivedSegment) -> int:
+    """An archived segment, opened for reading; one that is not a regular file is damage."""
+    try:
+        return open_regular(seg.path, os.O_RDONLY)
+    except UnsafePathError as exc:
+        raise _Corrupt(str(exc), 0) from None
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -303,13 +312,13 @@ def _chunks_of_heads(fd: int, start: int, end: int) -> Iterator[tuple[int, list[
         try:
             heads = heads_decoder.decode(b"[" + body[:-1].replace(b"\n", b",") + b"]")
             yield pos, heads, None
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except DECODE_ERRORS:
             heads = []
             offset = pos
             for line in body[:-1].split(b"\n"):
                 try:
                     heads.append(head_decoder.decode(line))
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                except DECODE_ERRORS:
                     yield pos, heads, (offset, offset + len(line) + 1)
                     return
                 offset += len(line) + 1

@@ -14,9 +14,14 @@ from msgspec import Meta
 
 from sidecar.errors import InvalidParams
 
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-CONVERSATION_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+# Every pattern matches the whole string: ``$`` alone also matches before a final newline in
+# Python's ``re`` (which msgspec uses), so each ends with ``$(?!\n)``. That stays valid
+# ECMAScript (the patterns go into the JSON Schema the TypeScript client is built from),
+# where ``\Z`` would not.
+WHOLE = r"$(?!\n)"
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}" + WHOLE
+CONVERSATION_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}" + WHOLE
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*" + WHOLE
 
 EventId = Annotated[str, Meta(pattern=UUID_PATTERN, description="A UUID (the sidecar assigns UUIDv7).")]
 ConversationId = Annotated[

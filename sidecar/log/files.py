@@ -1,6 +1,8 @@
 """Small, careful file-system primitives: locks, full writes, directory fsync.
 
-Every write path in the log goes through these so the durability rules live in one place.
+Every write path in the log goes through these so the durability rules live in one place,
+and so do the data directory's rules (:mod:`sidecar.datadir`): no symlink is followed,
+nothing but a regular file is used as one, and what we create is 0600.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import contextlib
 import fcntl
 import os
 import resource
+import stat
 from collections.abc import Iterator
+
+from sidecar.datadir import FILE_MODE, check_regular, open_regular
 
 # Indirection points for fault-injection tests: patch these to simulate a failing disk.
 fdatasync = os.fdatasync
@@ -17,8 +22,9 @@ fsync = os.fsync
 
 
 def fsync_dir(path: str) -> None:
-    """Make a create, rename or unlink inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a create, rename or unlink inside ``path`` durable. (A link is followed here: the
+    data directory itself may be one, and an fsync changes nothing but durability.)"""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fsync(fd)
     finally:
@@ -72,20 +78,25 @@ def lock_path(path: str, *, exclusive: bool, create: bool) -> int | None:
 
     A writer that rotates a segment renames it while holding the lock, so someone who
     opened the old file and then waited must notice and open the new one. Returns the
-    locked fd, or ``None`` when the file does not exist and ``create`` is false.
+    locked fd, or ``None`` when the file does not exist and ``create`` is false. A symlink,
+    directory or FIFO at ``path`` raises :class:`~sidecar.datadir.UnsafePathError` (an ``OSError``).
     """
-    flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC if exclusive else os.O_RDONLY | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_APPEND if exclusive else os.O_RDONLY
     if create:
         flags |= os.O_CREAT
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     while True:
         try:
-            fd = os.open(path, flags, 0o644)
+            fd = open_regular(path, flags, check=False)
         except FileNotFoundError:
             return None
         try:
+            st = os.fstat(fd)  # the identity checked below does not change under the lock
+            check_regular(path, st)
+            if create and stat.S_IMODE(st.st_mode) != FILE_MODE and st.st_uid == os.geteuid():
+                os.fchmod(fd, FILE_MODE)  # the umask took bits away, or an older version gave more
             fcntl.flock(fd, mode)
-            if same_file(fd, path):
+            if names(path, st):
                 return fd
         except BaseException:
             os.close(fd)
@@ -99,9 +110,9 @@ def same_file(fd: int, path: str) -> bool:
 
 
 def names(path: str, st: os.stat_result) -> bool:
-    """Whether ``path`` names the file whose ``fstat`` is ``st``."""
+    """Whether ``path`` names the file whose ``fstat`` is ``st`` (itself, not through a link)."""
     try:
-        pst = os.stat(path)
+        pst = os.lstat(path)
     except FileNotFoundError:
         return False
     return (pst.st_ino, pst.st_dev) == (st.st_ino, st.st_dev)

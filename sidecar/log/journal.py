@@ -16,13 +16,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Callable
+from typing import Annotated
 
 import msgspec
 import structlog
+from msgspec import Meta
 
+from sidecar.datadir import UnsafePathError, open_regular, private_dir
 from sidecar.log import files
-from sidecar.log.segments import head_decoder, iter_lines
+from sidecar.log.events import ConversationId, EventId, EventType, decode_event
+from sidecar.log.segments import DECODE_ERRORS, iter_lines
 
 log = structlog.get_logger("sidecar.log")
 
@@ -31,8 +36,14 @@ REPLAY_LOCK = "replay.lock"
 
 
 class _LineKey(msgspec.Struct):
-    conversation_id: str
-    seq: int
+    """The fields of a journal line that name files or other events, held to the patterns
+    writers are held to (a line on disk is not trusted to have been checked)."""
+
+    conversation_id: ConversationId
+    seq: Annotated[int, Meta(ge=1)]
+    id: EventId
+    type: EventType
+    caused_by: list[EventId] = []
 
 
 _key_decoder = msgspec.json.Decoder(_LineKey)
@@ -57,12 +68,12 @@ class Journal:
 
     def _open(self) -> int:
         if self._fd < 0:
-            created = not os.path.isdir(self.directory)
-            os.makedirs(self.directory, exist_ok=True)
+            created = not os.path.lexists(self.directory)
+            private_dir(self.directory, what="journal directory")  # 0700; never a symlink
             if created:
                 files.fsync_dir(os.path.dirname(self.directory))
             self.path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)  # 0600
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for life: tells replayers we live
             files.fsync_dir(self.directory)
             self._fd, self.size, self._zeroed = fd, 0, 0
@@ -143,48 +154,94 @@ def replay_orphans(directory: str, restore: Callable[[str, list[tuple[int, bytes
 
     ``restore(conversation_id, [(seq, line), ...])`` gets each conversation's lines in seq
     order, merged across journals. Returns how many journals were replayed.
+
+    Nothing in a journal is trusted. Only our own writers make journals, so a journal is
+    replayed only when it could be nobody else's: a regular file (not a symlink) that belongs
+    to our uid and that no other user may write (0600 now; 0644 from older versions). That
+    is the defence for its visibility ``user`` lines, which passed the speak gate when first
+    written and are replayed without a grant. Any other journal is left where it is, with an
+    error log. And every line must decode as a whole event whose conversation id, event ids
+    and type match the patterns writers are held to; a line that does not is dropped with an
+    error log, never written (a torn last line, never acknowledged, is dropped quietly).
     """
-    if not os.path.isdir(directory):
+    if not private_dir(directory, create=False, what="journal directory"):
         return 0
-    lock_fd = os.open(os.path.join(directory, REPLAY_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock_fd = open_regular(os.path.join(directory, REPLAY_LOCK), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        orphans: list[tuple[str, int]] = []
-        for name in sorted(os.listdir(directory)):
-            if not name.endswith(SUFFIX):
-                continue
-            path = os.path.join(directory, name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)  # its writer is alive
-                continue
-            orphans.append((path, fd))
+        orphans = _orphans(directory)
         if not orphans:
             return 0
         by_cid: dict[str, dict[int, bytes]] = {}
-        for _, fd in orphans:
-            for _, line in iter_lines(fd, 0, os.fstat(fd).st_size):
-                if line.startswith(b"\0"):
-                    break  # the zero-filled space after the last batch
-                try:
-                    key = _key_decoder.decode(line)
-                    head_decoder.decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue  # a torn last line: never acknowledged
-                by_cid.setdefault(key.conversation_id, {})[key.seq] = line
+        for path, fd in orphans:
+            for cid, seq, line in _valid_lines(path, fd):
+                by_cid.setdefault(cid, {})[seq] = line
+        failed = []
         for cid in sorted(by_cid):
             lines = by_cid[cid]
-            restore(cid, [(seq, lines[seq]) for seq in sorted(lines)])
+            try:
+                restore(cid, [(seq, lines[seq]) for seq in sorted(lines)])
+            except OSError as exc:  # e.g. its log is a symlink: that conversation only
+                log.error("log.replay_failed", conversation_id=cid, error=str(exc))
+                failed.append(cid)
         for path, fd in orphans:
-            os.unlink(path)
+            if not failed:  # else kept, to be replayed again (it is idempotent) once repaired
+                os.unlink(path)
             os.close(fd)
         files.fsync_dir(directory)
-        log.info("log.journals_replayed", journals=len(orphans), conversations=len(by_cid))
+        log.info("log.journals_replayed", journals=len(orphans), conversations=len(by_cid), failed=failed)
         return len(orphans)
     finally:
         os.close(lock_fd)
+
+
+def _orphans(directory: str) -> list[tuple[str, int]]:
+    """The journals of dead writers that may be replayed, each opened and locked."""
+    orphans: list[tuple[str, int]] = []
+    me = os.geteuid()
+    with os.scandir(directory) as entries:
+        names = sorted(entry.name for entry in entries if entry.name.endswith(SUFFIX))
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = open_regular(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        except UnsafePathError as exc:
+            log.error("log.journal_refused", path=path, reason=str(exc))
+            continue
+        st = os.fstat(fd)
+        if st.st_uid != me or stat.S_IMODE(st.st_mode) & 0o022:
+            os.close(fd)
+            reason = f"owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}: not written by us alone"
+            log.error("log.journal_refused", path=path, reason=reason)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # its writer is alive
+            continue
+        orphans.append((path, fd))
+    return orphans
+
+
+def _valid_lines(path: str, fd: int) -> list[tuple[str, int, bytes]]:
+    """``(conversation_id, seq, line)`` for each line of a journal that is a valid event."""
+    out: list[tuple[str, int, bytes]] = []
+    bad: tuple[int, str] | None = None  # the last bad line: only a last one may be torn
+    for offset, line in iter_lines(fd, 0, os.fstat(fd).st_size):
+        if line.startswith(b"\0"):
+            break  # the zero-filled space after the last batch
+        if bad is not None:
+            log.error("log.journal_line_dropped", path=path, offset=bad[0], reason=bad[1])
+            bad = None
+        try:
+            _key_decoder.decode(line)  # the ids, against their patterns
+            event = decode_event(line)  # and the whole event, field by field
+        except DECODE_ERRORS as exc:
+            bad = (offset, f"{type(exc).__name__}: {exc}")
+            continue
+        out.append((event.conversation_id, event.seq, line))
+    if bad is not None and not bad[1].startswith("DecodeError"):
+        log.error("log.journal_line_dropped", path=path, offset=bad[0], reason=bad[1])
+    return out

@@ -10,10 +10,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import msgspec
-
+from sidecar.datadir import UnsafePathError, check_regular, open_regular
+from sidecar.errors import CorruptLogError
 from sidecar.log.files import shared_lock
 from sidecar.log.segments import (
+    DECODE_ERRORS,
     ArchiveListing,
     active_path,
     bisect_lines,
@@ -44,7 +45,7 @@ class Snapshot:
         """``wait=False`` raises :class:`BlockingIOError` rather than wait for a writer's lock."""
         self.cid = cid
         self.segments: list[SegmentView] = []
-        active = self._open_active(active_path(logs_dir, cid), wait)
+        active = self._open_active(active_path(logs_dir, cid), wait, cid)
         archived = listing.get(cid)
         if active is not None and active.first_seq == 0:  # damaged first line: assume it follows
             active.first_seq = archived[-1].last_seq + 1 if archived else 1
@@ -54,7 +55,7 @@ class Snapshot:
             if active is not None and seg.first_seq >= active.first_seq:
                 continue  # rotated after we opened the active file: we already hold its bytes
             try:
-                size = os.stat(seg.path).st_size
+                size = os.lstat(seg.path).st_size  # the open refuses a link by name
             except FileNotFoundError:
                 continue
             self.segments.append(SegmentView(seg.path, size, seg.first_seq))
@@ -62,20 +63,27 @@ class Snapshot:
             self.segments.append(active)
 
     @staticmethod
-    def _open_active(path: str, wait: bool) -> SegmentView | None:
+    def _open_active(path: str, wait: bool, cid: str) -> SegmentView | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path, os.O_RDONLY, check=False)  # checked on the fstat below
         except FileNotFoundError:
             return None
+        except UnsafePathError as exc:
+            raise _refused(cid, exc) from None
         try:
             with shared_lock(fd, wait=wait):
-                end = line_end_before(fd, 0, os.fstat(fd).st_size)
+                st = os.fstat(fd)
+                try:
+                    check_regular(path, st)
+                except UnsafePathError as exc:
+                    raise _refused(cid, exc) from None
+                end = line_end_before(fd, 0, st.st_size)
             if end == 0:  # empty: a fresh segment after a rotation, or a log yet to be written
                 os.close(fd)
                 return None
             try:
                 first_seq = seq_of(read_line_at(fd, 0, end))
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except DECODE_ERRORS:
                 first_seq = 0  # a damaged first line: read what we can, the writer refuses it
         except BaseException:
             os.close(fd)
@@ -96,7 +104,10 @@ class Snapshot:
 
     def _fd(self, seg: SegmentView) -> int:
         if seg.fd < 0:
-            seg.fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                seg.fd = open_regular(seg.path, os.O_RDONLY)
+            except UnsafePathError as exc:
+                raise _refused(self.cid, exc) from None
         return seg.fd
 
     @property
@@ -152,3 +163,11 @@ class Snapshot:
             if i + 1 < len(self.segments):  # a sealed segment, read: never hold them all open
                 os.close(seg.fd)
                 seg.fd = -1
+
+
+def _refused(cid: str, exc: UnsafePathError) -> CorruptLogError:
+    """A segment that is a symlink, a directory or a FIFO: this conversation is damaged."""
+    return CorruptLogError(
+        f"conversation {cid!r} has a damaged log: {exc}; it is refused until repaired",
+        {"conversation_id": cid, "reason": str(exc)},
+    )

@@ -15,11 +15,20 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
+import structlog
 
+from sidecar.errors import InvalidParams
+from sidecar.log.events import CONVERSATION_ID_PATTERN
 from sidecar.log.files import fsync_dir, pread_exact
 
+log = structlog.get_logger("sidecar.log")
+
 SUFFIX = ".jsonl"
-_ARCHIVE_RE = re.compile(r"^(?P<cid>.+)\.(?P<first>\d{12})-(?P<last>\d{12})\.jsonl$")
+_ARCHIVE_RE = re.compile(r"(?P<cid>.+)\.(?P<first>\d{12})-(?P<last>\d{12})\.jsonl")
+_CID_RE = re.compile(CONVERSATION_ID_PATTERN)
+# What decoding a line found on disk may raise: besides bad JSON and bad values, a line
+# nested deeper than msgspec's limit raises RecursionError. Each is a damaged line.
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 _BLOCK = 64 * 1024
 _PROBE = 4096
 
@@ -48,23 +57,39 @@ head_decoder = msgspec.json.Decoder(LineHead)
 heads_decoder = msgspec.json.Decoder(list[LineHead])
 
 
+def check_cid(cid: str) -> str:
+    """``cid`` when it is a valid conversation id: the last guard before it names a file."""
+    if not _CID_RE.match(cid):
+        raise InvalidParams(f"invalid conversation_id {cid!r}", {"field": "conversation_id"})
+    return cid
+
+
 def active_path(logs_dir: str, cid: str) -> str:
-    return os.path.join(logs_dir, cid + SUFFIX)
+    return os.path.join(logs_dir, check_cid(cid) + SUFFIX)
 
 
 def archive_path(archive_dir: str, cid: str, first_seq: int, last_seq: int) -> str:
-    return os.path.join(archive_dir, f"{cid}.{first_seq:012d}-{last_seq:012d}{SUFFIX}")
+    return os.path.join(archive_dir, f"{check_cid(cid)}.{first_seq:012d}-{last_seq:012d}{SUFFIX}")
 
 
 def list_archive(archive_dir: str) -> dict[str, list[ArchivedSegment]]:
-    """Every archived segment, grouped by conversation, oldest first."""
+    """Every archived segment, grouped by conversation, oldest first.
+
+    Names are checked again (a conversation id read back from a file name is not trusted),
+    and anything but a regular file (a symlink, a directory, a FIFO) is left out: its
+    conversation then has a gap, which the writer refuses as damage.
+    """
     found: dict[str, list[ArchivedSegment]] = {}
     with os.scandir(archive_dir) as entries:
         for entry in entries:
-            m = _ARCHIVE_RE.match(entry.name)
-            if m:
-                seg = ArchivedSegment(entry.path, int(m["first"]), int(m["last"]))
-                found.setdefault(m["cid"], []).append(seg)
+            m = _ARCHIVE_RE.fullmatch(entry.name)
+            if not m or not _CID_RE.match(m["cid"]):
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                log.error("log.segment_refused", path=entry.path, reason="not a regular file (a symlink?)")
+                continue
+            seg = ArchivedSegment(entry.path, int(m["first"]), int(m["last"]))
+            found.setdefault(m["cid"], []).append(seg)
     for segs in found.values():
         segs.sort(key=lambda s: s.first_seq)
     return found

@@ -206,11 +206,12 @@ class EventStore:
         return Snapshot(self.paths.logs_dir, self._listing, check_conversation_id(cid), wait=wait)
 
     def conversation_ids(self) -> list[str]:
-        """Every conversation with a log file, active or archived, sorted."""
+        """Every conversation with a log file, active or archived, sorted. A symlink, FIFO or
+        directory in logs/ is no log file (never followed; reading it is refused by name)."""
         found = set(self._listing.conversations())
         with os.scandir(self.paths.logs_dir) as entries:
             for entry in entries:
-                if entry.name.endswith(SUFFIX):
+                if entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
                     found.add(entry.name[: -len(SUFFIX)])
         return sorted(cid for cid in found if _CID_RE.match(cid))
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from sidecar.log.events import ConversationId
+from sidecar.log.events import WHOLE, ConversationId
 
 Status = Literal["pending", "running", "blocked", "done", "failed", "cancelled"]
 ACTIVE: frozenset[str] = frozenset({"pending", "running", "blocked"})
@@ -23,7 +23,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset(),
 }
 
-TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}" + WHOLE)]
 Priority = Annotated[int, Meta(ge=0, le=1000)]
 
 

@@ -8,14 +8,19 @@ its own change only once it is on disk.
 
 Edits made by hand or by other processes are noticed (watchfiles) and taken in when valid;
 an invalid file is never taken in: it is kept in ``archive/`` and the last good graph is
-written back.
+written back. A deleted file is written back from memory too (deleting it is not a way to
+drop every task: ``tasks.update`` each to ``cancelled`` is).
+
+A graph file that cannot be used at start (invalid, too deeply nested, a directory, a
+symlink) does not stop the daemon: it is left alone, logged, and every ``tasks.*`` method
+answers -32006 naming it until a valid file is put in its place, which is taken in as soon
+as it appears.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -24,12 +29,23 @@ import structlog
 import watchfiles
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.datadir import open_regular, read_regular
 from sidecar.errors import SidecarError, StorageError
 from sidecar.log.events import NewEvent
+from sidecar.log.files import write_all
+from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
 from sidecar.log.timestamps import format_timestamp
 from sidecar.task_graph.graph import TaskGraph
 from sidecar.task_graph.model import TERMINAL, NewTask, Task, TaskPatch
-from sidecar.task_graph.store import GRAPH_FILE, locked, read_graph, write_graph
+from sidecar.task_graph.store import (
+    GRAPH_FILE,
+    MAX_GRAPH_BYTES,
+    GraphFileError,
+    locked,
+    read_graph,
+    remove_stale_temps,
+    write_graph,
+)
 
 log = structlog.get_logger("sidecar.tasks")
 
@@ -38,10 +54,27 @@ AuditSink = Callable[[list[NewEvent]], Awaitable[Any]]
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _BrokenGraph(TaskGraph):
+    """Stands in for the graph while the file cannot be used: every read is the error."""
+
+    def __init__(self, error: GraphFileError) -> None:
+        super().__init__()
+        self.error = error
+
+    def get(self, task_id: str) -> Task:
+        raise self.error
+
+    def list_active(self, statuses: Iterable[str] | None = None) -> list[Task]:
+        raise self.error
+
+    def ready(self) -> list[Task]:
+        raise self.error
 
 
 class _Change:
@@ -75,6 +108,8 @@ class TaskService:
         self.audit = audit
         self.clock = clock
         self.graph = TaskGraph()
+        self.broken: GraphFileError | None = None  # the file could not be used at start
+        self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES  # lowered when the log says it is less
         self._stamp: tuple[int, int, int] | None = None
         self._queue: list[_Change] = []
         self._wakeup = anyio.Event()
@@ -84,10 +119,20 @@ class TaskService:
     # --- start-up --------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the graph at start; an invalid file stops the start with a clear error."""
-        with locked(self.path, exclusive=False):
-            self.graph = read_graph(self.path)
-            self._stamp = _stamp(self.path)
+        """Read the graph at start, removing the temp files of writers killed mid-write.
+
+        A file that cannot be used is logged and left alone: the graph stays empty for the
+        rest of the start-up, and once :meth:`run` begins every read answers the error."""
+        try:
+            with locked(self.path, exclusive=True):
+                for tmp in remove_stale_temps(self.path):
+                    log.warning("tasks.stale_temp_removed", path=tmp)
+                self._stamp = _stamp(self.path)
+                self.graph = read_graph(self.path)
+        except GraphFileError as exc:
+            self.broken = exc
+            self.graph = TaskGraph()
+            log.error("tasks.file_unusable", path=self.path, error=exc.message, until="a valid file is in its place")
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -103,6 +148,8 @@ class TaskService:
         return await self._submit(_Change(patch))
 
     async def _submit(self, change: _Change) -> Task:
+        if self.broken is not None:
+            raise self.broken  # never write over a file we could not read: it may hold every task
         self._queue.append(change)
         flushed = self._flushed
         self._wakeup.set()
@@ -116,6 +163,8 @@ class TaskService:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer task: apply and persist each batch of changes; take in outside edits."""
+        if self.broken is not None:
+            self.graph = _BrokenGraph(self.broken)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
             task_status.started()
@@ -142,30 +191,32 @@ class TaskService:
         """In a worker thread, under the exclusive lock: rebase on the file, apply, write."""
         now = format_timestamp(self.clock.now_ns())
         outside = None
-        with locked(self.path, exclusive=True):
-            base = self.graph
-            if _stamp(self.path) != self._stamp:  # someone else wrote: build on their graph
-                try:
-                    fresh = read_graph(self.path)
-                    outside = (self.graph, fresh)
-                    base = fresh
-                except SidecarError as exc:
-                    self._refuse_file(exc)
-            graph = base.copy()
-            for change in batch:
-                change.apply(graph, now)
-            if any(c.result is not None for c in batch) or outside is not None:
-                try:
+        try:
+            with locked(self.path, exclusive=True):
+                base = self.graph
+                if _stamp(self.path) != self._stamp:  # someone else wrote: build on their graph
+                    try:
+                        fresh = read_graph(self.path, missing_ok=False)
+                        outside = (self.graph, fresh)
+                        base = fresh
+                    except GraphFileError as exc:
+                        self._refuse_file(exc)
+                graph = base.copy()
+                for change in batch:
+                    change.apply(graph, now)
+                if any(c.result is not None for c in batch) or outside is not None:
                     write_graph(self.path, graph)
-                except OSError as exc:
-                    error = StorageError(f"could not write {self.path}: {exc.strerror}; nothing changed")
-                    for change in batch:
-                        if change.error is None:
-                            change.error, change.result = error, None
-                    return None
-                self._stamp = _stamp(self.path)
-                self.writes += 1
-            self.graph = graph
+                    self._stamp = _stamp(self.path)
+                    self.writes += 1
+                self.graph = graph
+        except (OSError, GraphFileError) as exc:  # the lock file or the graph file is unusable
+            reason = exc.message if isinstance(exc, GraphFileError) else str(exc)
+            error = StorageError(f"could not write {self.path}: {reason}; nothing changed", {"path": self.path})
+            log.error("tasks.write_failed", path=self.path, error=reason)
+            for change in batch:
+                if change.error is None:
+                    change.error, change.result = error, None
+            return None
         return outside
 
     async def _take_in_outside_edit(self) -> None:
@@ -174,29 +225,70 @@ class TaskService:
             await self._audit_changes(*outside, source="file")
 
     def _reload_if_changed(self) -> tuple[TaskGraph, TaskGraph] | None:
-        with locked(self.path, exclusive=True):
-            if _stamp(self.path) == self._stamp:
-                return None  # our own write, or nothing
-            try:
-                fresh = read_graph(self.path)
-            except SidecarError as exc:
-                self._refuse_file(exc)
-                return None
-            old, self.graph = self.graph, fresh
-            self._stamp = _stamp(self.path)
-            log.info("tasks.file_taken_in", path=self.path, tasks=len(fresh.tasks))
-            return old, fresh
+        """Take in a valid outside edit; refuse any other (logged), never failing."""
+        try:
+            with locked(self.path, exclusive=True):
+                return self._reload_locked()
+        except (OSError, GraphFileError) as exc:
+            log.error("tasks.reload_failed", path=self.path, error=str(exc))
+            return None
 
-    def _refuse_file(self, exc: SidecarError) -> None:
-        """Keep the broken file in the archive and put our valid graph back (lock held)."""
+    def _reload_locked(self) -> tuple[TaskGraph, TaskGraph] | None:
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return None  # our own write, or nothing
+        self._stamp = stamp
+        if self.broken is not None:  # nothing good of ours to restore: wait for a valid file
+            try:
+                fresh = read_graph(self.path, missing_ok=False)
+            except GraphFileError as exc:
+                log.error("tasks.file_unusable", path=self.path, error=exc.message)
+                return None
+            self.broken = None
+            log.warning("tasks.file_usable_again", path=self.path, tasks=len(fresh.tasks))
+            self.graph = fresh
+            return None  # no audit: we never knew the tasks before
+        try:
+            fresh = read_graph(self.path, missing_ok=False)
+        except GraphFileError as exc:
+            self._refuse_file(exc)
+            return None
+        old, self.graph = self.graph, fresh
+        log.info("tasks.file_taken_in", path=self.path, tasks=len(fresh.tasks))
+        return old, fresh
+
+    def _refuse_file(self, exc: GraphFileError) -> None:
+        """Keep the refused file in the archive and put our valid graph back (lock held).
+
+        A deleted file is written back the same way: our graph in memory is the truth."""
+        missing = exc.data.get("reason") == "missing" if isinstance(exc.data, dict) else False
+        kept = "(nothing to keep)" if missing else self._keep_refused()
+        log.error(
+            "tasks.file_missing" if missing else "tasks.file_refused",
+            path=self.path,
+            reason=exc.message,
+            kept_in=kept,
+            written_back=len(self.graph.tasks),
+        )
+        try:
+            write_graph(self.path, self.graph)
+        except OSError as err:  # e.g. a directory in its place: reads go on from memory
+            log.error("tasks.write_back_failed", path=self.path, error=str(err))
+        self._stamp = _stamp(self.path)
+
+    def _keep_refused(self) -> str:
+        """A 0600 copy of the refused file in the archive (best effort: it may be no file)."""
         kept = os.path.join(self.archive_dir, f"{GRAPH_FILE}.{format_timestamp(self.clock.now_ns())}.invalid")
         try:
-            shutil.copyfile(self.path, kept)
+            data = read_regular(self.path, MAX_GRAPH_BYTES)
+            fd = open_regular(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
         except OSError:
-            kept = "(could not be copied)"
-        log.error("tasks.file_refused", path=self.path, reason=exc.message, kept_in=kept)
-        write_graph(self.path, self.graph)
-        self._stamp = _stamp(self.path)
+            return "(could not be copied)"
+        return kept
 
     async def _watch(self) -> None:
         """Wake the writer when the graph file changes on disk."""
@@ -225,11 +317,60 @@ class TaskService:
         await self._emit([e for e in events if e is not None])
 
     async def _emit(self, events: list[NewEvent]) -> None:
-        if events and self.audit is not None:
+        """Write the audit events. Each is made to fit the log's ``max_event_bytes`` (a task
+        may be bigger than an event may be), and when the batch fails, each event is tried on
+        its own: one that cannot be written (a damaged conversation) costs only itself."""
+        if not events or self.audit is None:
+            return
+        try:
+            await self.audit([fit_audit_event(e, self.max_event_bytes) for e in events])
+            return
+        except SidecarError as exc:
+            limit = exc.data.get("max_event_bytes") if isinstance(exc.data, dict) else None
+            if isinstance(limit, int) and 0 < limit < self.max_event_bytes:
+                self.max_event_bytes = limit  # the log's limit is lower than we assumed: learn it
+            elif len(events) == 1:
+                log.error("tasks.audit_failed", task_id=events[0].task_id, error=exc.message)
+                return
+        for event in events:
             try:
-                await self.audit(events)
+                await self.audit([fit_audit_event(event, self.max_event_bytes)])
             except SidecarError as exc:
-                log.error("tasks.audit_failed", error=exc.message)
+                log.error("tasks.audit_failed", task_id=event.task_id, error=exc.message)
+
+
+_AUDIT_MARGIN = 256  # for the id, seq and timestamp the log adds to an event
+_KEPT_WHOLE = ("id", "status", "version", "conversation_id", "priority", "created_at", "updated_at", "parent_id")
+_audit_encoder = msgspec.json.Encoder()
+
+
+def fit_audit_event(event: NewEvent, limit: int) -> NewEvent:
+    """``event`` made to fit in ``limit`` bytes as the log writes it.
+
+    A task's ``inputs`` and ``outputs`` give way first, each to a note of its size
+    (``tasks.get`` still has them), then every other field but the few that say what
+    happened to which task (so the controller still learns that a task is done);
+    ``data.omitted`` lists what was left out."""
+    if len(_audit_encoder.encode(event)) + _AUDIT_MARGIN <= limit:
+        return event
+    data = dict(event.data)
+    task = dict(data["task"])
+    omitted = []
+    for name in ("inputs", "outputs"):
+        size = len(_audit_encoder.encode(task.get(name)))
+        if size > 64:
+            task[name] = {"omitted_bytes": size}
+            omitted.append(name)
+    fitted = msgspec.structs.replace(event, data={**data, "task": task, "omitted": omitted})
+    if len(_audit_encoder.encode(fitted)) + _AUDIT_MARGIN <= limit:
+        return fitted
+    small = {name: task.get(name) for name in _KEPT_WHOLE}
+    small["type"] = str(task.get("type", ""))[:128]
+    owner = task.get("owner")
+    small["owner"] = owner if isinstance(owner, str) and len(owner) <= 256 else None
+    omitted += [name for name in task if name not in small]
+    data = {"task": small, "changed": data.get("changed", [])[:32], "source": data.get("source"), "omitted": omitted}
+    return msgspec.structs.replace(event, data=data)
 
 
 def _audit_event(task: Task, before: Task | None, *, source: str, kind: str | None = None) -> NewEvent | None:
@@ -243,7 +384,7 @@ def _audit_event(task: Task, before: Task | None, *, source: str, kind: str | No
         type=kind,
         visibility="status",
         level="milestone" if task.status in TERMINAL else "state",
-        agent_id=task.owner,
+        agent_id=task.owner if task.owner and len(task.owner) <= 256 else None,  # an agent_id is 1-256 chars
         task_id=task.id,
         data={"task": msgspec.to_builtins(task), "changed": changed, "source": source},
     )

@@ -5,11 +5,16 @@ Every read holds a shared flock and every change an exclusive one, on
 cannot carry the lock). A change is written to a temp file, fsync'd, renamed over the
 graph, and the directory fsync'd: readers see the old graph or the new one, never half.
 The functions work on ``data_dir=`` if given, else ``$SIDECAR_DATA_DIR``, else ``./data``.
+
+The file is in the data directory, so it is not trusted: a graph file that is a symlink, a
+directory, a FIFO, too deeply nested, or invalid is a :class:`GraphFileError` (a storage
+error, -32006) naming the file, never a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -18,15 +23,22 @@ from typing import Any
 import msgspec
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.datadir import ensure_layout, resolve_data_dir
-from sidecar.errors import InvalidParams
+from sidecar.datadir import ensure_layout, open_regular, read_regular, resolve_data_dir
+from sidecar.errors import InvalidParams, SidecarError, StorageError
 from sidecar.log.files import fsync_dir, write_all
+from sidecar.log.segments import DECODE_ERRORS
 from sidecar.log.timestamps import format_timestamp
 from sidecar.task_graph.graph import TaskGraph
 from sidecar.task_graph.model import GraphFile, NewTask, Task, TaskPatch
 
 GRAPH_FILE = "tasks.graph.json"
+TMP_INFIX = ".tmp."
+MAX_GRAPH_BYTES = 1 << 30  # bigger is not a graph we wrote: refused rather than read into memory
 _encoder = msgspec.json.Encoder()
+
+
+class GraphFileError(StorageError):
+    """The graph file cannot be used (unreadable, not a file, invalid); the message names it."""
 
 
 def graph_path(data_dir: str | os.PathLike[str] | None = None) -> str:
@@ -35,8 +47,11 @@ def graph_path(data_dir: str | os.PathLike[str] | None = None) -> str:
 
 @contextlib.contextmanager
 def locked(path: str, *, exclusive: bool) -> Iterator[None]:
-    """Hold the graph's lock file (created on first use)."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """Hold the graph's lock file (created on first use, 0600, never through a symlink)."""
+    try:
+        fd = open_regular(path + ".lock", os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        raise _file_error(path + ".lock", exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -44,25 +59,66 @@ def locked(path: str, *, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def read_graph(path: str) -> TaskGraph:
-    """Parse and validate the graph file (a missing file is an empty graph)."""
+def read_graph(path: str, *, missing_ok: bool = True) -> TaskGraph:
+    """Parse and validate the graph file (a missing file is an empty graph, if ``missing_ok``).
+
+    Raises :class:`GraphFileError` for anything else that is not a valid graph."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_regular(path, MAX_GRAPH_BYTES)
     except FileNotFoundError:
-        return TaskGraph()
+        if missing_ok:
+            return TaskGraph()
+        raise GraphFileError(f"{path} is missing", {"path": path, "reason": "missing"}) from None
+    except OSError as exc:
+        raise _file_error(path, exc) from None
     try:
         doc = msgspec.json.decode(raw, type=GraphFile)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise InvalidParams(f"{path} is not a valid task graph: {exc}", {"reason": "invalid file"}) from None
-    return TaskGraph(doc.tasks, doc.version)
+        return TaskGraph(doc.tasks, doc.version)
+    except DECODE_ERRORS as exc:  # RecursionError too: a file nested deeper than we decode
+        reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+    except SidecarError as exc:  # a cycle, a dangling link...
+        reason = exc.message
+    raise GraphFileError(f"{path} is not a valid task graph: {reason}", {"path": path, "reason": "invalid file"})
+
+
+def _file_error(path: str, exc: OSError) -> GraphFileError:
+    reason = exc.strerror if exc.strerror and exc.strerror != os.strerror(exc.errno or 0) else str(exc)
+    return GraphFileError(f"cannot use {path}: {reason}", {"path": path, "errno": errno.errorcode.get(exc.errno or 0)})
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Delete ``{path}.tmp.{pid}`` files of writers that are gone (killed mid-write);
+    call with the exclusive lock held, so that no live writer is between create and rename."""
+    directory, prefix = os.path.dirname(path), os.path.basename(path) + TMP_INFIX
+    removed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.startswith(prefix):
+                continue
+            pid = entry.name[len(prefix) :]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def write_graph(path: str, graph: TaskGraph) -> None:
     """Replace the file atomically and durably (call with the exclusive lock held)."""
     directory = os.path.dirname(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    tmp = f"{path}{TMP_INFIX}{os.getpid()}"  # ours alone while we hold the lock
+    fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         write_all(fd, msgspec.json.format(_encoder.encode(graph.to_file()), indent=2) + b"\n")
         os.fsync(fd)
@@ -99,6 +155,7 @@ def save_graph(graph: dict[str, Any], *, data_dir: str | os.PathLike[str] | None
     checked = TaskGraph(doc.tasks, doc.version)
     path = _path_for(data_dir)
     with locked(path, exclusive=True):
+        remove_stale_temps(path)
         write_graph(path, checked)
 
 
@@ -143,6 +200,7 @@ def _change(data_dir: str | os.PathLike[str] | None, apply: Callable[[TaskGraph]
     """Read, change and write the graph under the exclusive lock; returns the changed task."""
     path = _path_for(data_dir)
     with locked(path, exclusive=True):
+        remove_stale_temps(path)
         graph = read_graph(path)
         task = apply(graph)
         write_graph(path, graph)
@@ -156,4 +214,13 @@ def _convert(obj: dict[str, Any], kind: type[Any]) -> Any:
         raise InvalidParams(f"invalid task: {exc}") from None
 
 
-__all__ = ["Task", "create_task", "list_active", "load_graph", "ready_tasks", "save_graph", "update_task"]
+__all__ = [
+    "GraphFileError",
+    "Task",
+    "create_task",
+    "list_active",
+    "load_graph",
+    "ready_tasks",
+    "save_graph",
+    "update_task",
+]

@@ -40,7 +40,7 @@ def test_summary_rolling_persist_get(daemon) -> None:
         assert capped["token_estimate"] <= 60
     on_disk = (daemon.data_dir / "summaries" / "c1.md").read_bytes()
     assert hashlib.sha256(on_disk).hexdigest() == rolling["summary_ref"]
-    assert (daemon.data_dir / "summaries" / "c1" / f"{rolling['summary_ref']}.md").exists()
+    assert (daemon.data_dir / "summaries" / "_snapshots" / "c1" / f"{rolling['summary_ref']}.md").exists()
     with Client(daemon.socket_path) as c:
         fill(c, 5)
         newer = c.call("summary.persist", {"conversation_id": "c1"})  # a newer summary replaces it...
