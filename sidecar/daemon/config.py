@@ -17,6 +17,7 @@ from msgspec import Meta
 from sidecar_client import default_socket_path  # one default for the daemon and its clients
 
 from sidecar.datadir import DEFAULT_DATA_DIR
+from sidecar.log.events import MAX_EVENT_DEPTH
 from sidecar.log.store import DEFAULT_JOURNAL_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_ROTATE_BYTES
 
 Positive = Annotated[int, Meta(gt=0)]
@@ -27,7 +28,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_message_bytes: Positive = 1024 * 1024
     max_connections: Positive = 1024
     max_inflight: Positive = 64  # requests per connection before we stop reading from it
-    max_depth: Annotated[int, Meta(ge=2, le=512)] = 64  # nesting of params
+    max_depth: Annotated[int, Meta(ge=2, le=MAX_EVENT_DEPTH - 2)] = 64  # nesting of params (events stay readable)
     max_batch: Positive = 1000  # members of one batch
     max_reply_bytes: Annotated[int, Meta(ge=4096)] = 16 * 1024 * 1024  # one reply line
     max_subscriptions: Positive = 256  # live subscriptions per connection

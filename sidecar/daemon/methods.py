@@ -15,7 +15,7 @@ from msgspec import Meta
 
 from sidecar import __version__
 from sidecar.context.build import build_context
-from sidecar.errors import ForbiddenError, NotFoundError, SidecarError
+from sidecar.errors import ForbiddenError, NotFoundError, SidecarError, StorageError
 from sidecar.log.committer import AppendRequest
 from sidecar.log.events import (
     AppendResult,
@@ -358,7 +358,7 @@ class ConversationRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class SnapshotRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     conversation_id: ConversationId
-    summary_ref: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    summary_ref: Annotated[str, Meta(pattern="^[0-9a-f]{64}$(?!\n)")]
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -446,8 +446,11 @@ async def _context(daemon: Any, cid: str, budget_tokens: int, system_prompt: str
     """``build_context`` for a conversation, from its incremental summary state (no re-read
     of the log), and its active and ready tasks."""
     graph = daemon.tasks.graph
-    tasks = [t for t in graph.list_active() if t.conversation_id == cid]
-    ready = [t for t in graph.ready() if t.conversation_id == cid]
+    try:
+        tasks = [t for t in graph.list_active() if t.conversation_id == cid]
+        ready = [t for t in graph.ready() if t.conversation_id == cid]
+    except StorageError:  # the task graph file is unusable: the context goes on without it
+        tasks, ready = [], []
     state = (await daemon.summaries.state(cid)).copy()  # a snapshot: commits go on meanwhile
 
     def work() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from sidecar.errors import InvalidParams
+from sidecar.jsondepth import nesting_exceeds
 
 # Every pattern matches the whole string: ``$`` alone also matches before a final newline in
 # Python's ``re`` (which msgspec uses), so each ends with ``$(?!\n)``. That stays valid
@@ -122,12 +123,32 @@ _event_encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
 
 
+# The deepest an event line may nest (the event object is level 1, its data level 2): any
+# deeper and decoding it, or encoding it into a reply, could exhaust the stack. The wire's
+# `[server] max_depth` is capped below it, so whatever the daemon accepts, it can read back.
+MAX_EVENT_DEPTH = 256
+
+
+class TooDeep(msgspec.DecodeError):
+    """An event line nested deeper than :data:`MAX_EVENT_DEPTH`."""
+
+
 def encode_event(event: Event) -> bytes:
-    """One log line, newline included."""
-    return _event_encoder.encode(event) + b"\n"
+    """One log line, newline included; refuses (InvalidParams) data nested too deep to read back."""
+    try:
+        line = _event_encoder.encode(event) + b"\n"
+    except RecursionError:
+        line = b"[" * (MAX_EVENT_DEPTH + 1)
+    if nesting_exceeds(line, MAX_EVENT_DEPTH):
+        raise InvalidParams(f"the event's data nests deeper than {MAX_EVENT_DEPTH - 1} levels", {"field": "data"})
+    return line
 
 
 def decode_event(line: bytes) -> Event:
+    """An event from a log line; a line nested past :data:`MAX_EVENT_DEPTH` (which only an
+    outside edit can leave) raises :class:`TooDeep` before the recursive decoder runs."""
+    if nesting_exceeds(line, MAX_EVENT_DEPTH):
+        raise TooDeep(f"the line nests deeper than {MAX_EVENT_DEPTH} levels")
     return _event_decoder.decode(line)
 
 

@@ -19,6 +19,7 @@ import msgspec
 import structlog
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.datadir import private_dir
 from sidecar.errors import CorruptLogError, InvalidParams, SidecarError
 from sidecar.log import files
 from sidecar.log.committer import AppendRequest, CommitThread
@@ -47,7 +48,7 @@ from sidecar.log.scan import (
     run_query,
     skip_unreadable,
 )
-from sidecar.log.segments import SUFFIX, ArchiveListing, active_path, head_decoder
+from sidecar.log.segments import DECODE_ERRORS, SUFFIX, ArchiveListing, active_path, head_decoder
 from sidecar.log.writer import LogWriter, WriterStats
 
 DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
@@ -93,8 +94,9 @@ class EventStore:
         self.data_dir = os.path.abspath(data_dir)
         self.paths = LogPaths(os.path.join(self.data_dir, "logs"), os.path.join(self.data_dir, "archive"))
         self.journal_dir = os.path.join(self.data_dir, "journal")
-        os.makedirs(self.paths.logs_dir, exist_ok=True)
-        os.makedirs(self.paths.archive_dir, exist_ok=True)
+        private_dir(self.data_dir, follow=True, what="data directory")  # 0700, ours, whatever the umask
+        private_dir(self.paths.logs_dir)
+        private_dir(self.paths.archive_dir)
         self._listing = ArchiveListing(self.paths.archive_dir)
         self._index = IdIndex()
         self._writer = LogWriter(
@@ -278,13 +280,14 @@ class EventStore:
         out: list[Event] = []
         for no, seq in places:
             cid = self._writer.by_no[no].cid
-            with self.snapshot(cid, wait=wait) as snap:
-                line = snap.line_at_seq(seq)
-            if line is None:
-                continue
             try:
+                with self.snapshot(cid, wait=wait) as snap:
+                    line = snap.line_at_seq(seq)  # a binary search: it may step on a damaged line
+                if line is None:
+                    continue
                 event = decode_event(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except DECODE_ERRORS as exc:  # damage an outside edit left: not this event, say so
+                log.warning("log.bad_line_skipped", conversation_id=cid, seq=seq, error=str(exc))
                 continue
             if check(event):
                 out.append(event)

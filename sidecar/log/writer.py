@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from sidecar.datadir import UnsafePathError, open_regular
 from sidecar.errors import ConflictError, InvalidParams, SidecarError, StorageError
 from sidecar.log import files
 from sidecar.log.committer import AppendRequest
@@ -178,9 +179,11 @@ class LogWriter:
         try:
             for cid in cids:
                 try:
-                    fds.append(os.open(active_path(self.paths.logs_dir, cid), os.O_RDONLY | os.O_CLOEXEC))
+                    fds.append(open_regular(active_path(self.paths.logs_dir, cid), os.O_RDONLY))
                 except FileNotFoundError:
                     continue  # rotated, and fdatasync'd when it was
+                except UnsafePathError as exc:  # replaced by a link or a directory: not ours to sync
+                    log.error("log.checkpoint_skipped", conversation_id=cid, error=str(exc))
             self._sync_all(fds)
         finally:
             for fd in fds:
@@ -234,8 +237,11 @@ class LogWriter:
             return line_with_seq(fd, conv.active_size, seq)
         for seg in conv.archived:
             if seg.first_seq <= seq <= seg.last_seq:
-                with open(seg.path, "rb", buffering=0) as f:
-                    return line_with_seq(f.fileno(), os.fstat(f.fileno()).st_size, seq)
+                seg_fd = open_regular(seg.path, os.O_RDONLY)
+                try:
+                    return line_with_seq(seg_fd, os.fstat(seg_fd).st_size, seq)
+                finally:
+                    os.close(seg_fd)
         return None
 
     def index_conversations(self, cids: Iterable[str]) -> int:

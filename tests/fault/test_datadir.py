@@ -346,6 +346,8 @@ def test_an_unusable_graph_at_start_does_not_stop_the_daemon(start_daemon, tmp_p
             err = refused(c, method, params)
             assert err.code == -32006 and "tasks.graph.json" in err.message, (method, err.message)
         assert c.call("log.append", {"conversation_id": "c1", "type": "a.b"})["seq"] == 1  # the rest is served
+        layers = c.call("context.build", {"conversation_id": "c1", "budget_tokens": 500})["layers"]
+        assert "tasks" not in [layer["name"] for layer in layers]  # the context goes on without them
         if kind == "deep":
             assert graph.read_bytes() == DEEP  # what we could not read, we do not overwrite
             graph.write_text(json.dumps({"tasks": [], "version": 7}))

@@ -249,3 +249,49 @@ def test_stats_count_what_was_contained(daemon) -> None:
         stats = c.call("sys.stats")
     assert stats["internal_errors"] == 0 and stats["faults"] == {}
     assert os.path.exists(daemon.socket_path)
+
+
+def _line(seq: int, depth: int) -> str:
+    data = "1"
+    for _ in range(depth):
+        data = '{"k":' + data + "}"
+    return (
+        f'{{"id":"0195a3c2-0000-7000-8000-00000000000{seq}","seq":{seq},'
+        f'"timestamp":"2026-11-23T10:00:00.12345{seq}Z","conversation_id":"c1","type":"agent.error",'
+        f'"visibility":"internal","level":"action","caused_by":[],"data":{data}}}\n'
+    )
+
+
+def test_an_event_on_disk_nested_too_deep_is_skipped_not_fatal(start_daemon, tmp_path) -> None:
+    """Once, an agent.error nested ~975 deep made log.tail answer -32603 forever after a
+    restart. The wire now refuses such data; one left on disk by an outside edit (or an
+    older version) is skipped with a warning, and everything around it is served."""
+    data = tmp_path / "data"
+    (data / "logs").mkdir(parents=True)
+    (data / "logs" / "c1.jsonl").write_text(_line(1, 3) + _line(2, 975) + _line(3, 4))
+    d = start_daemon(data_dir=data)
+    with Client(d.socket_path) as c:
+        assert [e["seq"] for e in c.call("log.tail", {"conversation_id": "c1"})["events"]] == [1, 3]
+        assert c.call("log.get", {"event_id": "0195a3c2-0000-7000-8000-000000000003"})["seq"] == 3
+        assert "agent.error" in c.call("summary.rolling", {"conversation_id": "c1"})["markdown"]
+        assert c.call("context.build", {"conversation_id": "c1", "budget_tokens": 500})["total_tokens"] > 0
+        assert c.call("log.append", {"conversation_id": "c1", "type": "a.b"})["seq"] == 4
+        assert c.call("sys.stats")["internal_errors"] == 0
+    assert "log.bad_line_skipped" in d.stderr() and "Traceback" not in d.stderr()
+
+
+def test_the_library_refuses_data_it_could_not_read_back(tmp_path) -> None:
+    from sidecar.errors import InvalidParams
+    from sidecar.log import EventStore
+
+    deep: object = 1
+    for _ in range(300):
+        deep = {"k": deep}
+    with EventStore(tmp_path / "d") as store:
+        try:
+            store.append({"conversation_id": "c1", "type": "a.b", "data": deep})
+        except InvalidParams as exc:
+            assert exc.data == {"field": "data"}
+        else:
+            raise AssertionError("an event nested 300 deep was written")
+        assert store.append({"conversation_id": "c1", "type": "a.b", "data": {"k": [1]}}).seq == 1

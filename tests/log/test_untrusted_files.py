@@ -248,3 +248,22 @@ def test_a_journal_line_for_a_symlinked_log_fails_that_conversation_only(data_di
         assert [e.seq for e in store.tail("good")] == [1]
     assert outside.read_bytes() == b""
     assert planted.exists()  # kept: the evil conversation's line is only there
+
+
+def test_the_library_makes_private_files_whatever_the_umask(tmp_path: Path) -> None:
+    """EventStore used directly (no daemon, no ensure_layout) under umask 022: 0700 and 0600."""
+    old = os.umask(0o022)
+    try:
+        store = EventStore(tmp_path / "fresh", journal=True)
+        store.append({"conversation_id": "c1", "type": "a.b"})
+        store.close()
+    finally:
+        os.umask(old)
+    modes = {
+        os.path.relpath(os.path.join(top, name), tmp_path): os.stat(os.path.join(top, name)).st_mode & 0o777
+        for top, dirs, names in os.walk(tmp_path / "fresh")
+        for name in dirs + names
+    }
+    assert modes and modes["fresh/logs/c1.jsonl"] == 0o600
+    assert all(mode in (0o600, 0o700) for mode in modes.values()), modes
+    assert os.stat(tmp_path / "fresh").st_mode & 0o777 == 0o700
