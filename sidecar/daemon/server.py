@@ -403,6 +403,7 @@ class Daemon:
                 last[0] = time.monotonic()
                 log.info("daemon.loading", conversations_done=done, conversations=total)
 
+        store.max_read_bytes = _read_bytes(self.config)
         store.load(progress)
         for cid, reason in store.damaged().items():
             log.error("daemon.conversation_damaged", conversation_id=cid, reason=reason)
@@ -694,6 +695,7 @@ class Daemon:
             return
         self.config.server = fresh.server
         self.limits = _limits(fresh)
+        self.store.max_read_bytes = _read_bytes(fresh)
         self.config.controller = fresh.controller
         policy = self.controller.policy
         policy.min_gap_s, policy.idle_timeout_s = fresh.controller.min_gap_s, fresh.controller.idle_timeout_s
@@ -721,6 +723,11 @@ class Daemon:
 def _limits(config: Config) -> Limits:
     server = config.server
     return Limits(max_depth=server.max_depth, max_batch=server.max_batch)
+
+
+def _read_bytes(config: Config) -> int:
+    """What one read may gather: a reply's cap, less room for the reply around the events."""
+    return config.server.max_reply_bytes - 1024
 
 
 def serve(config: Config, config_path: str | None = None) -> int:

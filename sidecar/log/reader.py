@@ -114,12 +114,20 @@ class Snapshot:
     def empty(self) -> bool:
         return not self.segments
 
-    def newest_lines(self, limit: int) -> list[bytes]:
-        """Up to ``limit`` newest lines, oldest first, reading backwards: O(limit), not O(log)."""
+    def newest_lines(self, limit: int, max_bytes: int | None = None) -> list[bytes]:
+        """Up to ``limit`` newest lines, oldest first, reading backwards: O(limit), not O(log).
+
+        With ``max_bytes``, no more lines than fit in it (always at least one)."""
         out: list[bytes] = []
+        room = max_bytes
         for seg in reversed(self.segments):
             for line in iter_lines_backward(self._fd(seg), 0, seg.end):
                 if line.strip():
+                    if room is not None:
+                        room -= len(line) + 1
+                        if room < 0 and out:
+                            limit = len(out)
+                            break
                     out.append(line)
                     if len(out) >= limit:
                         break

@@ -227,11 +227,14 @@ def run_query(
     snapshot: Callable[[str], Snapshot],
     budget: ReadBudget | None = None,
     stats: QueryStats | None = None,
+    max_bytes: int | None = None,
 ) -> Page:
     """One page of events matching ``flt`` across ``cids``, in time order.
 
     Holds every conversation open at once only when ``budget`` has a slot for each;
-    otherwise at most one snapshot at a time, with the same answer."""
+    otherwise at most one snapshot at a time, with the same answer. With ``max_bytes``, a
+    page ends early (with a cursor) once its events would pass that many bytes encoded, so
+    no page holds more than a reply may carry."""
     after = decode_cursor(flt.cursor) if flt.cursor else None
     start = flt.start
     if after is not None and (start is None or after[0] > start):
@@ -242,7 +245,7 @@ def run_query(
     if single:
         cids = [flt.conversation_id]  # type: ignore[list-item]
     plan = _Plan(flt, after, start, strict=single)
-    limit = flt.limit
+    limit = _Limit(flt.limit, max_bytes)
     stats = stats if stats is not None else QueryStats()
     if single or len(cids) <= 1 or budget is None:
         out, more = _merge_open(plan, cids, snapshot, limit, stats)
@@ -260,11 +263,33 @@ def run_query(
     return Page(events=out, next_cursor=cursor)
 
 
-def _take(items: Iterator[tuple[SortKey, Event]], limit: int | None) -> tuple[list[Event], bool]:
-    """Up to ``limit`` events, and whether there was one more."""
+class _Limit:
+    """When a page is full: ``count`` events, or (with ``max_bytes``) the events that fit."""
+
+    __slots__ = ("count", "room")
+
+    def __init__(self, count: int | None, max_bytes: int | None) -> None:
+        self.count = count
+        self.room = max_bytes
+
+    def full(self, out: list[Event], event: Event) -> bool:
+        """Whether ``event`` no longer fits after ``out`` (a page holds at least one)."""
+        if self.count is not None and len(out) >= self.count:
+            return True
+        if self.room is not None:
+            self.room -= len(_encoder.encode(event)) + 1
+            return self.room < 0 and bool(out)
+        return False
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _take(items: Iterator[tuple[SortKey, Event]], limit: _Limit) -> tuple[list[Event], bool]:
+    """The events that fit in ``limit``, and whether there was one more."""
     out: list[Event] = []
     for _, event in items:
-        if limit is not None and len(out) >= limit:
+        if limit.full(out, event):
             return out, True
         out.append(event)
     return out, False
@@ -292,7 +317,7 @@ def _merge_open(
     plan: _Plan,
     cids: list[str],
     snapshot: Callable[[str], Snapshot],
-    limit: int | None,
+    limit: _Limit,
     stats: QueryStats,
 ) -> tuple[list[Event], bool]:
     """Every conversation open at once, merged lazily: reads no more than the page needs."""
@@ -364,14 +389,14 @@ def _merge_refilled(
     plan: _Plan,
     cids: list[str],
     snapshot: Callable[[str], Snapshot],
-    limit: int | None,
+    limit: _Limit,
     stats: QueryStats,
 ) -> tuple[list[Event], bool]:
     """The same merge with at most one snapshot open: each conversation is read a small
     batch at a time (growing as it proves busy, never past what the page still needs) and
     reopened at the next seq when its batch runs out."""
     stats.refilled += 1
-    want = None if limit is None else limit + 1
+    want = None if limit.count is None else limit.count + 1
     first = _FIRST_FILL if want is None else max(1, min(_FIRST_FILL, want // len(cids)))
     sources = [_Source(cid, first) for cid in cids]
     heap: list[tuple[SortKey, int]] = []
@@ -385,7 +410,7 @@ def _merge_refilled(
         _, i = heap[0]
         src = sources[i]
         _, event = src.buf.popleft()
-        if limit is not None and len(out) >= limit:
+        if limit.full(out, event):
             return out, True
         out.append(event)
         if not src.buf and not src.done:

@@ -115,6 +115,10 @@ class EventStore:
         # or two descriptors): half the writer's share, whatever the number of conversations.
         self._read_budget = ReadBudget(max(2, files.open_files_budget() // 2))
         self.query_stats = QueryStats()
+        # The most one read may hold and return, in encoded bytes (None: no bound). The
+        # daemon sets it just under a reply's cap, so a page ends early, with a cursor,
+        # rather than being built whole and then refused.
+        self.max_read_bytes: int | None = None
         self.lookup_stats = LookupStats()
         self._catch_up_lock = threading.Lock()
         self._catch_ups = 0  # passes started, so that concurrent misses share one
@@ -225,7 +229,7 @@ class EventStore:
         if not isinstance(limit, int) or limit < 0:
             raise InvalidParams(f"limit must be a non-negative integer, not {limit!r}")
         with self.snapshot(conversation_id, wait=wait) as snap:
-            return decode_lines(snap.newest_lines(limit), conversation_id) if limit else []
+            return decode_lines(snap.newest_lines(limit, self.max_read_bytes), conversation_id) if limit else []
 
     def get(self, event_id: str, *, wait: bool = True) -> Event | None:
         """The event with this id (the earliest, should two conversations share it).
@@ -300,7 +304,14 @@ class EventStore:
             merged = {**{k: v for k, v in msgspec.structs.asdict(flt).items() if v is not None}, **merged}
         elif flt is not None:
             merged = {**flt, **merged}
-        return run_query(as_filter(merged), self.conversation_ids(), self.snapshot, self._read_budget, self.query_stats)
+        return run_query(
+            as_filter(merged),
+            self.conversation_ids(),
+            self.snapshot,
+            self._read_budget,
+            self.query_stats,
+            self.max_read_bytes,
+        )
 
     def since(self, timestamp: str, *, limit: int | None = None, cursor: str | None = None) -> Page:
         """Events of every conversation with ``timestamp >=`` the given, in time order."""

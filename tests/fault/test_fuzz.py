@@ -187,7 +187,14 @@ def assert_still_whole(daemon) -> None:
     with Client(daemon.socket_path) as c:
         assert c.call("sys.health")["status"] == "ok"
         for conv in c.call("log.conversations")["conversations"]:  # whatever the fuzz appended is intact
-            events = c.call("log.tail", {"conversation_id": conv["conversation_id"], "limit": 1000})["events"]
-            assert [e["seq"] for e in events] == list(range(1, conv["last_seq"] + 1))
+            # Appends of a batch may still be landing (the probe can be answered first), so
+            # the log may have grown since: gapless from 1, and at least what was listed.
+            seqs, cursor = [], None
+            while True:
+                page = c.call("log.query", {"conversation_id": conv["conversation_id"], "cursor": cursor})
+                seqs += [e["seq"] for e in page["events"]]
+                if (cursor := page["next_cursor"]) is None:
+                    break
+            assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= conv["last_seq"]
     assert "Traceback" not in daemon.stderr()
     assert daemon.stop() == 0

@@ -138,12 +138,25 @@ def test_batches_are_capped_in_members_and_in_reply_bytes(start_daemon) -> None:
     assert len(answered) == 1 and len(answered[0]["result"]["events"]) == 20
     assert {r["error"]["code"] for r in refused} == {-32005}
     assert "max_reply_bytes" in refused[0]["error"]["message"]
-    # A single answer too large for a line is refused the same way, and the client goes on.
+    # A read larger than a reply ends its page early, with a cursor: nothing is built whole
+    # only to be refused, and paging gets everything.
+    big = [{"conversation_id": "big", "type": "a.b", "data": {"t": "x" * 2000}}] * 20
     with Client(d.socket_path) as c:
-        c.call(
-            "log.append_many", {"events": [{"conversation_id": "big", "type": "a.b", "data": {"t": "x" * 2000}}] * 20}
-        )
-    reply = call(raw, (query % 99).encode())
+        c.call("log.append_many", {"events": big})
+    page = call(raw, (query % 99).encode())["result"]
+    assert 20 <= len(page["events"]) < 40 and page["next_cursor"]
+    more = {"jsonrpc": "2.0", "id": 100, "method": "log.query", "params": {"conversation_id": "big"}}
+    more["params"]["cursor"] = page["next_cursor"]
+    rest = call(raw, json.dumps(more).encode())["result"]["events"]
+    assert [e["seq"] for e in page["events"] + rest] == list(range(1, 41))
+    tail = call(raw, b'{"jsonrpc":"2.0","id":101,"method":"log.tail","params":{"conversation_id":"big","limit":40}}')
+    newest = [e["seq"] for e in tail["result"]["events"]]
+    assert 20 <= len(newest) < 40 and newest == list(range(41 - len(newest), 41))
+    # Any other answer too large for a line is refused by its id, and the client goes on.
+    summary = (
+        b'{"jsonrpc":"2.0","id":99,"method":"summary.rolling","params":{"conversation_id":"big","keep_recent":100}}'
+    )
+    reply = call(raw, summary)  # 40 events of 2 KB in full
     assert reply["id"] == 99 and reply["error"]["code"] == -32005
     still_serving(d.socket_path, raw)
 

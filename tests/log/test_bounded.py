@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from sidecar.clock import ManualClock
@@ -362,3 +363,29 @@ def test_one_unreadable_conversation_does_not_fail_reads_across_the_others(
     assert [c.conversation_id for c in store.conversations()] == ["a", "b"]
     with pytest.raises((OSError, SidecarError)):
         store.query(conversation_id="bad")
+
+
+@pytest.mark.parametrize("budget", [None, 1])  # every conversation open at once, and one at a time
+def test_pages_end_early_at_max_read_bytes_and_cursors_get_everything(tmp_path: Path, budget: int | None) -> None:
+    with EventStore(tmp_path / "d", clock=ManualClock()) as store:
+        for i in range(60):
+            store.append({**ev(f"c{i % 3}"), "data": {"t": "x" * random.choice([100, 900])}})
+        everything = store.query(limit=None).events
+        store.max_read_bytes = 4000
+        if budget is not None:
+            store._read_budget = ReadBudget(budget)
+        for flt in ({}, {"conversation_id": "c1"}):
+            got, cursor, pages = [], None, 0
+            while True:
+                page = store.query({**flt, "cursor": cursor, "limit": 1000})
+                encoded = sum(len(msgspec.json.encode(e)) + 1 for e in page.events)
+                assert page.events and (encoded <= 4000 or len(page.events) == 1)
+                got += page.events
+                pages += 1
+                if (cursor := page.next_cursor) is None:
+                    break
+            expected = [e for e in everything if flt.get("conversation_id") in (None, e.conversation_id)]
+            assert got == expected and pages > 1
+        newest = store.tail("c1", 20)
+        assert 0 < len(newest) < 20 and [e.seq for e in newest] == list(range(21 - len(newest), 21))
+        assert sum(len(msgspec.json.encode(e)) + 1 for e in newest) <= 4000
