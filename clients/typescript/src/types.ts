@@ -307,7 +307,11 @@ export interface Stats {
   commit_queue: number;
   connections: number;
   connections_total: number;
+  /** @default {} */
+  faults?: Record<string, number>;
   fsyncs: number;
+  /** @default 0 */
+  internal_errors?: number;
   mean_batch: number;
   refusing: number;
   requests: number;
