@@ -20,7 +20,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -265,39 +265,31 @@ class ChatClient:
         wait runs against one deadline (never a cancel scope across a ``yield``)."""
         deadline = anyio.current_time() + self.timeout_s
         body = self._body(messages, True, max_tokens)
-        async with self._exchange("POST", "/v1/chat/completions", body, deadline, self._late) as response:
-            chunks = response.aiter_bytes()
+        async with (
+            self._exchange("POST", "/v1/chat/completions", body, deadline, self._late) as response,
+            aclosing(_timely_chunks(response, deadline, self._late)) as chunks,
+        ):
             buffer = b""
             total = 0
-            try:
-                while True:
-                    try:
-                        with anyio.fail_at(deadline):
-                            chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > MAX_REPLY_BYTES:
+                    raise LLMError(f"the LLM server's reply is over {MAX_REPLY_BYTES} bytes")
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, _, buffer = buffer.partition(b"\n")
+                    line = line.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
                         return
-                    except TimeoutError:
-                        raise self._late() from None
-                    total += len(chunk)
-                    if total > MAX_REPLY_BYTES:
-                        raise LLMError(f"the LLM server's reply is over {MAX_REPLY_BYTES} bytes")
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, _, buffer = buffer.partition(b"\n")
-                        line = line.strip()
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            return
-                        try:
-                            delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
-                        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                            raise LLMError(f"not a chat-completions stream event: {data[:200]!r}") from exc
-                        if delta:
-                            yield str(delta)
-            finally:
-                await chunks.aclose()
+                    try:
+                        delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                        raise LLMError(f"not a chat-completions stream event: {data[:200]!r}") from exc
+                    if delta:
+                        yield str(delta)
 
     # --- the server's context size -------------------------------------------------------------
 
@@ -372,6 +364,21 @@ async def _read_capped(
     """The body by ``deadline`` (else ``late()``), up to ``limit`` bytes: past it, LLMError, or
     with ``truncate`` what was read."""
     body = bytearray()
+    async with aclosing(_timely_chunks(response, deadline, late)) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                if truncate:
+                    return bytes(body[:limit])
+                raise LLMError(f"the LLM server's reply is over {limit} bytes")
+    return bytes(body)
+
+
+async def _timely_chunks(
+    response: httpx.Response, deadline: float, late: Callable[[], LLMError]
+) -> AsyncIterator[bytes]:
+    """The body's chunks, each waited for against one ``deadline`` (else ``late()``); the
+    cancel scope covers the wait only, never a ``yield``."""
     chunks = response.aiter_bytes()
     try:
         while True:
@@ -379,14 +386,10 @@ async def _read_capped(
                 with anyio.fail_at(deadline):
                     chunk = await chunks.__anext__()
             except StopAsyncIteration:
-                return bytes(body)
+                return
             except TimeoutError:
                 raise late() from None
-            body += chunk
-            if len(body) > limit:
-                if truncate:
-                    return bytes(body[:limit])
-                raise LLMError(f"the LLM server's reply is over {limit} bytes")
+            yield chunk
     finally:
         await chunks.aclose()
 

@@ -23,7 +23,7 @@ import anyio
 import pytest
 from sidecar_client import AsyncClient, Client, RpcError
 
-from sidecar.log.events import Event, encode_event
+from tests.log.test_untrusted_files import line
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a path to another user")
 
@@ -33,20 +33,6 @@ def refused(c: Client, method: str, params: dict[str, Any]) -> RpcError:
         c.call(method, params)
     return info.value
 
-
-def line(cid: str, seq: int, **kw: Any) -> bytes:
-    fields: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "seq": seq,
-        "timestamp": f"2026-01-01T00:00:{seq:02d}.000000Z",
-        "conversation_id": cid,
-        "type": "test.event",
-        "visibility": "internal",
-        "level": "action",
-        "caused_by": [],
-        "data": {},
-    }
-    return encode_event(Event(**{**fields, **kw}))
 
 
 def until(check: Callable[[], bool], what: str, c: Client | None = None, timeout: float = 10.0) -> None:
