@@ -20,13 +20,11 @@ def nesting_exceeds(line: bytes, limit: int) -> bool | None:
 
     Runs at C speed (replace, translate), before any recursive decoder sees the line, so a
     hostile line costs at most ``limit`` passes over its brackets and never a deep stack."""
-    if b"\\" in line:
-        line = line.replace(b"\\\\", b"")  # escaped backslashes first, then escaped quotes
-    if b'\\"' in line:
-        line = line.replace(b'\\"', b"")
     s = line.translate(_BRACES_AS_BRACKETS, _NOT_STRUCTURE)
-    if len(s) <= limit:  # the common case: too few brackets to nest that deep
+    if len(s) <= limit:  # the common case: too few brackets (and quotes) to nest that deep
         return False
+    if b"\\" in line:  # escapes hide quotes: escaped backslashes first, then escaped quotes
+        s = line.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_BRACES_AS_BRACKETS, _NOT_STRUCTURE)
     s = s.replace(b'""', b"")  # empty (or merged adjacent) strings: no brackets inside
     if b'"' in s:
         s = b"".join(s.split(b'"')[::2])  # drop what strings still enclose

@@ -124,8 +124,9 @@ _event_decoder = msgspec.json.Decoder(Event)
 
 
 # The deepest an event line may nest (the event object is level 1, its data level 2): any
-# deeper and decoding it, or encoding it into a reply, could exhaust the stack. The wire's
-# `[server] max_depth` is capped below it, so whatever the daemon accepts, it can read back.
+# deeper and decoding it, or encoding it into a reply, could exhaust the stack. Every way in
+# is bounded below it: the wire by `[server] max_depth` (capped under it), the library by
+# as_new_event; so whatever is written can be read back.
 MAX_EVENT_DEPTH = 256
 
 
@@ -134,14 +135,8 @@ class TooDeep(msgspec.DecodeError):
 
 
 def encode_event(event: Event) -> bytes:
-    """One log line, newline included; refuses (InvalidParams) data nested too deep to read back."""
-    try:
-        line = _event_encoder.encode(event) + b"\n"
-    except RecursionError:
-        line = b"[" * (MAX_EVENT_DEPTH + 1)
-    if nesting_exceeds(line, MAX_EVENT_DEPTH):
-        raise InvalidParams(f"the event's data nests deeper than {MAX_EVENT_DEPTH - 1} levels", {"field": "data"})
-    return line
+    """One log line, newline included."""
+    return _event_encoder.encode(event) + b"\n"
 
 
 def decode_event(line: bytes) -> Event:
@@ -169,6 +164,20 @@ def as_new_event(obj: NewEvent | dict[str, Any]) -> NewEvent:
         if field in obj:
             raise InvalidParams(f"`{field}` is assigned by the sidecar; leave it out", {"field": field})
     try:
-        return msgspec.convert(obj, NewEvent)
+        event = msgspec.convert(obj, NewEvent)
     except msgspec.ValidationError as exc:
         raise InvalidParams(f"invalid event: {exc}") from None
+    except RecursionError:
+        event = None
+    if event is None or _too_deep(event.data):
+        raise InvalidParams(f"the event's data nests deeper than {MAX_EVENT_DEPTH - 1} levels", {"field": "data"})
+    return event
+
+
+def _too_deep(data: dict[str, Any]) -> bool:
+    """Whether ``data`` (built in Python, so never measured on the wire) nests past what the
+    log can read back."""
+    try:
+        return bool(nesting_exceeds(_event_encoder.encode(data), MAX_EVENT_DEPTH - 1))
+    except RecursionError:
+        return True

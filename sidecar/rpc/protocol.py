@@ -66,7 +66,7 @@ class Framer:
         return len(self._buffer)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field
 class Request:
     """One call. ``is_notification`` means the caller wants no reply (no ``id`` member).
 
@@ -81,7 +81,7 @@ class Request:
     is_notification: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Invalid:
     """A member of the message that is not a valid request: reply with this error."""
 
@@ -93,7 +93,7 @@ class Invalid:
 Item = Request | Invalid
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """A parsed line: its items, and whether they came as a batch (reply with an array)."""
 
@@ -149,14 +149,15 @@ def parse_message(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Parse one line into requests, following the specification's rules to the letter.
 
     Never raises: whatever the bytes, the answer is requests or the errors owed for them."""
-    batch = line[:1] == b"[" or line.lstrip()[:1] == b"["
+    line = line.strip()  # (the same object when there is nothing to strip)
+    batch = line[:1] == b"["
     deep = nesting_exceeds(line, limits.max_depth + (2 if batch else 1))
     if deep is None:
         return Message([Invalid(None, PARSE_ERROR, "Parse error: the message is not valid JSON")], False)
     if deep:
         why = f"Invalid Request: nested deeper than max_depth ({limits.max_depth})"
         return Message([Invalid(None, INVALID_REQUEST, why)], False)
-    if b"\\u" in line and _SURROGATE_ESCAPE.search(line):
+    if b"\\" in line and _SURROGATE_ESCAPE.search(line):  # memchr first: most lines have no escape
         line = mend_lone_surrogates(line)
     if not batch:
         try:
@@ -187,17 +188,15 @@ def parse_message(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_NUMBER_START = frozenset(b"-0123456789")
+_ID_START = frozenset(b'"-0123456789')
 
 
 def _plain_id(raw: msgspec.Raw | msgspec.UnsetType) -> bool:
     """A string, a number or null: what the specification allows an id to be."""
     if raw is msgspec.UNSET:
         return True
-    first = bytes(memoryview(raw)[:1])
-    if first == b'"':
-        return True  # the decoder has checked the string already
-    return (bool(first) and first[0] in _NUMBER_START) or bytes(raw) == b"null"
+    text = bytes(raw)  # never empty: the decoder found a value
+    return text[0] in _ID_START or text == b"null"  # a string (checked by the decoder) or a number
 
 
 def _parse_request(member: bytes) -> Item:

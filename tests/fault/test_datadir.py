@@ -34,7 +34,6 @@ def refused(c: Client, method: str, params: dict[str, Any]) -> RpcError:
     return info.value
 
 
-
 def until(check: Callable[[], bool], what: str, c: Client | None = None, timeout: float = 10.0) -> None:
     """Wait for something the daemon does on its own (a file watcher's reaction)."""
     deadline = time.monotonic() + timeout
