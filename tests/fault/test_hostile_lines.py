@@ -308,3 +308,31 @@ def test_the_library_refuses_data_it_could_not_read_back(tmp_path) -> None:
         else:
             raise AssertionError("an event nested 300 deep was written")
         assert store.append({"conversation_id": "c1", "type": "a.b", "data": {"k": [1]}}).seq == 1
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def test_a_batch_of_greedy_queries_holds_bounded_memory(daemon) -> None:
+    """Issue 12: 400 log.query in one 43 KB batch made a 484 MB reply and 2.2 GB RSS. Now the
+    line is capped, members run 8 at a time, and each answer is refused as it arrives."""
+    with Client(daemon.socket_path) as c:
+        for _ in range(10):
+            c.call(
+                "log.append_many",
+                {"events": [{"conversation_id": "g", "type": "a.b", "data": {"t": "x" * 1000}}] * 100},
+            )
+    before = _peak_rss_mb(daemon.proc.pid)
+    member = '{"jsonrpc":"2.0","id":%d,"method":"log.query","params":{"conversation_id":"g","limit":1000}}'
+    raw = Raw(daemon.socket_path)
+    raw.send(("[" + ",".join(member % i for i in range(400)) + "]\n").encode())
+    line = raw.file.readline()
+    assert len(line) <= 16 * 1024 * 1024
+    replies = json.loads(line)
+    assert len(replies) == 400 and sum("result" in r for r in replies) >= 10  # ~1.1 MB each: 14 fit
+    assert {r["error"]["code"] for r in replies if "error" in r} == {-32005}
+    grown = _peak_rss_mb(daemon.proc.pid) - before
+    assert grown < 300, f"peak RSS grew {grown:.0f} MB for one batch"  # was over 2 GB
+    still_serving(daemon.socket_path, raw)
