@@ -19,7 +19,7 @@ examples:
   sidecar call log.tail '{"conversation_id": "c1", "limit": 5}'
   sidecar tail c1 -n 50 -f                        the last 50 events of c1, then follow
   sidecar tail c1 --json | jq .type
-  sidecar demo                                    a user, three agents and a narrator, in 15 seconds
+  sidecar demo                                    a user, three agents and a narrator, in about 10 seconds
 
 environment:
   SIDECAR_DATA_DIR, SIDECAR_SOCKET, SIDECAR_CONFIG stand in for --data-dir, --socket, --config.
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="data directory (default: $SIDECAR_DATA_DIR or ./data)")
     serve.add_argument("--socket", help="Unix socket path (default: $SIDECAR_SOCKET or the runtime dir)")
     serve.add_argument("--config", help="TOML config file (default: $SIDECAR_CONFIG)")
+    serve.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        help="stderr logs: readable lines (console) or JSON lines (json); default: [server] log_format, "
+        "auto = console on a terminal, json otherwise",
+    )
 
     call = sub.add_parser("call", help="call one method and print its JSON result")
     call.add_argument("method", help="e.g. sys.health, log.append, log.tail")
@@ -51,7 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="exit 0 only when the daemon answers healthy")
     health.add_argument("--socket", help="Unix socket path")
 
-    sub.add_parser("demo", help="watch a user, three agents and a narrator, with the gate and the watchdog")
+    sub.add_parser(
+        "demo",
+        help="watch a user, three agents and a narrator, with the gate and the watchdog",
+        description="Watch a user, three agents and a narrator, with the gate and the watchdog, in about "
+        "10 seconds. The demo runs its own daemon in a new temporary directory, removed at the end: "
+        "your daemon, socket and data are not touched.",
+    )
+
+    tail = sub.add_parser("tail", help="show a conversation's newest events, and follow with -f")
+    tail.add_argument("conversation", help="conversation id")
+    tail.add_argument("-n", type=int, default=20, help="how many events to show first (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they arrive")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--socket", help="Unix socket path")
 
     tail = sub.add_parser("tail", help="show a conversation's newest events, and follow with -f")
     tail.add_argument("conversation", help="conversation id")
@@ -103,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2
-    configure(config.server.log_level)
+    configure(config.server.log_level, args.log_format or config.server.log_format)
     return serve(config, args.config or os.environ.get("SIDECAR_CONFIG"))
 
 
@@ -146,17 +165,52 @@ def format_event(event: dict[str, Any], colour: bool) -> str:
 
     Every field came from some client: whatever it holds is shown, never obeyed."""
     ts = event["timestamp"][11:23]
-    data = json.dumps(event.get("data") or {}, ensure_ascii=False, separators=(",", ":"))
+    payload = event.get("data") or {}
+    head = ""
+    if event["type"].startswith("task.") and isinstance(payload, dict):
+        head, payload = _task_head(event, payload)
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     if len(data) > 120:
         data = data[:117] + "..."
     agent = f" [{event['agent_id']}]" if event.get("agent_id") else ""
     line = printable(
         f"{event['seq']:>6} {ts} {event['visibility']:<8} {_LEVEL_MARK.get(event['level'], ' ')} "
-        f"{event['type']}{agent} {data}"
+        f"{event['type']}{agent} {head}{data}"
     )
     if colour:
         return f"{_COLOURS.get(event['visibility'], '')}{line}\033[0m"
     return line
+
+
+_TASK_HEAD = ("id", "status", "owner")
+
+
+def _task_head(event: dict[str, Any], data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``task=ID status=S owner=O `` and the rest of ``data``: what a task event is about,
+    before the cut at 120 characters (the whole task, ``data.task``, goes last)."""
+    task = data.get("task")
+    fields = task if isinstance(task, dict) else data
+    shown = {key: fields.get(key) for key in _TASK_HEAD}
+    if shown["id"] is None:
+        shown["id"] = event.get("task_id")
+    head = "".join(f"{'task' if key == 'id' else key}={value} " for key, value in shown.items() if value is not None)
+    if isinstance(task, dict):
+        rest = {k: v for k, v in data.items() if k != "task"}
+        rest["task"] = {k: v for k, v in task.items() if k not in _TASK_HEAD}
+    else:
+        rest = {k: v for k, v in data.items() if k not in _TASK_HEAD}
+    return head, rest
+
+
+def _missing(client: Any, conversation: str) -> str | None:
+    """``None`` when ``conversation`` exists, else what to tell: the conversations there are."""
+    known = sorted(c["conversation_id"] for c in client.call("log.conversations")["conversations"])
+    if conversation in known:
+        return None  # it exists, its events are just gone (retention)
+    if not known:
+        return "there are none yet"
+    listed = ", ".join(known[:10])
+    return f"known: {listed}, ... ({len(known)} in all)" if len(known) > 10 else f"known: {listed}"
 
 
 def _tail(client: Any, args: argparse.Namespace) -> int:
@@ -168,6 +222,15 @@ def _tail(client: Any, args: argparse.Namespace) -> int:
 
     shown = max(args.n, 0)
     events = client.call("log.tail", {"conversation_id": args.conversation, "limit": max(shown, 1)})["events"]
+    missing = None if events else _missing(client, args.conversation)
+    if missing is not None:  # a typo, most likely: say so rather than print nothing
+        name = repr(args.conversation)
+        if not args.follow:
+            print(printable(f"sidecar: no conversation {name} ({missing})"), file=sys.stderr)
+            return 1
+        print(
+            printable(f"sidecar: no conversation {name} yet; waiting for its first event"), file=sys.stderr, flush=True
+        )
     for event in events[len(events) - shown :] if shown else []:
         show(event)
     if args.follow:

@@ -1,8 +1,9 @@
-"""``sidecar demo``: watch the gate and the watchdog at work, in about fifteen seconds.
+"""``sidecar demo``: watch the gate and the watchdog at work, in about ten seconds.
 
-A daemon starts in a temp dir. A user asks for two things; three agents (coder, search,
-rag) work on them; a narrator speaks only when the controller grants it. The user-visible
-chat is printed on the left, the activity rail on the right.
+A daemon of its own starts in a new temp dir (it says where; the dir is removed at the
+end). A user asks for two things; three agents (coder, search, rag) work on them; a
+narrator speaks only when the controller grants it. The user-visible chat is printed on
+the left, the activity rail on the right.
 """
 
 from __future__ import annotations
@@ -174,15 +175,18 @@ async def _scenario(sock: str) -> None:
 
 def main() -> int:
     root = tempfile.mkdtemp(prefix="sidecar-demo-")
-    proc, sock = _start_daemon(root)
+    print(f"sidecar demo: running its own daemon in {root} (removed at the end)", flush=True)
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        proc, sock = _start_daemon(root)
         anyio.run(_scenario, sock)
     except KeyboardInterrupt:
         pass
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-        shutil.rmtree(root, ignore_errors=True)
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)  # even when the daemon never came up
     print("-" * (2 * WIDTH + 3))
     print("The narrator spoke only when the controller said SPEAK; the agents never wrote to the chat.")
     return 0

@@ -16,6 +16,38 @@ from sidecar.log import EventStore
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def scaffold_status() -> str | None:
+    """``git status`` of the checked-in ``data/`` scaffold, ignored files included (a stray
+    lock file is ignored by git, yet it is still a write into the checkout); ``None`` when
+    this is not a git checkout."""
+    try:
+        run = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", "data"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return run.stdout if run.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_data_untouched() -> Iterator[None]:
+    """Fail the run if any test wrote into the checkout's ``data/``: tests use temp dirs, and
+    the next ``./dev serve`` or ``git status`` must find the scaffold as it was."""
+    before = scaffold_status()
+    yield
+    after = scaffold_status()
+    if before is not None and after is not None and after != before:
+        added = sorted(set(after.splitlines()) - set(before.splitlines()))
+        gone = sorted(set(before.splitlines()) - set(after.splitlines()))
+        pytest.fail(
+            f"a test changed the checkout's data/: git status now shows {added}, no longer {gone}", pytrace=False
+        )
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"

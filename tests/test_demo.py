@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +16,9 @@ def test_the_demo_runs() -> None:
     )
     assert run.returncode == 0, run.stderr
     out = run.stdout
+    where = re.fullmatch(r"sidecar demo: running its own daemon in (\S+) \(removed at the end\)", out.splitlines()[0])
+    assert where is not None, out.splitlines()[0]  # it says first where its daemon runs...
+    assert os.path.isabs(where.group(1)) and not os.path.exists(where.group(1))  # ...and removes it
     assert "you: Please fix the failing login test" in out
     assert "narrator: On it" in out and "narrator: Done: fix-login." in out  # spoke only with grants
     assert "[controller] SPEAK (user_message)" in out and "[controller] SPEAK (task_done)" in out

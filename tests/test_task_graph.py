@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -163,6 +164,46 @@ def test_file_api_refuses_bad_input(data_dir: Path) -> None:
     assert (data_dir / "tasks.graph.json").read_bytes() == before  # nothing half-written
 
 
+def test_file_api_takes_a_whole_node_with_its_outputs(data_dir: Path) -> None:
+    """The seed's create_task({..., "inputs": {...}, "outputs": {}, ...}) was refused for ``outputs``."""
+    store.create_task({"type": "plan", "id": "p"}, data_dir=data_dir)
+    node = {
+        "id": "n1",
+        "type": "build",
+        "status": "running",
+        "owner": "coder",
+        "inputs": {"file": "a.py"},
+        "outputs": {"partial": [1, 2]},
+        "parent_id": "p",
+        "dependency_ids": [],
+        "conversation_id": "c1",
+        "priority": 1,
+    }
+    made = store.create_task(node, data_dir=data_dir)
+    assert {k: made[k] for k in node} == node and made["version"] == 1
+    assert store.load_graph(data_dir=data_dir)["tasks"][1]["outputs"] == {"partial": [1, 2]}
+    assert store.create_task({"type": "t", "id": "bare"}, data_dir=data_dir)["outputs"] == {}
+
+
+def test_file_api_names_the_fields_only_the_graph_sets(data_dir: Path) -> None:
+    made = store.create_task({"type": "t", "id": "a"}, data_dir=data_dir)
+    copied = {**made, "id": "b"}  # a node as load_graph gives it: created_at, updated_at, version too
+    with pytest.raises(InvalidParams, match="created_at, updated_at, version are set by the graph") as info:
+        store.create_task(copied, data_dir=data_dir)
+    assert info.value.data == {"reason": "set by the graph", "fields": ["created_at", "updated_at", "version"]}
+    with pytest.raises(InvalidParams, match="version is set by the graph"):
+        store.create_task({"type": "t", "id": "c", "version": 1}, data_dir=data_dir)
+    assert [t["id"] for t in store.load_graph(data_dir=data_dir)["tasks"]] == ["a"]
+
+
+def test_a_new_task_keeps_its_outputs_in_the_graph() -> None:
+    g = TaskGraph()
+    t = g.create(NewTask(type="t", id="a", outputs={"done_so_far": 3}), T0)
+    assert t.outputs == {"done_so_far": 3} and g.get("a").outputs == {"done_so_far": 3}
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"type": "t", "outputs": [1]}, NewTask)  # still an object
+
+
 def test_a_broken_file_is_a_clear_error(data_dir: Path) -> None:
     store.create_task({"type": "t", "id": "a"}, data_dir=data_dir)
     (data_dir / "tasks.graph.json").write_text('{"tasks": [{"id": "a"')
@@ -246,9 +287,11 @@ def test_an_audit_event_is_made_to_fit_the_log() -> None:
     assert len(msgspec.json.encode(small)) + 256 <= 2048 and small.data["task"]["id"] == "h"
 
 
-def test_the_checked_in_scaffold_loads() -> None:
+def test_the_checked_in_scaffold_loads(tmp_path: Path) -> None:
+    """On a copy: even a read takes the graph's lock file, which must not land in the checkout."""
     root = Path(__file__).resolve().parent.parent
-    assert store.load_graph(data_dir=root / "data") == {"tasks": [], "version": 0}
+    copy = shutil.copytree(root / "data", tmp_path / "data")
+    assert store.load_graph(data_dir=copy) == {"tasks": [], "version": 0}
 
 
 RACER = textwrap.dedent(

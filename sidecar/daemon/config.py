@@ -38,6 +38,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_uids: list[int] = []  # peers besides our own uid (and root) that may connect
     allow_gids: list[int] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: readable lines when stderr is a terminal, JSON lines otherwise (a file, journald)
+    log_format: Literal["auto", "json", "console"] = "auto"
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

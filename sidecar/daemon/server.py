@@ -203,7 +203,7 @@ class Connection:
         self.subscriptions.pop(sub.id, None)
 
     async def serve(self) -> None:
-        log.info("daemon.connection_open", connection=self.number, pid=self.peer[0], uid=self.peer[1])
+        log.debug("daemon.connection_open", connection=self.number, pid=self.peer[0], uid=self.peer[1])
         framer = Framer(self.daemon.config.server.max_message_bytes)
         try:
             async with anyio.create_task_group() as io:
@@ -227,7 +227,7 @@ class Connection:
                 self._ended(sub)
             self.closed = True
             await self.stream.aclose()
-            log.info("daemon.connection_closed", connection=self.number)
+            log.debug("daemon.connection_closed", connection=self.number)
 
     def _idle(self) -> bool:
         return not self.subscriptions and self.slots.free == self.slots.size

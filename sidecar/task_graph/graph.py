@@ -89,6 +89,7 @@ class TaskGraph:
             status=new.status,
             owner=new.owner,
             inputs=new.inputs,
+            outputs=new.outputs,
             created_at=now,
             updated_at=now,
             parent_id=new.parent_id,

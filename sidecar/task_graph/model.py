@@ -46,12 +46,14 @@ class Task(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class NewTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """What ``tasks.create`` takes; the graph fills in the rest."""
+    """What ``tasks.create`` takes: a task's own fields, ``outputs`` included; the graph sets
+    ``created_at``, ``updated_at`` and ``version``."""
 
     type: Annotated[str, Meta(min_length=1, max_length=128)]
     id: TaskId | None = None
     owner: str | None = None
     inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
     parent_id: TaskId | None = None
     dependency_ids: list[TaskId] = []
     conversation_id: ConversationId | None = None

@@ -159,10 +159,28 @@ def save_graph(graph: dict[str, Any], *, data_dir: str | os.PathLike[str] | None
         write_graph(path, checked)
 
 
+# A task's bookkeeping, which only the graph writes.
+SET_BY_THE_GRAPH = ("created_at", "updated_at", "version")
+
+
 def create_task(
     task: dict[str, Any] | NewTask, *, data_dir: str | os.PathLike[str] | None = None, clock: Clock = SYSTEM_CLOCK
 ) -> dict[str, Any]:
-    """Add a task (validated: links exist, no cycle); returns it with its id and version."""
+    """Add a task (validated: links exist, no cycle); returns it with its id and version.
+
+    ``task`` is a node as the graph holds it: ``type`` and any of ``id``, ``status``,
+    ``owner``, ``inputs``, ``outputs``, ``parent_id``, ``dependency_ids``,
+    ``conversation_id`` and ``priority``. ``created_at``, ``updated_at`` and ``version`` are
+    the graph's to set: a node carrying them is refused, naming them, rather than have
+    them quietly replaced."""
+    if isinstance(task, dict):
+        assigned = [key for key in SET_BY_THE_GRAPH if key in task]
+        if assigned:
+            raise InvalidParams(
+                f"invalid task: {', '.join(assigned)} {'is' if len(assigned) == 1 else 'are'} set by the graph; "
+                "leave them out",
+                {"reason": "set by the graph", "fields": assigned},
+            )
     new = task if isinstance(task, NewTask) else _convert(task, NewTask)
     return _change(data_dir, lambda graph: graph.create(new, _now(clock)))
 

@@ -68,6 +68,15 @@ class LineReader:
         assert line is not None, "the follower's stdout ended"
         return line
 
+    def rest(self, timeout: float = LINE_TIMEOUT) -> list[str]:
+        """Every line still to come, once the stream has ended (the child exited)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream never ended"
+        lines = []
+        while (line := self._lines.get_nowait()) is not None:
+            lines.append(line)
+        return lines
+
 
 def follower(socket_path: str, *args: str, as_json: bool = True) -> subprocess.Popen:
     """``sidecar tail c1 -f`` (``--json`` unless told otherwise) with ``args``, as a child."""
@@ -205,10 +214,85 @@ def test_tail_json_prints_one_object_per_line(daemon) -> None:
     assert {e["conversation_id"] for e in events} == {"c1"}
 
 
-def test_tail_of_an_empty_conversation_prints_nothing(daemon) -> None:
-    run = sidecar("tail", "nothing-here", "--socket", daemon.socket_path)
+def test_tail_of_an_unknown_conversation_says_so_and_names_the_known_ones(daemon) -> None:
+    run = sidecar("tail", "nope", "--socket", daemon.socket_path)
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr == "sidecar: no conversation 'nope' (there are none yet)\n"
+
+    for cid in ("beta", "alpha"):
+        append(daemon.socket_path, cid, 1)
+    run = sidecar("tail", "nope", "-n", "0", "--socket", daemon.socket_path)
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr == "sidecar: no conversation 'nope' (known: alpha, beta)\n"
+
+    for i in range(10):
+        append(daemon.socket_path, f"c{i:02d}", 1)
+    run = sidecar("tail", "nope", "--socket", daemon.socket_path)
+    assert run.returncode == 1
+    first_ten = "alpha, beta, c00, c01, c02, c03, c04, c05, c06, c07"
+    assert run.stderr == f"sidecar: no conversation 'nope' (known: {first_ten}, ... (12 in all))\n"
+
+
+def test_tail_of_a_known_conversation_with_n_0_prints_nothing_and_succeeds(daemon) -> None:
+    append(daemon.socket_path, "c1", 2)
+    run = sidecar("tail", "c1", "-n", "0", "--socket", daemon.socket_path)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+def test_tail_follow_of_a_new_conversation_says_once_that_it_waits(daemon) -> None:
+    proc = follower(daemon.socket_path)
+    try:
+        errors = LineReader(proc.stderr)
+        assert errors.next() == "sidecar: no conversation 'c1' yet; waiting for its first event\n"
+        out = LineReader(proc.stdout)
+        wait_for_subscriber(daemon.socket_path)
+        append(daemon.socket_path, "c1", 2)
+        assert [seq_of(out.next(), True) for _ in range(2)] == [1, 2]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=TIMEOUT) == 0
+        assert errors.rest() == []  # said once, and nothing else
+    finally:
+        finish(proc)
+
+
+def test_tail_shows_a_task_events_id_status_and_owner_before_the_cut(daemon) -> None:
+    with Client(daemon.socket_path) as c:
+        c.call(
+            "tasks.create",
+            {
+                "id": "fix-login",
+                "type": "code",
+                "owner": "coder\x1b[2J",
+                "conversation_id": "c1",
+                "inputs": {"notes": "x" * 500},
+            },
+        )
+        c.call("tasks.update", {"id": "fix-login", "status": "running"})
+    run = sidecar("tail", "c1", "--socket", daemon.socket_path)
     assert run.returncode == 0, run.stderr
-    assert run.stdout == ""
+    created, updated = run.stdout.splitlines()
+    owner = "coder\\u001b[2J"  # terminal controls stay escaped
+    assert f"task.created [{owner}] task=fix-login status=pending owner={owner} {{" in created
+    assert f"task.updated [{owner}] task=fix-login status=running owner={owner} {{" in updated
+    assert '"changed":["status","updated_at","version"]' in updated  # what changed, before the task itself
+    assert created.endswith("...") and "\x1b" not in run.stdout
+
+
+def test_format_event_of_a_task_event_without_the_whole_task() -> None:
+    from sidecar.cli import format_event
+
+    event = {
+        "seq": 7,
+        "timestamp": "2026-11-23T10:00:00.123456Z",
+        "visibility": "status",
+        "level": "state",
+        "type": "task.progress",
+        "task_id": "t9",
+        "data": {"status": "blocked", "why": "y" * 300},
+    }
+    line = format_event(event, colour=False)
+    assert line.startswith('     7 10:00:00.123 status   · task.progress task=t9 status=blocked {"why":"yyy')
+    assert line.endswith("...") and len(line) < 200
 
 
 def test_tail_colours_a_terminal(daemon) -> None:

@@ -6,6 +6,7 @@ There is no background task: whichever caller is waiting reads the next line for
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 from collections import deque
@@ -16,6 +17,7 @@ import anyio
 from anyio.abc import SocketStream
 
 from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
+from sidecar_client.client import NotificationHandler
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
 from sidecar_client.methods import AsyncMethods
 
@@ -154,8 +156,17 @@ class AsyncClient(AsyncMethods):
         """Send a notification: no answer is owed."""
         await self._send({"jsonrpc": "2.0", "method": method, "params": params or {}})
 
-    async def subscribe(self, params: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Events as they come (``async for``); leaving the loop unsubscribes."""
+    async def subscribe(
+        self, params: dict[str, Any] | None = None, *, on_notification: NotificationHandler | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Events as they come (``async for``); leaving the loop unsubscribes.
+
+        Yields events only, as :meth:`Client.subscribe <sidecar_client.Client.subscribe>`
+        does: the subscription's other notifications (``narrator.delta``, ``log.overflow``,
+        ``sys.shutdown``, any later kind) go to ``on_notification(method, params)`` when given
+        (a plain function or a coroutine function) and are skipped otherwise; ``log.overflow``
+        then raises :class:`RpcError` -32005 and ``sys.shutdown`` ends the iteration.
+        """
         sub = result_of(await self._request("log.subscribe", params or {}, subscribing=True))["subscription"]
         queue = self._subs.setdefault(sub, deque())
         try:
@@ -163,11 +174,19 @@ class AsyncClient(AsyncMethods):
                 await self._pump(lambda: bool(queue))
                 message = queue.popleft()
                 method = message.get("method")
+                got = message.get("params")
+                params: dict[str, Any] = got if isinstance(got, dict) else {}
+                if method == "log.event" and isinstance(params.get("event"), dict):
+                    yield params["event"]
+                    continue
+                if on_notification is not None:
+                    told = on_notification(str(method), params)
+                    if inspect.isawaitable(told):
+                        await told
                 if method == "sys.shutdown":
                     return
                 if method == "log.overflow":
-                    raise RpcError(-32005, "subscription dropped: the reader fell too far behind", message["params"])
-                yield message["params"]["event"]
+                    raise RpcError(-32005, "subscription dropped: the reader fell too far behind", params)
         finally:
             self._subs.pop(sub, None)
             if self._closed is None:

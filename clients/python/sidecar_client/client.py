@@ -6,11 +6,16 @@ import itertools
 import json
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
 from sidecar_client.methods import SyncMethods
+
+# ``on_notification(method, params)``: told every notification of a subscription that is not
+# an event (``narrator.delta``, ``log.overflow``, ``sys.shutdown``, and any the daemon adds).
+NotificationHandler = Callable[[str, dict[str, Any]], object]
 
 
 class Client(SyncMethods):
@@ -89,36 +94,50 @@ class Client(SyncMethods):
         """Send a notification: no answer is owed."""
         self._send({"jsonrpc": "2.0", "method": method, "params": params or {}})
 
-    def subscribe(self, params: dict[str, Any] | None = None) -> Subscription:
+    def subscribe(
+        self, params: dict[str, Any] | None = None, *, on_notification: NotificationHandler | None = None
+    ) -> Subscription:
         """Events matching ``params`` (the filter of log.query, and ``from_seq``), as they come.
 
+        The iterator yields events only: the ``event`` of each ``log.event`` notification.
+        The subscription's other notifications (``narrator.delta``, the built-in narrator's
+        reply as it streams; ``log.overflow``; ``sys.shutdown``; any later kind) go to
+        ``on_notification(method, params)`` when given, as they are met between events, and
+        are skipped otherwise. Besides, ``log.overflow`` (the daemon dropped the subscription
+        for falling behind) raises :class:`RpcError` -32005 with its params as data, and
+        ``sys.shutdown`` ends the iteration.
+
         Several subscriptions may be open on one client. Leaving a ``for`` loop over the
-        iterator (or ``close()``, or a ``with`` block around it) unsubscribes. Raises
-        :class:`RpcError` with ``log.overflow``'s params as data if the daemon dropped the
-        subscription for falling behind.
+        iterator (or ``close()``, or a ``with`` block around it) unsubscribes.
         """
         sub = result_of(self._request("log.subscribe", params or {}))["subscription"]
         # The daemon answers before it sends the subscription's first event, so every event
         # of ``sub`` arrives after its queue exists.
         self._subs[sub] = deque()
-        return Subscription(self, sub)
+        return Subscription(self, sub, on_notification)
 
-    def _next_event(self, sub: int) -> dict[str, Any] | None:
-        """The next event of ``sub``, or ``None`` once the daemon shuts down."""
+    def _next_event(self, sub: int, on_notification: NotificationHandler | None = None) -> dict[str, Any] | None:
+        """The next event of ``sub``, or ``None`` once the daemon shuts down; other
+        notifications on the way go to ``on_notification``."""
         queue = self._subs[sub]
-        while not queue:
-            message = self._receive(None)  # events may be far apart: no deadline
-            if "id" not in message:
-                self._route(message)
-            # else: a late answer to a call that gave up waiting; nobody wants it
-        message = queue.popleft()
-        method = message.get("method")
-        params = message.get("params") or {}
-        if method == "log.overflow":
-            raise RpcError(-32005, "subscription dropped: the reader fell too far behind", params)
-        if method == "sys.shutdown":
-            return None
-        return params["event"]
+        while True:
+            while not queue:
+                message = self._receive(None)  # events may be far apart: no deadline
+                if "id" not in message:
+                    self._route(message)
+                # else: a late answer to a call that gave up waiting; nobody wants it
+            message = queue.popleft()
+            method = message.get("method")
+            params = message.get("params")
+            params = params if isinstance(params, dict) else {}
+            if method == "log.event" and isinstance(params.get("event"), dict):
+                return params["event"]
+            if on_notification is not None:
+                on_notification(str(method), params)
+            if method == "log.overflow":
+                raise RpcError(-32005, "subscription dropped: the reader fell too far behind", params)
+            if method == "sys.shutdown":
+                return None
 
     def _unsubscribe(self, sub: int, tell_daemon: bool) -> None:
         self._subs.pop(sub, None)
@@ -142,11 +161,14 @@ class Client(SyncMethods):
 
 
 class Subscription:
-    """The events of one subscription: an iterator; closing it unsubscribes."""
+    """The events of one subscription: an iterator; closing it unsubscribes.
 
-    def __init__(self, client: Client, sub: int) -> None:
+    Notifications that are not events go to ``on_notification`` (see :meth:`Client.subscribe`)."""
+
+    def __init__(self, client: Client, sub: int, on_notification: NotificationHandler | None = None) -> None:
         self.client = client
         self.id = sub
+        self.on_notification = on_notification
         self._open = True
 
     def __iter__(self) -> Subscription:
@@ -156,7 +178,7 @@ class Subscription:
         if not self._open:
             raise StopIteration
         try:
-            event = self.client._next_event(self.id)
+            event = self.client._next_event(self.id, self.on_notification)
         except (RpcError, ConnectionError):  # overflow or a lost connection: it ended daemon-side
             self._end(tell_daemon=False)
             raise

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from sidecar_client.client import Client
+from sidecar_client.client import Client, NotificationHandler
 from sidecar_client.errors import DaemonUnavailable, RpcError
 
 
@@ -16,6 +16,7 @@ def follow(
     from_seq: int = 1,
     socket_path: str | None = None,
     give_up_after_s: float = 60.0,
+    on_notification: NotificationHandler | None = None,
     **filters: Any,
 ) -> Iterator[dict[str, Any]]:
     """Every event of ``conversation_id`` from ``from_seq`` on, forever.
@@ -24,6 +25,9 @@ def follow(
     subscribes again from the seq after the last event it yielded, so nothing is missed
     and nothing repeats. It gives up with :class:`DaemonUnavailable` when no daemon has
     answered for ``give_up_after_s``. ``filters`` are those of ``log.query`` (e.g. ``types``).
+    Only events are yielded; ``on_notification(method, params)`` is told the other
+    notifications (``narrator.delta``..., see :meth:`Client.subscribe`), the
+    ``log.overflow`` and ``sys.shutdown`` that make it resubscribe included.
     """
     next_seq = from_seq
     down_since: float | None = None
@@ -31,7 +35,10 @@ def follow(
     while True:
         try:
             with Client(socket_path) as client:
-                events = client.subscribe({**filters, "conversation_id": conversation_id, "from_seq": next_seq})
+                events = client.subscribe(
+                    {**filters, "conversation_id": conversation_id, "from_seq": next_seq},
+                    on_notification=on_notification,
+                )
                 down_since, pause = None, 0.05
                 for event in events:
                     next_seq = event["seq"] + 1

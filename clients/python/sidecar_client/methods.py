@@ -113,9 +113,9 @@ class SyncMethods:
         """Connections, append rate, fsyncs, batch sizes, queue depths."""
         return self.call("sys.stats", _given())
 
-    def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Any:
+    def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Any:
         """Add a task; its links must exist and make no cycle."""
-        return self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, owner=owner, parent_id=parent_id, priority=priority, status=status))
+        return self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, status=status))
 
     def tasks_get(self, *, id: str) -> Any:
         """One task by id; -32002 when there is none."""
@@ -235,9 +235,9 @@ class AsyncMethods:
         """Connections, append rate, fsyncs, batch sizes, queue depths."""
         return await self.call("sys.stats", _given())
 
-    async def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Any:
+    async def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Any:
         """Add a task; its links must exist and make no cycle."""
-        return await self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, owner=owner, parent_id=parent_id, priority=priority, status=status))
+        return await self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, status=status))
 
     async def tasks_get(self, *, id: str) -> Any:
         """One task by id; -32002 when there is none."""
