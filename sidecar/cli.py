@@ -19,6 +19,7 @@ examples:
   sidecar call log.tail '{"conversation_id": "c1", "limit": 5}'
   sidecar tail c1 -n 50 -f                        the last 50 events of c1, then follow
   sidecar tail c1 --json | jq .type
+  sidecar methods                                 every method; `sidecar methods log.append` shows one
   sidecar demo                                    a user, three agents and a narrator, in about 10 seconds
 
 environment:
@@ -72,12 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--socket", help="Unix socket path")
 
-    tail = sub.add_parser("tail", help="show a conversation's newest events, and follow with -f")
-    tail.add_argument("conversation", help="conversation id")
-    tail.add_argument("-n", type=int, default=20, help="how many events to show first (default 20)")
-    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they arrive")
-    tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.add_argument("--socket", help="Unix socket path")
+    methods = sub.add_parser(
+        "methods",
+        help="every method (or one, in full: params, result, errors, example); no daemon needed",
+        description="The reference of the daemon's methods, from its own schemas (docs/reference.md has "
+        "everything). No daemon needed.",
+    )
+    methods.add_argument("name", nargs="?", help="a method (or notification) to show in full, e.g. log.append")
     return parser
 
 
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         from sidecar.demo import main as demo
 
         return demo()
+    if args.command == "methods":
+        return _methods(args)
     from sidecar_client import Client, RpcError
 
     try:
@@ -144,6 +148,27 @@ def _health(client: Any) -> int:
     ok = isinstance(result, dict) and result.get("status") == "ok"
     print(json.dumps(result))
     return 0 if ok else 1
+
+
+def _methods(args: argparse.Namespace) -> int:
+    """``sidecar methods [NAME]``: the reference on a terminal, from the registry in-process
+    (the document rpc.discover answers), so it works before any daemon runs."""
+    import shutil
+
+    from sidecar.reference import discover, method_index, method_text, suggestions
+
+    doc = discover()
+    if args.name is None:
+        sys.stdout.write(method_index(doc))
+        return 0
+    text = method_text(doc, args.name, width=max(60, min(shutil.get_terminal_size().columns, 100)))
+    if text is None:
+        near = suggestions(doc, args.name)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; `sidecar methods` lists them all"
+        print(printable(f"sidecar: no method {args.name!r}{hint}"), file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
 
 
 _COLOURS = {"user": "\033[1;36m", "status": "\033[33m", "internal": "\033[2m"}

@@ -25,7 +25,11 @@ Seconds = Annotated[float, Meta(gt=0)]
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Who may connect to the socket, what each client may ask of the daemon, and logging."""
+
+    # one NDJSON line (a request or a batch); a longer one is refused and the connection closed
     max_message_bytes: Positive = 1024 * 1024
+    # clients at once (fewer when file descriptors are short); more are told -32005 and closed
     max_connections: Positive = 1024
     max_inflight: Positive = 64  # requests per connection before we stop reading from it
     max_depth: Annotated[int, Meta(ge=2, le=MAX_EVENT_DEPTH - 2)] = 64  # nesting of params (events stay readable)
@@ -36,34 +40,50 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idle_timeout_s: Annotated[float, Meta(ge=0)] = 0.0  # idle connections (no subscription) close; 0: never
     subscriber_queue: Positive = 10_000  # events a subscriber may lag before it is dropped
     allow_uids: list[int] = []  # peers besides our own uid (and root) that may connect
-    allow_gids: list[int] = []
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_gids: list[int] = []  # peers in these groups may connect too
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # what the daemon logs to stderr
     # auto: readable lines when stderr is a terminal, JSON lines otherwise (a file, journald)
     log_format: Literal["auto", "json", "console"] = "auto"
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    rotate_bytes: Positive = DEFAULT_ROTATE_BYTES
-    max_event_bytes: Positive = DEFAULT_MAX_EVENT_BYTES
+    """The event log on disk."""
+
+    rotate_bytes: Positive = DEFAULT_ROTATE_BYTES  # an active segment larger than this goes to data/archive/
+    max_event_bytes: Positive = DEFAULT_MAX_EVENT_BYTES  # one event, encoded; a larger one gets -32602
+    # a write-ahead journal: one fdatasync per batch, instead of one per conversation file it touched
     journal: bool = True
+    # past this, the journal is checkpointed (the conversation files synced, the journal emptied)
     journal_bytes: Positive = DEFAULT_JOURNAL_BYTES
 
 
 class ControllerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    idle_timeout_s: Seconds = 30.0
-    min_gap_s: Seconds = 5.0
-    grant_ttl_s: Seconds = 30.0
+    """When the narrator may speak. Re-read on SIGHUP."""
+
+    idle_timeout_s: Seconds = 30.0  # no event nor heartbeat this long, with open work: watchdog.idle
+    min_gap_s: Seconds = 5.0  # the least time between two narrator turns, unless the user is waiting
+    grant_ttl_s: Seconds = 30.0  # a speak grant expires after this
 
 
 class LLMConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The OpenAI-compatible LLM server beside us (llama.cpp, vLLM), http or https: exact token
     counts (llama.cpp's /tokenize), the controller's LLM policy and the built-in narrator."""
 
+    # e.g. http://127.0.0.1:8080 (or SIDECAR_LLM_URL); unset: no LLM, the rules alone decide
     url: str | None = None
-    model: str | None = None
+    model: str | None = None  # the model name sent with each request (or SIDECAR_LLM_MODEL)
     # The name of the environment variable that holds the API key (sent as "Authorization:
     # Bearer ..."), so the key itself is in no file and no log.
-    api_key_env: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    api_key_env: (
+        Annotated[
+            str,
+            Meta(
+                pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                description="an environment variable's name: letters, digits and '_', not starting with a digit",
+            ),
+        ]
+        | None
+    ) = None
     timeout_s: Seconds = 10.0  # a whole reply, streamed or not (/tokenize gets at most 2 s)
     max_tokens: Positive = 512  # the longest reply asked for
     narrator: bool = False  # the daemon speaks itself when a grant is issued
@@ -73,7 +93,9 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Config(msgspec.Struct, kw_only=True):
     """Everything the daemon reads at start (and again on SIGHUP)."""
 
-    data_dir: str = DEFAULT_DATA_DIR
+    data_dir: str = DEFAULT_DATA_DIR  # logs, summaries, archive and tasks.graph.json (or SIDECAR_DATA_DIR)
+    # the Unix socket (or SIDECAR_SOCKET); unset: $XDG_RUNTIME_DIR/sidecar/sidecar.sock, else
+    # /tmp/sidecar-$UID/sidecar.sock
     socket: str | None = None
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)

@@ -24,16 +24,30 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 CONVERSATION_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}" + WHOLE
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*" + WHOLE
 
-EventId = Annotated[str, Meta(pattern=UUID_PATTERN, description="A UUID (the sidecar assigns UUIDv7).")]
+# Each pattern's description is its plain words: -32602's `expected`, the reference and the
+# clients' doc comments all show it instead of the regex.
+EventId = Annotated[
+    str,
+    Meta(
+        pattern=UUID_PATTERN,
+        description="a UUID such as 0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b (the sidecar assigns UUIDv7)",
+    ),
+]
 ConversationId = Annotated[
     str,
     Meta(
         pattern=CONVERSATION_ID_PATTERN,
-        description="Names the log file, so it may not contain '/' or '..'.",
+        description="1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, "
+        "without '..' (it names the log file)",
     ),
 ]
 EventType = Annotated[
-    str, Meta(pattern=EVENT_TYPE_PATTERN, max_length=128, description="Dotted lower case, e.g. agent.progress.")
+    str,
+    Meta(
+        pattern=EVENT_TYPE_PATTERN,
+        max_length=128,
+        description="dotted lower case such as agent.progress: words of a-z, 0-9 and '_', each starting with a letter",
+    ),
 ]
 Label = Annotated[str, Meta(min_length=1, max_length=256)]
 Turn = Annotated[int, Meta(ge=0)]

@@ -3,9 +3,8 @@ document generated from the very Structs that validate the params and shape the 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -13,6 +12,7 @@ import msgspec
 import structlog
 
 from sidecar.errors import SidecarError
+from sidecar.rpc.explain import REF_TEMPLATE, close_names, did_you_mean, explain, with_string_enums
 from sidecar.rpc.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -39,16 +39,71 @@ class NoParams(msgspec.Struct, forbid_unknown_fields=True):
 DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
 BATCH_CONCURRENCY = 8  # members of one batch in progress at once
 
-_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One JSON-RPC error code the daemon answers with: its short name and what it means."""
+
+    code: int
+    name: str
+    meaning: str
+
+
+# Every error code on the wire, in one table: the OpenRPC document, the reference and the
+# registrations' checks all read it.
+ERROR_CODES: tuple[ErrorCode, ...] = (
+    ErrorCode(-32700, "parse error", "The line is not valid JSON. The connection stays open."),
+    ErrorCode(
+        -32600,
+        "invalid request",
+        'Not a JSON-RPC 2.0 request (say, no `jsonrpc: "2.0"`), an empty batch or one over `max_batch`, '
+        "nesting deeper than `max_depth`; and, closing the connection, a line over `max_message_bytes` "
+        "or one not finished within `line_timeout_s`.",
+    ),
+    ErrorCode(
+        -32601, "method not found", "No method by that name; `data.suggestions` lists the names it may have meant."
+    ),
+    ErrorCode(
+        -32602,
+        "invalid params",
+        "The params do not fit the method: `data.path` is where, `data.expected` what would do, `data.got` what "
+        "came. Also a refusal on the merits (a dependency cycle, an illegal status change), with the reason in "
+        "`data`.",
+    ),
+    ErrorCode(
+        -32603, "internal error", "A bug in the daemon: it is logged and counted in `sys.stats`. Please report it."
+    ),
+    ErrorCode(-32001, "conflict", "`expected_seq` / `expected_version` does not match: read again, then retry."),
+    ErrorCode(-32002, "not found", "The event, task, summary or subscription named does not exist."),
+    ErrorCode(
+        -32003,
+        "forbidden",
+        "User-visible text outside `chat.user_message` / `narrator.say`; or a peer whose uid may not use the socket.",
+    ),
+    ErrorCode(-32004, "gate closed", "No valid speak grant: unknown, already used, or expired."),
+    ErrorCode(
+        -32005,
+        "overloaded",
+        "Back-pressure: too many connections or subscriptions, or an answer larger than `max_reply_bytes` "
+        "(alone, or as a member of a batch). Try again later, or ask for less.",
+    ),
+    ErrorCode(
+        -32006,
+        "storage failure",
+        "The disk refused (full, I/O error), or the file involved is damaged or not ours: nothing was written. "
+        "Other conversations are unaffected.",
+    ),
+)
+ERRORS: dict[int, ErrorCode] = {e.code: e for e in ERROR_CODES}
 
 
 class BadParams(Exception):
-    """Params that do not decode into the method's Struct; ``data`` names the field."""
+    """Params that do not decode into the method's Struct; ``schema``: msgspec's validation
+    refused them (so :func:`~sidecar.rpc.explain.explain` can say where and why)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, schema: bool = False) -> None:
         super().__init__(message)
-        found = _FIELD.search(message)
-        self.data: dict[str, str] | None = {"field": found.group(1)} if found and found.group(1) else None
+        self.schema = schema
 
 
 def _refusal(item: Invalid | Request) -> bytes | None:
@@ -70,6 +125,18 @@ class Method(Generic[C]):
     result: Any
     handler: Callable[[Any, C], Awaitable[Any]]
     summary: str
+    errors: Mapping[int, str] = field(default_factory=dict)  # server-defined code -> when
+    example: Mapping[str, Any] | None = None  # params of one typical call
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Something the server pushes: its name and the Struct its params are."""
+
+    name: str
+    params: type[msgspec.Struct]
+    summary: str
+    example: Mapping[str, Any] | None = None
 
 
 class Registry(Generic[C]):
@@ -77,6 +144,7 @@ class Registry(Generic[C]):
 
     def __init__(self) -> None:
         self.methods: dict[str, Method[C]] = {}
+        self.notifications: dict[str, Notification] = {}
         # Optional task-free handlers for hot methods: ``fast(request, ctx)`` returns True
         # when it took the request (and will answer it), False to use the general path.
         self.fast: dict[str, Callable[[Request, C], bool]] = {}
@@ -96,7 +164,9 @@ class Registry(Generic[C]):
             if isinstance(req.params, msgspec.Raw):
                 return msgspec.json.decode(req.params, type=params_type)
             return msgspec.convert(req.params, params_type)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except msgspec.ValidationError as exc:
+            raise BadParams(str(exc), schema=True) from None
+        except msgspec.DecodeError as exc:
             raise BadParams(str(exc)) from None
         except UnicodeDecodeError:  # msgspec checks strings only once it decodes them
             raise BadParams("a string in params is not valid UTF-8") from None
@@ -104,13 +174,47 @@ class Registry(Generic[C]):
             raise BadParams("params nest too deep") from None
 
     def method(
-        self, name: str, params: type[msgspec.Struct], result: Any, summary: str
+        self,
+        name: str,
+        params: type[msgspec.Struct],
+        result: Any,
+        summary: str,
+        *,
+        errors: Mapping[int, str] | None = None,
+        example: Mapping[str, Any] | None = None,
     ) -> Callable[[Callable[[Any, C], Awaitable[Any]]], Callable[[Any, C], Awaitable[Any]]]:
+        """Register a handler. ``errors`` maps each server-defined code it can answer with to
+        when (the standard -32600..-32603 apply to every method and are not listed);
+        ``example`` is the params of one typical call, for the reference."""
+        for code in errors or {}:
+            if code not in ERRORS or not -32099 <= code <= -32000:
+                raise ValueError(f"{name}: {code} is not a server-defined error code of ERROR_CODES")
+        if example is not None:
+            msgspec.convert(example, params)  # an example that does not validate is a bug
+
         def register(handler: Callable[[Any, C], Awaitable[Any]]) -> Callable[[Any, C], Awaitable[Any]]:
-            self.methods[name] = Method(name, params, result, handler, summary)
+            self.methods[name] = Method(name, params, result, handler, summary, dict(errors or {}), example)
             return handler
 
         return register
+
+    def notification(
+        self,
+        name: str,
+        params: type[msgspec.Struct],
+        summary: str | None = None,
+        *,
+        example: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Declare a notification the server sends (``summary``: the Struct's docstring)."""
+        if example is not None:
+            msgspec.convert(example, params)  # an example that does not validate is a bug
+        text = summary or (params.__doc__ or "").strip().split("\n\n")[0]
+        self.notifications[name] = Notification(name, params, " ".join(text.split()), example)
+
+    def suggestions(self, name: str) -> list[str]:
+        """The registered method names ``name`` was probably meant to be."""
+        return close_names(name, self.methods)
 
     async def handle(self, message: Message, ctx: C, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> bytes | None:
         """The reply line for a parsed message, or ``None`` when nothing is owed.
@@ -161,14 +265,23 @@ class Registry(Generic[C]):
         """Run one request; whatever happens inside, the answer is a JSON-RPC reply."""
         method = self.methods.get(req.method)
         if method is None:
-            return error_response(req.id, METHOD_NOT_FOUND, f"Method not found: {req.method!r}")
+            return self._not_found(req)
         try:
             params = self.params_of(req, method.params)
         except BadParams as exc:
-            return error_response(req.id, INVALID_PARAMS, f"Invalid params: {exc}", exc.data)
+            if not exc.schema:
+                return error_response(req.id, INVALID_PARAMS, f"Invalid params: {exc}")
+            try:
+                message, data = explain(method.params, req.params, str(exc))
+            except Exception:  # a bug in the explaining: the plain refusal still goes out
+                log.exception("rpc.explain_failed", method=req.method)
+                message, data = f"Invalid params: {exc}", None
+            return error_response(req.id, INVALID_PARAMS, message, data)
         try:
             result = await method.handler(params, ctx)
         except SidecarError as exc:
+            if -32099 <= exc.code <= -32000 and exc.code not in method.errors:
+                log.warning("rpc.undeclared_error", method=req.method, code=exc.code)  # its errors= is stale
             return error_response(req.id, exc.code, exc.message, exc.data)
         except Exception as exc:
             log.exception("rpc.internal_error", method=req.method)
@@ -176,13 +289,26 @@ class Registry(Generic[C]):
             return error_response(req.id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
         return result_response(req.id, result)
 
+    def _not_found(self, req: Request) -> dict[str, Any]:
+        """-32601, with the names it may have meant (none: the specification's plain answer)."""
+        near = self.suggestions(req.method)
+        if not near:
+            return error_response(req.id, METHOD_NOT_FOUND, f"Method not found: {req.method!r}")
+        message = f"Method not found: {req.method!r}; {did_you_mean(near)}"
+        return error_response(req.id, METHOD_NOT_FOUND, message, {"suggestions": near})
+
     def openrpc(self, title: str, version: str) -> dict[str, Any]:
-        """An OpenRPC 1.x document of every method, from the msgspec schemas."""
+        """An OpenRPC 1.x document of every method, from the msgspec schemas: params, result,
+        the server-defined ``errors`` each can answer, an example; and, under
+        ``x-notifications``, the params schema of every notification the server sends."""
         names = sorted(self.methods)
+        notes = sorted(self.notifications)
         types: list[Any] = []
         for name in names:
             types += [self.methods[name].params, self.methods[name].result]
-        schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+        types += [self.notifications[n].params for n in notes]
+        schemas, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
+        schemas, components = with_string_enums(schemas), with_string_enums(components)
         methods = []
         for i, name in enumerate(names):
             m = self.methods[name]
@@ -192,19 +318,36 @@ class Registry(Generic[C]):
                 {"name": field, "required": field in required, "schema": schema}
                 for field, schema in param_schema.get("properties", {}).items()
             ]
-            methods.append(
-                {
-                    "name": name,
-                    "summary": m.summary,
-                    "paramStructure": "by-name",
-                    "params": params,
-                    "result": {"name": f"{name}.result", "schema": schemas[2 * i + 1]},
-                    "x-params-schema": schemas[2 * i],
-                }
-            )
+            entry: dict[str, Any] = {
+                "name": name,
+                "summary": m.summary,
+                "paramStructure": "by-name",
+                "params": params,
+                "result": {"name": f"{name}.result", "schema": schemas[2 * i + 1]},
+                "errors": [
+                    {"code": code, "message": f"{ERRORS[code].name}: {when}"}
+                    for code, when in sorted(m.errors.items(), reverse=True)
+                ],
+                "x-params-schema": schemas[2 * i],
+            }
+            if m.example is not None:
+                pairs = [{"name": k, "value": v} for k, v in m.example.items()]
+                entry["examples"] = [{"name": f"{name} example", "params": pairs}]
+            methods.append(entry)
+        notifications = []
+        for n in notes:
+            note = self.notifications[n]
+            entry = {"name": n, "summary": note.summary, "params": components[note.params.__name__]}
+            if note.example is not None:
+                entry["examples"] = [dict(note.example)]
+            notifications.append(entry)
         return {
             "openrpc": "1.3.2",
             "info": {"title": title, "version": version},
             "methods": methods,
-            "components": {"schemas": components},
+            "components": {
+                "schemas": components,
+                "errors": {str(e.code): {"code": e.code, "message": e.name} for e in ERROR_CODES},
+            },
+            "x-notifications": notifications,
         }

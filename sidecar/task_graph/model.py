@@ -23,7 +23,13 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset(),
 }
 
-TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}" + WHOLE)]
+TaskId = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}" + WHOLE,
+        description="1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+    ),
+]
 Priority = Annotated[int, Meta(ge=0, le=1000)]
 
 

@@ -268,6 +268,6 @@ def test_batch_members_and_reply_bytes_are_capped() -> None:
 
 def test_invalid_params_name_the_field() -> None:
     bad = roundtrip('{"jsonrpc": "2.0", "method": "subtract", "params": {"minuend": "x", "subtrahend": 1}, "id": 1}')
-    assert bad["error"]["data"] == {"field": "minuend"}
+    assert bad["error"]["data"] == {"field": "minuend", "path": "$.minuend", "expected": "an integer", "got": "x"}
     utf8 = roundtrip(b'{"jsonrpc": "2.0", "method": "greet", "params": {"name": "\xff"}, "id": 2}')
     assert utf8["error"]["code"] == -32602 and "UTF-8" in utf8["error"]["message"]

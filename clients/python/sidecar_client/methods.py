@@ -86,7 +86,7 @@ class SyncMethods:
         return self.call("narrator.say", _given(conversation_id=conversation_id, grant_id=grant_id, text=text))
 
     def rpc_discover(self) -> Any:
-        """This document: every method, as OpenRPC 1.x."""
+        """This document: every method, its errors and every notification, as OpenRPC 1.x."""
         return self.call("rpc.discover", _given())
 
     def summary_get(self, *, conversation_id: str) -> Any:
@@ -208,7 +208,7 @@ class AsyncMethods:
         return await self.call("narrator.say", _given(conversation_id=conversation_id, grant_id=grant_id, text=text))
 
     async def rpc_discover(self) -> Any:
-        """This document: every method, as OpenRPC 1.x."""
+        """This document: every method, its errors and every notification, as OpenRPC 1.x."""
         return await self.call("rpc.discover", _given())
 
     async def summary_get(self, *, conversation_id: str) -> Any:

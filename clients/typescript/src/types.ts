@@ -37,7 +37,7 @@ export interface Causality {
 }
 
 export interface CausalityParams {
-  /** A UUID (the sidecar assigns UUIDv7). */
+  /** a UUID such as 0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b (the sidecar assigns UUIDv7) */
   event_id: string;
   /** @default 16 */
   max_depth?: number;
@@ -58,7 +58,7 @@ export interface Context {
 
 export interface ContextParams {
   budget_tokens: number;
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default "" */
   system_prompt?: string;
@@ -86,7 +86,7 @@ export interface ConversationInfo {
 }
 
 export interface ConversationRef {
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
 }
 
@@ -114,7 +114,7 @@ export interface Event {
 }
 
 export interface EventRef {
-  /** A UUID (the sidecar assigns UUIDv7). */
+  /** a UUID such as 0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b (the sidecar assigns UUIDv7) */
   event_id: string;
 }
 
@@ -144,7 +144,7 @@ export interface Health {
 export interface Heartbeat {
   /** @default null */
   agent_id?: string | null;
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default null */
   task_id?: string | null;
@@ -167,6 +167,49 @@ export interface ListActive {
   statuses?: ("blocked" | "cancelled" | "done" | "failed" | "pending" | "running")[] | null;
 }
 
+/**
+ * An event for a subscription: the replay from ``from_seq`` first, then live ones, in seq
+ * order per conversation with no gap and no repeat.
+ */
+export interface LogEventParams {
+  event: Event;
+  /** The id log.subscribe answered with. */
+  subscription: number;
+}
+
+/**
+ * A subscription ended: its client fell more than ``[server] subscriber_queue`` events
+ * behind ("overflow"), or its replay met a log it could not read ("error"). Subscribe again
+ * from ``resume_from`` to miss nothing.
+ */
+export interface LogOverflowParams {
+  /** The subscription's conversation, when it named one. */
+  conversation_id?: string;
+  /** The from_seq to subscribe again with, for that conversation. */
+  from_seq?: number;
+  reason: "error" | "overflow";
+  /** Per conversation, the seq of the first event not delivered. */
+  resume_from: Record<string, number>;
+  /** The id log.subscribe answered with. */
+  subscription: number;
+}
+
+/**
+ * A piece of the built-in narrator's reply as the LLM streams it (``[llm] narrator =
+ * true``), to subscribers of the conversation; the whole reply follows as a
+ * ``narrator.message`` event.
+ */
+export interface NarratorDeltaParams {
+  conversation_id: string;
+  delta: string;
+  /** The speak grant this reply is spoken under. */
+  grant_id: string;
+  /** 0 for the first piece of a reply, then 1, 2, ... */
+  index: number;
+  /** The id log.subscribe answered with. */
+  subscription: number;
+}
+
 export interface NarratorPrompt {
   messages: ChatMessage[];
   summary_ref: string | null;
@@ -175,14 +218,14 @@ export interface NarratorPrompt {
 
 export interface NarratorPromptParams {
   budget_tokens: number;
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default null */
   reason?: string | null;
 }
 
 export interface NarratorSay {
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   grant_id: string;
   text: string;
@@ -194,7 +237,7 @@ export interface NewEvent {
   agent_id?: string | null;
   /** @default [] */
   caused_by?: string[];
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default {} */
   data?: Record<string, unknown>;
@@ -208,13 +251,16 @@ export interface NewEvent {
   task_id?: string | null;
   /** @default null */
   turn?: number | null;
-  /** Dotted lower case, e.g. agent.progress. */
+  /** dotted lower case such as agent.progress: words of a-z, 0-9 and '_', each starting with a letter */
   type: string;
   /** @default "internal" */
   visibility?: "internal" | "status" | "user";
 }
 
-/** What ``tasks.create`` takes; the graph fills in the rest. */
+/**
+ * What ``tasks.create`` takes: a task's own fields, ``outputs`` included; the graph sets
+ * ``created_at``, ``updated_at`` and ``version``.
+ */
 export interface NewTask {
   /** @default null */
   conversation_id?: string | null;
@@ -224,6 +270,8 @@ export interface NewTask {
   id?: string | null;
   /** @default {} */
   inputs?: Record<string, unknown>;
+  /** @default {} */
+  outputs?: Record<string, unknown>;
   /** @default null */
   owner?: string | null;
   /** @default null */
@@ -293,8 +341,9 @@ export interface Snapshot {
 }
 
 export interface SnapshotRef {
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
+  /** 64 lowercase hex digits, as a summary_ref is */
   summary_ref: string;
 }
 
@@ -365,7 +414,7 @@ export interface Summary {
 }
 
 export interface SummaryParams {
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default 5 */
   keep_recent?: number;
@@ -373,8 +422,16 @@ export interface SummaryParams {
   max_tokens?: number | null;
 }
 
+/**
+ * The daemon is stopping: sent once to each connection with live subscriptions, before it
+ * closes. Reconnect, and subscribe again from the last seq seen.
+ */
+export interface SysShutdownParams {
+  reason: string;
+}
+
 export interface TailParams {
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default 20 */
   limit?: number;
@@ -387,6 +444,7 @@ export interface Task {
   created_at: string;
   /** @default [] */
   dependency_ids?: string[];
+  /** 1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit */
   id: string;
   /** @default {} */
   inputs?: Record<string, unknown>;
@@ -412,6 +470,7 @@ export interface TaskPatch {
   dependency_ids?: string[] | null;
   /** @default null */
   expected_version?: number | null;
+  /** 1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit */
   id: string;
   /** @default null */
   inputs?: Record<string, unknown> | null;
@@ -430,6 +489,7 @@ export interface TaskPatch {
 }
 
 export interface TaskRef {
+  /** 1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit */
   id: string;
 }
 
@@ -442,7 +502,7 @@ export interface Unsubscribe {
 }
 
 export interface UserMessage {
-  /** Names the log file, so it may not contain '/' or '..'. */
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default {} */
   data?: Record<string, unknown>;
@@ -536,7 +596,7 @@ export interface Methods {
     params: NarratorSay;
     result: AppendResult;
   };
-  /** This document: every method, as OpenRPC 1.x. */
+  /** This document: every method, its errors and every notification, as OpenRPC 1.x. */
   "rpc.discover": {
     params: NoParams;
     result: Record<string, unknown>;
