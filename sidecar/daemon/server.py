@@ -468,7 +468,7 @@ class Daemon:
                 await tg.start(supervise, "tasks", self.tasks.run, self.fault)
                 await tg.start(supervise, "controller", self.controller.run, self.fault)
                 await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
-                tg.start_soon(self._signals, tg.cancel_scope)
+                await tg.start(self._signals)  # handlers in place before READY=1
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
                 async with anyio.create_task_group() as conns:
@@ -677,8 +677,11 @@ class Daemon:
         server = self.config.server
         return uid in (0, os.getuid()) or uid in server.allow_uids or gid in server.allow_gids
 
-    async def _signals(self, scope: anyio.CancelScope) -> None:
+    async def _signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """SIGTERM/SIGINT drain and stop, SIGHUP reloads. Reports started once the handlers
+        are installed, so a supervisor's SIGTERM right after READY=1 is a graceful stop."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()

@@ -254,3 +254,13 @@ def test_sigint_stops_cleanly_too(daemon) -> None:
     assert daemon.stop(signal.SIGINT) == 0
     assert not os.path.exists(daemon.socket_path)
     assert list((daemon.data_dir / "journal").glob("*.wal")) == []  # checkpointed on the way out
+
+
+def test_sigterm_right_after_ready_is_a_graceful_stop(start_daemon, tmp_path) -> None:
+    """READY=1 is sent once the signal handlers are in place: a supervisor may stop the
+    daemon the instant it is ready (it used to die of the signal, -15, now and then)."""
+    for n in range(5):
+        d = start_daemon(data_dir=tmp_path / f"d{n}")
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=20) == 0, d.stderr()
+        assert "daemon.stopped" in d.stderr()
