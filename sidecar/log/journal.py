@@ -3,7 +3,8 @@
 Every process that writes keeps its own journal, ``journal/{pid}-{random}.wal``, locked for
 as long as it lives. A batch's lines go to their conversation files (page cache only) and
 to the journal, and only the journal is fdatasync'd before the answer. That keeps the flush
-cost flat: eight files cost eight fdatasyncs, one journal costs one (``shared/MEASURED.md``).
+cost flat: eight files cost eight fdatasyncs, one journal costs one (the figures are in
+docs/performance.md, "Why a journal").
 
 A checkpoint fdatasyncs the conversation files and empties the journal. After a crash, the
 journals of dead processes are replayed into the conversation files; a kill -9 never needs
