@@ -85,11 +85,13 @@ def test_the_examples_work_together(start_daemon, steps: int) -> None:
     )
     assert agent.returncode == 0, agent.stderr
     assert narrator.wait(timeout=60) == 0  # the finished task made the controller grant a turn
-    assert "spoke at seq" in narrator.stdout.read()
+    task_id = agent.stdout.split()[0]  # "<task id> done at version N"
+    said = f"The example task {task_id} is done."  # a plain sentence, not the decision's JSON
+    assert f": {said}" in narrator.stdout.read()
     with Client(d.socket_path) as c:
         events = c.log_query(conversation_id="ex1", limit=100)["events"]
     kinds = [e["type"] for e in events]
     assert kinds.count("agent.progress") == steps and "controller.decision" in kinds
     spoken = [e for e in events if e["type"] == "narrator.message"]
-    assert len(spoken) == 1 and spoken[0]["visibility"] == "user"
+    assert len(spoken) == 1 and spoken[0]["visibility"] == "user" and spoken[0]["data"]["text"] == said
     assert all(e["visibility"] != "user" for e in events if e["type"] != "narrator.message")
