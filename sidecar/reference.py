@@ -189,7 +189,7 @@ def config_sections() -> list[Section]:
             if is_object(target) and isinstance(info.type, type) and issubclass(info.type, msgspec.Struct):
                 tables.append((info.encode_name, info.type))
                 continue
-            default = info.default if info.default is not msgspec.NODEFAULT else info.default_factory()  # type: ignore[misc]
+            default = info.default if info.default is not msgspec.NODEFAULT else info.default_factory()
             kind = describe(prop, components).removesuffix(", or null")
             shown = _default(info.encode_name, default)
             plain.append(Field(info.encode_name, kind, False, shown, notes.get(info.name, "")))

@@ -1,4 +1,4 @@
-"""The code stays formatted and lint-clean (ruff, configured in pyproject.toml)."""
+"""The code stays formatted, lint-clean (ruff) and type-checked (mypy), both configured in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -43,3 +43,23 @@ def test_build_output_is_not_linted_but_sources_named_build_are(tmp_path: Path) 
     )
     assert run.returncode == 1
     assert "build.py" in run.stdout and "copy.py" not in run.stdout
+
+
+def mypy(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    """The venv's mypy with the project's [tool.mypy]; its cache under ``cache``, never in the checkout."""
+    config = ["--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(cache)]
+    return subprocess.run([sys.executable, "-m", "mypy", *config, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_mypy(tmp_path: Path) -> None:
+    """sidecar/ and the Python client (the generated methods.py too) type-check without an error."""
+    run = mypy(cwd=ROOT, cache=tmp_path / "cache")  # the files the config names
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_mypy_config_is_strict(tmp_path: Path) -> None:
+    """The config is in force: an unannotated function and a stale ignore are both errors."""
+    (tmp_path / "sloppy.py").write_text("def f(x):\n    return x\n\n\nn: int = 1  # type: ignore[assignment]\n")
+    run = mypy("sloppy.py", cwd=tmp_path, cache=tmp_path / "cache")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "[no-untyped-def]" in run.stdout and "[unused-ignore]" in run.stdout, run.stdout

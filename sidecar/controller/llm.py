@@ -19,7 +19,7 @@ import json
 import os
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -376,7 +376,7 @@ async def _read_capped(
 
 async def _timely_chunks(
     response: httpx.Response, deadline: float, late: Callable[[], LLMError]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The body's chunks, each waited for against one ``deadline`` (else ``late()``); the
     cancel scope covers the wait only, never a ``yield``."""
     chunks = response.aiter_bytes()
@@ -391,7 +391,8 @@ async def _timely_chunks(
                 raise late() from None
             yield chunk
     finally:
-        await chunks.aclose()
+        # httpx annotates aiter_bytes() as an AsyncIterator; it is an async generator, with aclose()
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def parse_verdict(text: str) -> tuple[bool, str]:

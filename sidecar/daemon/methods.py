@@ -39,7 +39,7 @@ from sidecar.rpc.protocol import Request, encode, error_response, result_respons
 from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
 
 if TYPE_CHECKING:
-    from sidecar.daemon.server import Connection
+    from sidecar.daemon.server import Connection, Daemon
 
 registry: Registry[Connection] = Registry()
 for _name, (_params, _example) in NOTIFICATIONS.items():
@@ -636,7 +636,7 @@ async def context_build(p: ContextParams, conn: Connection) -> Context:
     return msgspec.convert(await _context(conn.daemon, p.conversation_id, p.budget_tokens, p.system_prompt), Context)
 
 
-async def _context(daemon: Any, cid: str, budget_tokens: int, system_prompt: str) -> dict[str, Any]:
+async def _context(daemon: Daemon, cid: str, budget_tokens: int, system_prompt: str) -> dict[str, Any]:
     """``build_context`` for a conversation, from its incremental summary state (no re-read
     of the log), and its active and ready tasks."""
     graph = daemon.tasks.graph
@@ -734,7 +734,7 @@ async def narrator_say(p: NarratorSay, conn: Connection) -> AppendResult:
     return await narrate(conn.daemon, p.conversation_id, p.grant_id, p.text)
 
 
-async def narrate(daemon: Any, cid: str, grant_id: str, text: str) -> AppendResult:
+async def narrate(daemon: Daemon, cid: str, grant_id: str, text: str) -> AppendResult:
     """Say ``text`` to the user with a grant: the one way a narrator.message is written."""
     grants = daemon.controller.grants
     grant = grants.redeem(cid, grant_id)
@@ -802,7 +802,7 @@ _HEADINGS = {
 }
 
 
-async def build_narrator_prompt(daemon: Any, cid: str, budget_tokens: int, reason: str | None) -> NarratorPrompt:
+async def build_narrator_prompt(daemon: Daemon, cid: str, budget_tokens: int, reason: str | None) -> NarratorPrompt:
     """The narrator template plus the conversation's context, as chat messages, within budget.
 
     The budget also pays for the headings and the chat template's role markers (two messages

@@ -265,8 +265,8 @@ class Connection:
                 lines = framer.feed(data)
             except FrameTooLarge:
                 limit_bytes = framer.max_message_bytes
-                message = f"Invalid Request: message larger than max_message_bytes ({limit_bytes}); closing"
-                await self.send(encode(error_response(None, INVALID_REQUEST, message)))
+                reason = f"Invalid Request: message larger than max_message_bytes ({limit_bytes}); closing"
+                await self.send(encode(error_response(None, INVALID_REQUEST, reason)))
                 log.warning("daemon.message_too_large", connection=self.number, limit=limit_bytes)
                 return
             for line in lines:
@@ -493,9 +493,10 @@ class Daemon:
             listener.close()
             if self.connections:
                 log.warning("daemon.connections_left", count=len(self.connections))
-            if getattr(self, "chat", None) is not None:
+            chat = getattr(self, "chat", None)
+            if chat is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    await self.chat.aclose()  # its pooled connections to the LLM server
+                    await chat.aclose()  # its pooled connections to the LLM server
             if hasattr(self, "store"):
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()

@@ -121,9 +121,9 @@ class Subscription:
     async def _replay(self, store: EventStore) -> None:
         params = {k: v for k, v in msgspec.structs.asdict(self.filter).items() if v is not None}
         params["limit"] = _REPLAY_PAGE
-        cursor = None
+        cursor: str | None = None
         while self.overflowed is None:
-            page = await anyio.to_thread.run_sync(lambda c=cursor: store.query({**params, "cursor": c}))
+            page = await anyio.to_thread.run_sync(store.query, {**params, "cursor": cursor})
             for event in page.events:
                 self._queued[event.conversation_id] = event.seq
                 await self._deliver(event)

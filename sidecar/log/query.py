@@ -36,12 +36,14 @@ def append_event(event: NewEvent | dict[str, Any], *, data_dir: str | os.PathLik
     return store_for(data_dir).append(event).id
 
 
-def tail(conversation_id: str, limit: int = 20, *, data_dir: str | os.PathLike[str] | None = None) -> list[dict]:
+def tail(
+    conversation_id: str, limit: int = 20, *, data_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
     """The newest ``limit`` events of a conversation, oldest first."""
     return [event_to_dict(e) for e in store_for(data_dir).tail(conversation_id, limit)]
 
 
-def since(timestamp: str | datetime, *, data_dir: str | os.PathLike[str] | None = None) -> list[dict]:
+def since(timestamp: str | datetime, *, data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Every event of every conversation with ``timestamp >=`` the given, in time order."""
     if isinstance(timestamp, datetime):
         timestamp = timestamp.isoformat()
@@ -53,12 +55,12 @@ def by_type(
     visibility: str | Sequence[str] | None = None,
     *,
     data_dir: str | os.PathLike[str] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Every event of the given types (and visibility), in time order."""
     return [event_to_dict(e) for e in store_for(data_dir).by_type(event_types, visibility).events]
 
 
-def get_event(event_id: str, *, data_dir: str | os.PathLike[str] | None = None) -> dict | None:
+def get_event(event_id: str, *, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
     """The event with this id, or ``None``."""
     event = store_for(data_dir).get(event_id)
     return event_to_dict(event) if event is not None else None

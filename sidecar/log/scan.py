@@ -17,7 +17,7 @@ import heapq
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -187,7 +187,7 @@ class _Plan:
 
     def stream(
         self, snap: Snapshot, resume_seq: int | None = None, bound_seq: int | None = None
-    ) -> Iterator[tuple[SortKey, Event]]:
+    ) -> Generator[tuple[SortKey, Event], None, None]:
         """``snap``'s matching events past the cursor, from ``resume_seq`` up to ``bound_seq``."""
         cid = snap.cid
         ts, seq = self.start, self.from_seq

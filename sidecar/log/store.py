@@ -394,7 +394,7 @@ class EventStore:
                     if place in places_seen:
                         continue
                     places_seen.add(place)
-                    for child in self._verified([place], lambda e, p=ev.id: p in e.caused_by):
+                    for child in self._verified([place], _caused_by(ev.id)):
                         if child.id not in seen:
                             out.setdefault(child.id, child)
             return list(out.values())
@@ -475,6 +475,11 @@ class EventStore:
 
 def _order(event: Event) -> tuple[str, str, int]:
     return event.timestamp, event.conversation_id, event.seq
+
+
+def _caused_by(parent: str) -> Callable[[Event], bool]:
+    """A check for events that name ``parent`` among their causes."""
+    return lambda e: parent in e.caused_by
 
 
 @dataclass

@@ -34,9 +34,9 @@ def route_notification(message: dict[str, Any], queues: dict[Any, deque[dict[str
         for queue in queues.values():
             queue.append(message)
         return
-    queue = queues.get((message.get("params") or {}).get("subscription"))
-    if queue is not None:
-        queue.append(message)
+    target = queues.get((message.get("params") or {}).get("subscription"))
+    if target is not None:
+        target.append(message)
 
 
 def result_of(reply: dict[str, Any]) -> Any:

@@ -175,18 +175,18 @@ class AsyncClient(AsyncMethods):
                 message = queue.popleft()
                 method = message.get("method")
                 got = message.get("params")
-                params: dict[str, Any] = got if isinstance(got, dict) else {}
-                if method == "log.event" and isinstance(params.get("event"), dict):
-                    yield params["event"]
+                body: dict[str, Any] = got if isinstance(got, dict) else {}
+                if method == "log.event" and isinstance(body.get("event"), dict):
+                    yield body["event"]
                     continue
                 if on_notification is not None:
-                    told = on_notification(str(method), params)
+                    told = on_notification(str(method), body)
                     if inspect.isawaitable(told):
                         await told
                 if method == "sys.shutdown":
                     return
                 if method == "log.overflow":
-                    raise RpcError(-32005, "subscription dropped: the reader fell too far behind", params)
+                    raise RpcError(-32005, "subscription dropped: the reader fell too far behind", body)
         finally:
             self._subs.pop(sub, None)
             if self._closed is None:
