@@ -48,6 +48,26 @@ def checkout_data_untouched() -> Iterator[None]:
         )
 
 
+# Where the time goes (each about 5-25 s in a full run on 2 cores): without these, `./dev test
+# -m "not slow"` checks every module in well under a minute, for the edit-test loop.
+SLOW = (
+    "tests/fault/",
+    "tests/deploy/",
+    "tests/test_demo.py",
+    "tests/test_readme.py",
+    "tests/controller/test_llm_daemon.py",
+    "tests/daemon/test_lifecycle.py",
+    "tests/daemon/test_cli.py",
+    "tests/client/test_python_client.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
