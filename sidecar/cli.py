@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from typing import Any
+
+from sidecar.terminal import printable
 
 EXAMPLES = """\
 examples:
@@ -173,16 +174,6 @@ def _methods(args: argparse.Namespace) -> int:
 
 _COLOURS = {"user": "\033[1;36m", "status": "\033[33m", "internal": "\033[2m"}
 _LEVEL_MARK = {"milestone": "★", "decision": "◆", "action": "•", "state": "·", "detail": " "}
-
-
-# Characters that steer a terminal or hide text: C0 and C1 controls (ESC, CSI, OSC 52's
-# clipboard writes...), DEL, and the invisible and bidirectional format characters.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-
-
-def printable(text: str) -> str:
-    """``text`` with every character that could steer the operator's terminal escaped."""
-    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def format_event(event: dict[str, Any], colour: bool) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.types import ExcInfo, Processor
 
-from sidecar.cli import printable
+from sidecar.terminal import printable
 
 LogFormat = Literal["auto", "json", "console"]
 
