@@ -20,8 +20,8 @@ from plots import Panel, Series, figure
 from report import Config, Section, best_time, ms
 
 from sidecar.context.build import build_context
-from sidecar.context.tokens import DEFAULT_COUNTER
 from sidecar.log.summarize import SummaryState, rolling_summary
+from sidecar.tokens import DEFAULT_COUNTER
 from tests.test_log_summarize import realistic
 
 BUDGET = 4000

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.context.tokens import DEFAULT_COUNTER
 from sidecar.errors import InvalidParams, StorageError
 from sidecar.log.summarize import _drop_bullets, load_snapshot, load_summary, persist_summary, rolling_summary
+from sidecar.tokens import DEFAULT_COUNTER
 
 
 def event(

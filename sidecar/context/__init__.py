@@ -1,11 +1,11 @@
-"""Prompt context within a token budget (``sidecar.context.build``), and token counters.
+"""Prompt context within a token budget (``sidecar.context.build``).
 
-Only the counters are imported here: the summarizer needs them, and the builder needs the
-summarizer.
+The token counters live below both this package and the summarizer, in :mod:`sidecar.tokens`;
+they are re-exported here for callers that import them from ``sidecar.context``.
 """
 
 from __future__ import annotations
 
-from sidecar.context.tokens import DEFAULT_COUNTER, ByteEstimate, TokenCounter
+from sidecar.tokens import DEFAULT_COUNTER, ByteEstimate, TokenCounter
 
 __all__ = ["DEFAULT_COUNTER", "ByteEstimate", "TokenCounter"]

@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from sidecar.context.tokens import DEFAULT_COUNTER, TokenCounter
 from sidecar.log.events import Event
 from sidecar.log.summarize import RING, SummaryState, event_line
 from sidecar.task_graph.model import Task
+from sidecar.tokens import DEFAULT_COUNTER, TokenCounter
 
 RECENT_WINDOW = 20
 

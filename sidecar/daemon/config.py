@@ -14,11 +14,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
-from sidecar_client import default_socket_path  # one default for the daemon and its clients
 
 from sidecar.datadir import DEFAULT_DATA_DIR
 from sidecar.log.events import MAX_EVENT_DEPTH
 from sidecar.log.store import DEFAULT_JOURNAL_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_ROTATE_BYTES
+from sidecar.paths import default_socket_path  # the clients keep the same definition
 
 Positive = Annotated[int, Meta(gt=0)]
 Seconds = Annotated[float, Meta(gt=0)]

@@ -21,7 +21,6 @@ import structlog
 from anyio.abc import SocketStream, TaskStatus
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.context.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 from sidecar.controller import Controller, GrantBook, RulePolicy
 from sidecar.controller.grants import Grant
 from sidecar.controller.llm import ChatClient, LLMError, parse_verdict
@@ -54,6 +53,7 @@ from sidecar.rpc.protocol import (
     parse_message,
 )
 from sidecar.task_graph.service import TaskService
+from sidecar.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 
 log = structlog.get_logger("sidecar.daemon")
 
@@ -570,8 +570,8 @@ class Daemon:
         """Exact counts when the configured LLM server has llama.cpp's /tokenize; the estimate
         otherwise. Nothing is asked here: the tokenizer finds out on first use, in a worker
         thread, so start-up never waits on the LLM server."""
-        from sidecar.context.tokens import TOKENIZE_TIMEOUT_S
         from sidecar.controller.llm import api_key_from_env
+        from sidecar.tokens import TOKENIZE_TIMEOUT_S
 
         llm = self.config.llm
         if not llm.url:

@@ -21,13 +21,13 @@ from typing import Any
 import msgspec
 import structlog
 
-from sidecar.context.tokens import DEFAULT_COUNTER, TokenCounter
 from sidecar.datadir import UnsafePathError, ensure_layout, open_regular, private_dir, read_regular, resolve_data_dir
 from sidecar.errors import InvalidParams, StorageError
 from sidecar.log.events import Event
 from sidecar.log.files import fsync_dir, write_all
 from sidecar.log.segments import DECODE_ERRORS
 from sidecar.log.store import check_conversation_id
+from sidecar.tokens import DEFAULT_COUNTER, TokenCounter
 
 LEVEL_WEIGHT = {"milestone": 50, "decision": 40, "action": 20, "state": 10, "detail": 0}
 _TEXT_KEYS = ("text", "message", "msg", "summary", "error", "reason", "status")

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.context.build import RECENT_WINDOW, build_context
-from sidecar.context.tokens import DEFAULT_COUNTER, ByteEstimate
 from sidecar.log.summarize import SummaryState, rolling_summary
 from sidecar.task_graph import NewTask, TaskGraph
+from sidecar.tokens import DEFAULT_COUNTER, ByteEstimate
 from tests.test_log_summarize import realistic
 
 SYSTEM = "You are the narrator. Speak briefly, only about what changed."

@@ -11,7 +11,7 @@ import pytest
 from sidecar_client import Client
 
 from sidecar.clock import ManualClock
-from sidecar.context.tokens import ByteEstimate, LlamaCppTokenizer, on_event_loop
+from sidecar.tokens import ByteEstimate, LlamaCppTokenizer, on_event_loop
 from tests.controller.fake_llm import FakeLLM, running
 
 ESTIMATE = ByteEstimate()

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sidecar_client import Client
 
-from sidecar.context.tokens import ByteEstimate
 from sidecar.controller.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REPLY
+from sidecar.tokens import ByteEstimate
 from tests.controller.fake_llm import FakeLLM, running
 from tests.controller.test_llm import read_notifications
 from tests.daemon.conftest import DaemonProc, daemon, start_daemon  # noqa: F401
