@@ -16,7 +16,6 @@ class Grant:
     grant_id: str
     conversation_id: str
     reason: str
-    issued_at: float  # monotonic
     expires_mono: float
     expires_at: str  # RFC 3339, for people and clients
     used: bool = False
@@ -48,7 +47,6 @@ class GrantBook:
             grant_id=str(uuid.uuid4()),
             conversation_id=cid,
             reason=reason,
-            issued_at=now,
             expires_mono=now + self.ttl_s,
             expires_at=format_timestamp(self.clock.now_ns() + int(self.ttl_s * 1e9)),
         )

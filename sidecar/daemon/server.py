@@ -33,7 +33,7 @@ from sidecar.daemon.summaries import SummaryCache
 from sidecar.daemon.supervisor import supervise
 from sidecar.daemon.systemd import Notifier
 from sidecar.datadir import ensure_layout
-from sidecar.errors import OverloadedError, SidecarError
+from sidecar.errors import ForbiddenError, OverloadedError, SidecarError
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.scan import as_filter
@@ -60,7 +60,7 @@ log = structlog.get_logger("sidecar.daemon")
 DRAIN_SECONDS = 4.0
 
 
-_OUT_OF_FDS = encode(error_response(None, -32005, "out of file descriptors; try again later"))
+_OUT_OF_FDS = encode(error_response(None, OverloadedError.code, "out of file descriptors; try again later"))
 SEND_QUEUE_BYTES = 1024 * 1024  # per connection: past this, replies and notifications wait
 
 
@@ -623,10 +623,10 @@ class Daemon:
         refusal = None
         if not self._allowed(peer):
             log.warning("daemon.peer_refused", pid=peer[0], uid=peer[1], gid=peer[2])
-            refusal = error_response(None, -32003, f"uid {peer[1]} may not use this socket")
+            refusal = error_response(None, ForbiddenError.code, f"uid {peer[1]} may not use this socket")
         elif len(self.connections) >= limit:
             log.warning("daemon.too_many_connections", limit=limit)
-            refusal = error_response(None, -32005, "too many connections; try again later")
+            refusal = error_response(None, OverloadedError.code, "too many connections; try again later")
         raw.setblocking(False)
         if refusal is not None:
             if self._refusing < lingering:

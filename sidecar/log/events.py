@@ -55,7 +55,6 @@ Seq = Annotated[int, Meta(ge=0)]
 Visibility = Literal["user", "status", "internal"]
 Level = Literal["milestone", "decision", "action", "state", "detail"]
 
-VISIBILITIES: tuple[str, ...] = ("user", "status", "internal")
 LEVELS: tuple[str, ...] = ("milestone", "decision", "action", "state", "detail")
 
 

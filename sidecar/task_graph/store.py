@@ -41,10 +41,6 @@ class GraphFileError(StorageError):
     """The graph file cannot be used (unreadable, not a file, invalid); the message names it."""
 
 
-def graph_path(data_dir: str | os.PathLike[str] | None = None) -> str:
-    return os.path.join(resolve_data_dir(data_dir), GRAPH_FILE)
-
-
 @contextlib.contextmanager
 def locked(path: str, *, exclusive: bool) -> Iterator[None]:
     """Hold the graph's lock file (created on first use, 0600, never through a symlink)."""
