@@ -50,6 +50,13 @@ class ByteEstimate:
 DEFAULT_COUNTER: TokenCounter = ByteEstimate()
 
 
+def fit(text: str, max_tokens: int, counter: TokenCounter) -> str:
+    """The last resort: cut the text itself (a tenth at a time, from the end) until it fits."""
+    while text and counter.count(text) > max_tokens:
+        text = text[: max(0, int(len(text) * 0.9) - 1)]
+    return text
+
+
 def on_event_loop() -> bool:
     """Whether the caller runs on an event loop's thread, where nothing may block."""
     try:

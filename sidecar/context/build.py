@@ -17,19 +17,13 @@ import msgspec
 from sidecar.log.events import Event
 from sidecar.log.summarize import RING, SummaryState, event_line
 from sidecar.task_graph.model import Task
-from sidecar.tokens import DEFAULT_COUNTER, TokenCounter
+from sidecar.tokens import DEFAULT_COUNTER, TokenCounter, fit
 
 RECENT_WINDOW = 20
 
 
 def _event_dict(event: Event | Mapping[str, Any]) -> dict[str, Any]:
     return msgspec.to_builtins(event) if isinstance(event, Event) else dict(event)
-
-
-def _fit(text: str, tokens: int, counter: TokenCounter) -> str:
-    while text and counter.count(text) > tokens:
-        text = text[: max(0, int(len(text) * 0.9) - 1)]
-    return text
 
 
 def _task_lines(tasks: Sequence[Task], ready: Sequence[Task]) -> list[str]:
@@ -76,11 +70,11 @@ def build_context(
         left -= tokens
 
     # 1. The system prompt and the newest event: cut only if nothing else fits.
-    system = _fit(system_prompt, left, counter)
+    system = fit(system_prompt, left, counter)
     add("system", system, {"chars": len(system), "truncated": len(system) < len(system_prompt)})
     newest = tail[-1] if tail else None
     if newest is not None:
-        line = _fit(event_line(newest), left, counter)
+        line = fit(event_line(newest), left, counter)
         if line:
             add("newest", line, {"seqs": [newest["seq"], newest["seq"]]})
     # 2. Task state.

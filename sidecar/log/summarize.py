@@ -27,7 +27,7 @@ from sidecar.log.events import Event
 from sidecar.log.files import fsync_dir, write_all
 from sidecar.log.segments import DECODE_ERRORS
 from sidecar.log.store import check_conversation_id
-from sidecar.tokens import DEFAULT_COUNTER, TokenCounter
+from sidecar.tokens import DEFAULT_COUNTER, TokenCounter, fit
 
 LEVEL_WEIGHT = {"milestone": 50, "decision": 40, "action": 20, "state": 10, "detail": 0}
 _TEXT_KEYS = ("text", "message", "msg", "summary", "error", "reason", "status")
@@ -232,7 +232,7 @@ class SummaryState:
             if counter.count(markdown) <= max_tokens:
                 break
             if keep == 0:
-                markdown, cut = _fit(markdown, max_tokens, counter), True
+                markdown, cut = fit(markdown, max_tokens, counter), True
                 break
             keep -= 1
             per_group = 0  # from here on, groups speak in counts only
@@ -346,13 +346,6 @@ def _render(
         lines += [event_line(e) for e in recent]
         lines.append("")
     return "\n".join(lines)
-
-
-def _fit(markdown: str, max_tokens: int, counter: TokenCounter) -> str:
-    """The last resort: cut the text itself until it fits."""
-    while markdown and counter.count(markdown) > max_tokens:
-        markdown = markdown[: max(0, int(len(markdown) * 0.9) - 1)]
-    return markdown
 
 
 # --- persisting ------------------------------------------------------------------------------
