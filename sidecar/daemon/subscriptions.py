@@ -54,15 +54,7 @@ class Subscription:
         self.scope = anyio.CancelScope()
 
     def matches(self, event: Event) -> bool:
-        cid = self.filter.conversation_id
-        if cid is not None and event.conversation_id != cid:
-            return False
-        if self.filter.from_seq is not None and event.seq < self.filter.from_seq:
-            return False
-        start, end = self.filter.start, self.filter.end
-        if (start is not None and event.timestamp < start) or (end is not None and event.timestamp > end):
-            return False
-        return self._match.exact(event)
+        return self._match.matches(event)
 
     def offer(self, event: Event) -> None:
         """A newly committed event (called in the event loop, in commit order)."""

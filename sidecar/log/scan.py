@@ -89,9 +89,17 @@ def decode_cursor(cursor: str) -> SortKey:
 
 
 class Matcher:
-    """The filter compiled: a cheap byte test that may only say no, then the exact test."""
+    """The filter compiled: a cheap byte test that may only say no (:meth:`maybe`), the test of
+    an event's fields (:meth:`exact`), and the whole match (:meth:`matches`).
 
-    def __init__(self, flt: QueryFilter) -> None:
+    A query reads only the conversation, seqs and time range it asks for (the cursor moves them
+    on), so it needs only :meth:`exact`; an event met anywhere else (a live subscription's)
+    needs :meth:`matches`."""
+
+    def __init__(self, flt: EventFilter) -> None:
+        self.conversation_id = flt.conversation_id
+        self.from_seq = flt.from_seq
+        self.start, self.end = flt.start, flt.end  # normalized by as_filter
         vis = flt.visibility
         self.visibility = {vis} if isinstance(vis, str) else set(vis) if vis else None
         self.types = set(flt.types) if flt.types else None
@@ -111,7 +119,19 @@ class Matcher:
     def maybe(self, line: bytes) -> bool:
         return all(any(n in line for n in group) for group in self.needles)
 
+    def matches(self, ev: Event) -> bool:
+        """Whether ``ev`` matches the whole filter: conversation, ``from_seq``, time range and
+        fields."""
+        if self.conversation_id is not None and ev.conversation_id != self.conversation_id:
+            return False
+        if self.from_seq is not None and ev.seq < self.from_seq:
+            return False
+        if (self.start is not None and ev.timestamp < self.start) or (self.end is not None and ev.timestamp > self.end):
+            return False
+        return self.exact(ev)
+
     def exact(self, ev: Event) -> bool:
+        """Whether ``ev``'s fields match: types, visibility, agents, levels and turns."""
         if self.types is not None and ev.type not in self.types:
             return False
         if self.visibility is not None and ev.visibility not in self.visibility:

@@ -10,6 +10,7 @@ import pytest
 from sidecar.clock import ManualClock
 from sidecar.errors import InvalidParams
 from sidecar.log import EventStore
+from sidecar.log.scan import Matcher, as_filter
 from sidecar.log.timestamps import format_timestamp
 
 
@@ -125,6 +126,28 @@ def test_query_filters(busy: EventStore, clock: ManualClock) -> None:
         busy.query(bogus=1)
     with pytest.raises(InvalidParams):
         busy.query(limit=0)
+
+
+def test_the_whole_match_agrees_with_query(busy: EventStore, clock: ManualClock) -> None:
+    """``Matcher.matches`` (what a live subscription applies to each commit) picks out of
+    every event exactly what ``query`` returns for the same filter."""
+    everything = busy.query().events
+    t0 = clock.now_ns() - 8 * 10**9
+    filters: list[dict] = [
+        {},
+        {"conversation_id": "a"},
+        {"conversation_id": "b", "from_seq": 2},
+        {"from_seq": 3},
+        {"start": format_timestamp(t0 + 2 * 10**9), "end": format_timestamp(t0 + 4 * 10**9)},
+        {"conversation_id": "c", "start": format_timestamp(t0 + 4 * 10**9)},
+        {"agent_ids": ["rag"], "end": format_timestamp(t0 + 5 * 10**9)},
+        {"turn_start": 2, "turn_end": 2},
+        {"visibility": "status", "types": ["agent.progress"], "from_seq": 2},
+        {"levels": ["milestone"]},
+    ]
+    for fields in filters:
+        match = Matcher(as_filter(fields))
+        assert keys(e for e in everything if match.matches(e)) == keys(busy.query(**fields).events), fields
 
 
 def test_filter_by_agent_with_characters_json_escapes(store: EventStore) -> None:
