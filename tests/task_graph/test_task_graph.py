@@ -289,7 +289,7 @@ def test_an_audit_event_is_made_to_fit_the_log() -> None:
 
 def test_the_checked_in_scaffold_loads(tmp_path: Path) -> None:
     """On a copy: even a read takes the graph's lock file, which must not land in the checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     copy = shutil.copytree(root / "data", tmp_path / "data")
     assert store.load_graph(data_dir=copy) == {"tasks": [], "version": 0}
 
