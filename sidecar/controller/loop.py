@@ -13,10 +13,11 @@ costs that decision only.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from sidecar.clock import Clock
@@ -35,6 +36,25 @@ Advisor = Callable[[str, str], Awaitable[tuple[bool, str]]]
 Sleep = Callable[[float], Awaitable[None]]
 
 MAX_LISTED_TASKS = 100  # task ids named in one watchdog.idle: it must fit in one event
+
+
+# What ``controller.status`` answers (no docstrings: they would show in rpc.discover).
+class LastDecision(msgspec.Struct, kw_only=True):
+    speak_now: bool
+    reason: str
+
+
+class ControllerStatus(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    gate: Literal["open", "closed"]
+    grant_id: str | None
+    expires_at: str | None
+    reason: str
+    idle_for_s: float | None
+    user_waiting: bool
+    open_tasks: list[str]
+    stalled_tasks: list[str]
+    last_decision: LastDecision | None
 
 
 class _Outstanding:
@@ -276,7 +296,7 @@ class Controller:
 
     # --- status ----------------------------------------------------------------------------------
 
-    def status(self, cid: str) -> dict[str, Any]:
+    def status(self, cid: str) -> ControllerStatus:
         """The gate and why; a conversation forgotten while quiet reads as one never seen."""
         now = self.clock.monotonic()
         st = self.policy.conversations.get(cid)
@@ -290,15 +310,15 @@ class Controller:
         else:
             reason = "nothing to say"
         last = st.last_decision if st else None
-        return {
-            "conversation_id": cid,
-            "gate": "open" if grant is not None else "closed",
-            "grant_id": grant.grant_id if grant else None,
-            "expires_at": grant.expires_at if grant else None,
-            "reason": reason,
-            "idle_for_s": round(now - st.last_activity, 3) if st else None,
-            "user_waiting": bool(st and st.user_waiting_since is not None),
-            "open_tasks": sorted(st.open_tasks) if st else [],
-            "stalled_tasks": sorted(st.stalled) if st else [],
-            "last_decision": {"speak_now": last.speak_now, "reason": last.reason} if last else None,
-        }
+        return ControllerStatus(
+            conversation_id=cid,
+            gate="open" if grant is not None else "closed",
+            grant_id=grant.grant_id if grant else None,
+            expires_at=grant.expires_at if grant else None,
+            reason=reason,
+            idle_for_s=round(now - st.last_activity, 3) if st else None,
+            user_waiting=bool(st and st.user_waiting_since is not None),
+            open_tasks=sorted(st.open_tasks) if st else [],
+            stalled_tasks=sorted(st.stalled) if st else [],
+            last_decision=LastDecision(speak_now=last.speak_now, reason=last.reason) if last else None,
+        )

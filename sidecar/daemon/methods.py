@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from sidecar import __version__
 from sidecar.context.build import build_context
+from sidecar.controller.loop import ControllerStatus
 from sidecar.daemon.notifications import NOTIFICATIONS
 from sidecar.errors import ForbiddenError, NotFoundError, SidecarError, StorageError
 from sidecar.log.committer import AppendRequest
@@ -682,24 +683,6 @@ class Heartbeat(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     task_id: Label | None = None
 
 
-class LastDecision(msgspec.Struct, kw_only=True):
-    speak_now: bool
-    reason: str
-
-
-class ControllerStatus(msgspec.Struct, kw_only=True):
-    conversation_id: str
-    gate: Literal["open", "closed"]
-    grant_id: str | None
-    expires_at: str | None
-    reason: str
-    idle_for_s: float | None
-    user_waiting: bool
-    open_tasks: list[str]
-    stalled_tasks: list[str]
-    last_decision: LastDecision | None
-
-
 @registry.method(
     "chat.user_message",
     UserMessage,
@@ -761,7 +744,7 @@ async def narrate(daemon: Daemon, cid: str, grant_id: str, text: str) -> AppendR
     example={"conversation_id": CID},
 )
 async def controller_status(p: ConversationRef, conn: Connection) -> ControllerStatus:
-    return msgspec.convert(conn.daemon.controller.status(p.conversation_id), ControllerStatus)
+    return conn.daemon.controller.status(p.conversation_id)
 
 
 @registry.method(
@@ -810,8 +793,8 @@ async def build_narrator_prompt(daemon: Daemon, cid: str, budget_tokens: int, re
     worker threads: an exact count may ask the LLM server, which must never block the loop."""
     from sidecar.controller.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REPLY
 
-    last = daemon.controller.status(cid)["last_decision"]
-    why = reason or (last["reason"] if last else "asked to speak")
+    last = daemon.controller.status(cid).last_decision
+    why = reason or (last.reason if last else "asked to speak")
     system = daemon.prompts.render("narrator", conversation_id=cid, reason=why)
     headings = await _read(daemon.counter.count, "\n\n".join(_HEADINGS.values()))
     template = 2 * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY

@@ -75,14 +75,14 @@ async def test_a_user_message_opens_the_gate(clock: ManualClock) -> None:
         "summary_ref": "ab" * 32,
     }
     status = ctl.status("c1")
-    assert (status["gate"], status["grant_id"], status["user_waiting"]) == ("open", grant.grant_id, True)
+    assert (status.gate, status.grant_id, status.user_waiting) == ("open", grant.grant_id, True)
     ctl.observe([ev("agent.error")])
     clock.advance(0.05)
     await ctl.tick()
     assert written[-1].data == {"speak_now": False, "reason": "grant outstanding", "policy": "rules"}
     ctl.grants.redeem("c1", grant.grant_id)
     ctl.observe([ev("narrator.message")])
-    assert ctl.status("c1")["gate"] == "closed" and not ctl.status("c1")["user_waiting"]
+    assert ctl.status("c1").gate == "closed" and not ctl.status("c1").user_waiting
 
 
 @pytest.mark.anyio
@@ -98,7 +98,7 @@ async def test_the_watchdog_speaks_up_and_reports_stalls(clock: ManualClock) -> 
     assert idle.visibility == "status" and idle.data["open_tasks"] == ["t1"] and idle.data["idle_for_s"] == 10.0
     assert stalled.task_id == "t1" and stalled.agent_id == "coder"
     assert decision.data["speak_now"] and decision.data["reason"] == "idle"
-    assert ctl.status("c1")["stalled_tasks"] == ["t1"]
+    assert ctl.status("c1").stalled_tasks == ["t1"]
     assert ctl.policy.next_deadline() == pytest.approx(clock.monotonic() + 20.0)  # backing off
 
 
@@ -111,7 +111,7 @@ async def test_heartbeats_keep_the_watchdog_quiet(clock: ManualClock) -> None:
         ctl.heartbeat("c1", "t1")
         assert await ctl.tick() == []
     assert written == []
-    assert ctl.status("c1")["idle_for_s"] == 0.0
+    assert ctl.status("c1").idle_for_s == 0.0
 
 
 # --- the controller must not die ------------------------------------------------------------
@@ -181,7 +181,7 @@ async def test_observe_loses_only_the_event_it_fails_on(clock: ManualClock) -> N
     ctl.policy.observe = observe  # type: ignore[method-assign]
     with capture_logs() as logs:
         ctl.observe([ev("user.message", "boom"), ev("user.message", "c1")])
-    assert ctl.status("c1")["user_waiting"] and ctl.faults.count == 1
+    assert ctl.status("c1").user_waiting and ctl.faults.count == 1
     assert [e["event"] for e in logs] == ["controller.observe_failed"] and "exc_info" in logs[0]
 
 

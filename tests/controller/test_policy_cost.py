@@ -148,7 +148,7 @@ async def test_a_controller_tick_asks_about_grants_only_where_something_is_due()
     (decision,) = await ctl.tick()
     assert decision.speak_now and grants.asked <= 2  # was: once per conversation, every tick
     assert ctl.policy.visited <= 2  # scheduled, then decided
-    assert ctl.status("h1")["reason"] == "nothing has happened here yet"
+    assert ctl.status("h1").reason == "nothing has happened here yet"
     assert [e.type for e in written] == ["controller.decision"]
 
 
