@@ -189,10 +189,10 @@ def test_persist_and_load(data_dir: Path) -> None:
     assert path == data_dir / "summaries" / "c1.md"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == first["summary_ref"]
     loaded = load_summary("c1", data_dir=data_dir)
-    assert loaded["markdown"] == first["markdown"] and loaded["to_seq"] == 50
+    assert loaded is not None and loaded.markdown == first["markdown"] and loaded.to_seq == 50
     second = rolling_summary("c1", realistic(80))
     persist_summary("c1", second, data_dir=data_dir)
-    assert load_summary("c1", data_dir=data_dir)["summary_ref"] == second["summary_ref"]
+    assert load_summary("c1", data_dir=data_dir).summary_ref == second["summary_ref"]
     assert load_snapshot("c1", first["summary_ref"], data_dir=data_dir) == first["markdown"]  # still rebuildable
     assert not list((data_dir / "summaries").rglob("*.tmp.*"))
     assert load_summary("other", data_dir=data_dir) is None
@@ -201,7 +201,7 @@ def test_persist_and_load(data_dir: Path) -> None:
 
 
 def test_incremental_state_matches_the_full_summary() -> None:
-    from sidecar.log.summarize import SummaryState
+    from sidecar.log.summarize import SummaryState, as_dict
 
     evs = realistic(300)
     state = SummaryState("c1", ring=8)  # most events leave the ring and are folded in
@@ -210,7 +210,7 @@ def test_incremental_state_matches_the_full_summary() -> None:
     state.add(evs[10])  # a repeat is ignored
     for keep in (0, 1, 5, 8):
         for cap in (None, 500):
-            assert state.render(keep_recent=keep, max_tokens=cap) == rolling_summary(
+            assert as_dict(state.render(keep_recent=keep, max_tokens=cap)) == rolling_summary(
                 "c1", evs, keep_recent=keep, max_tokens=cap
             )
     with pytest.raises(InvalidParams, match="at most 8"):
@@ -249,8 +249,8 @@ def test_conversations_a_and_a_md_keep_apart(data_dir: Path) -> None:
     for _ in range(2):  # and again, over what the first round left
         persist_summary("a.md", theirs, data_dir=data_dir)
         persist_summary("a", mine, data_dir=data_dir)
-    assert load_summary("a", data_dir=data_dir)["markdown"] == mine["markdown"]
-    assert load_summary("a.md", data_dir=data_dir)["markdown"] == theirs["markdown"]
+    assert load_summary("a", data_dir=data_dir).markdown == mine["markdown"]
+    assert load_summary("a.md", data_dir=data_dir).markdown == theirs["markdown"]
     assert load_snapshot("a", mine["summary_ref"], data_dir=data_dir) == mine["markdown"]
     assert load_snapshot("a.md", theirs["summary_ref"], data_dir=data_dir) == theirs["markdown"]
 
@@ -266,7 +266,7 @@ def test_the_old_layout_is_still_read_and_moved_when_in_the_way(data_dir: Path) 
     assert load_summary("a", data_dir=data_dir) is None  # a.md is someone else's directory
     mine = rolling_summary("a", realistic(5))
     assert persist_summary("a", mine, data_dir=data_dir).endswith("summaries/a.md")
-    assert load_summary("a", data_dir=data_dir)["summary_ref"] == mine["summary_ref"]
+    assert load_summary("a", data_dir=data_dir).summary_ref == mine["summary_ref"]
     assert load_snapshot("a.md", old["summary_ref"], data_dir=data_dir) == old["markdown"]  # moved, kept
 
 
@@ -306,7 +306,10 @@ def test_a_garbage_summary_fails_its_own_conversation_only(data_dir: Path) -> No
     (data_dir / "summaries" / "c1.json").write_bytes(b"[" * 100_000)
     with pytest.raises(StorageError, match="c1"):
         load_summary("c1", data_dir=data_dir)
-    assert load_summary("c2", data_dir=data_dir)["to_seq"] == 10
+    (data_dir / "summaries" / "c1.json").write_bytes(b'{"to_seq": "ten"}')  # JSON, but not a summary's
+    with pytest.raises(StorageError, match="c1"):
+        load_summary("c1", data_dir=data_dir)
+    assert load_summary("c2", data_dir=data_dir).to_seq == 10
 
 
 def test_concurrent_persists_agree(data_dir: Path) -> None:

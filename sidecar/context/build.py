@@ -90,13 +90,9 @@ def build_context(
     summary_ref = None
     if has_older and left > 0:
         summary = state.render(keep_recent=0, leave_out=len(recent_candidates) + 1, max_tokens=left, counter=counter)
-        if summary["markdown"] and not summary["truncated"] and summary["token_estimate"] <= left:
-            summary_ref = summary["summary_ref"]
-            add(
-                "summary",
-                summary["markdown"],
-                {"seqs": [summary["from_seq"], summary["to_seq"]], "summary_ref": summary_ref},
-            )
+        if summary.markdown and not summary.truncated and summary.token_estimate <= left:
+            summary_ref = summary.summary_ref
+            add("summary", summary.markdown, {"seqs": [summary.from_seq, summary.to_seq], "summary_ref": summary_ref})
     # 4. Recent events, newest first, while they fit.
     kept: list[str] = []
     kept_seqs: list[int] = []

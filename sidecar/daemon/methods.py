@@ -34,7 +34,7 @@ from sidecar.log.events import (
 )
 from sidecar.log.scan import EventFilter, Limit, QueryFilter
 from sidecar.log.store import EventStore
-from sidecar.log.summarize import RING, load_snapshot, load_summary, persist_summary, rolling_summary
+from sidecar.log.summarize import RING, Summary, load_snapshot, load_summary, persist_summary, summarize
 from sidecar.rpc.dispatch import BadParams, NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
@@ -479,29 +479,6 @@ class SummaryParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
 
 
-class Group(msgspec.Struct, kw_only=True):
-    type: str
-    count: int
-    first_timestamp: str
-    last_timestamp: str
-    agents: list[str]
-    task_ids: list[str]
-    errors: int
-
-
-class Summary(msgspec.Struct, kw_only=True):
-    conversation_id: str
-    markdown: str
-    summary_ref: str
-    from_seq: int
-    to_seq: int
-    groups: list[Group]
-    token_estimate: int
-    recent: int
-    truncated: bool = False
-    path: str | None = None
-
-
 class ConversationRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     conversation_id: ConversationId
 
@@ -544,13 +521,13 @@ def _all_events(store: EventStore, cid: str) -> list[Event]:
     return store.query(conversation_id=cid, limit=None).events
 
 
-async def _summarize(p: SummaryParams, conn: Connection) -> dict[str, Any]:
+async def _summarize(p: SummaryParams, conn: Connection) -> Summary:
     if p.keep_recent <= RING:  # the incremental state serves it, without reading the log
         state = await conn.daemon.summaries.state(p.conversation_id)
         return state.render(keep_recent=p.keep_recent, max_tokens=p.max_tokens, counter=conn.daemon.counter)
 
-    def work() -> dict[str, Any]:
-        return rolling_summary(
+    def work() -> Summary:
+        return summarize(
             p.conversation_id,
             _all_events(conn.daemon.store, p.conversation_id),
             keep_recent=p.keep_recent,
@@ -570,7 +547,7 @@ async def _summarize(p: SummaryParams, conn: Connection) -> dict[str, Any]:
     example={"conversation_id": CID, "keep_recent": 5, "max_tokens": 800},
 )
 async def summary_rolling(p: SummaryParams, conn: Connection) -> Summary:
-    return msgspec.convert(await _summarize(p, conn), Summary)
+    return await _summarize(p, conn)
 
 
 @registry.method(
@@ -584,7 +561,7 @@ async def summary_rolling(p: SummaryParams, conn: Connection) -> Summary:
 async def summary_persist(p: SummaryParams, conn: Connection) -> Summary:
     summary = await _summarize(p, conn)
     path = await _read(lambda: persist_summary(p.conversation_id, summary, data_dir=conn.daemon.store.data_dir))
-    return msgspec.convert({**summary, "path": path}, Summary)
+    return msgspec.structs.replace(summary, path=path)
 
 
 @registry.method(
@@ -603,7 +580,7 @@ async def summary_get(p: ConversationRef, conn: Connection) -> Summary:
     found = await _read(lambda: load_summary(p.conversation_id, data_dir=conn.daemon.store.data_dir))
     if found is None:
         raise NotFoundError(f"no persisted summary for {p.conversation_id!r}", {"conversation_id": p.conversation_id})
-    return msgspec.convert(found, Summary)
+    return found
 
 
 @registry.method(

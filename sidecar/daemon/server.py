@@ -564,7 +564,7 @@ class Daemon:
     async def _summary_ref(self, cid: str) -> str | None:
         """The summary a decision was made on: cheap, from the incremental state."""
         state = await self.summaries.state(cid)
-        return state.render(keep_recent=5, counter=self.counter)["summary_ref"]
+        return state.render(keep_recent=5, counter=self.counter).summary_ref
 
     def _token_counter(self) -> TokenCounter:
         """Exact counts when the configured LLM server has llama.cpp's /tokenize; the estimate

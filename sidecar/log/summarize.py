@@ -93,6 +93,39 @@ BULLETS_PER_GROUP = 5
 RING = 256  # events kept whole in a SummaryState: the most keep_recent it can serve
 
 
+# A summary, as ``summary.rolling``, ``summary.persist`` and ``summary.get`` answer it (no
+# docstrings: they would show in rpc.discover). The embedded API speaks dicts: see as_dict.
+class Group(msgspec.Struct, kw_only=True):
+    type: str
+    count: int
+    first_timestamp: str
+    last_timestamp: str
+    agents: list[str]
+    task_ids: list[str]
+    errors: int
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    markdown: str
+    summary_ref: str
+    from_seq: int
+    to_seq: int
+    groups: list[Group]
+    token_estimate: int
+    recent: int
+    truncated: bool = False
+    path: str | None = None  # where summary.persist wrote it
+
+
+def as_dict(summary: Summary) -> dict[str, Any]:
+    """The summary as the embedded API gives it: plain data, ``path`` only once written."""
+    out: dict[str, Any] = msgspec.to_builtins(summary)
+    if summary.path is None:
+        del out["path"]
+    return out
+
+
 class _TypeStats:
     """What the summary says about one event type: counts, span, who, which tasks, and the
     lines worth showing (every error and decision, and the best few of the rest)."""
@@ -139,16 +172,16 @@ class _TypeStats:
         rest = sorted(self.top, key=_rank, reverse=True)[: max(0, per_group - len(self.must))]
         return [(score, seq, _bullet(ev)) for score, seq, ev in sorted(self.must + rest, key=_rank_seq)]
 
-    def group(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "count": self.count,
-            "first_timestamp": self.first_ts,
-            "last_timestamp": self.last_ts,
-            "agents": sorted(self.agents),
-            "task_ids": sorted(self.tasks),
-            "errors": self.errors,
-        }
+    def group(self) -> Group:
+        return Group(
+            type=self.type,
+            count=self.count,
+            first_timestamp=self.first_ts,
+            last_timestamp=self.last_ts,
+            agents=sorted(self.agents),
+            task_ids=sorted(self.tasks),
+            errors=self.errors,
+        )
 
 
 class SummaryState:
@@ -200,7 +233,7 @@ class SummaryState:
         max_tokens: int | None = None,
         counter: TokenCounter = DEFAULT_COUNTER,
         leave_out: int = 0,
-    ) -> dict[str, Any]:
+    ) -> Summary:
         """The summary with the newest ``keep_recent`` (at most ``ring``) events whole.
 
         ``leave_out`` summarizes as if the newest ``leave_out`` events were not there yet
@@ -236,17 +269,17 @@ class SummaryState:
                 break
             keep -= 1
             per_group = 0  # from here on, groups speak in counts only
-        return {
-            "conversation_id": cid,
-            "markdown": markdown,
-            "summary_ref": summary_ref(markdown),
-            "from_seq": self.first_seq,
-            "to_seq": last_seq,
-            "groups": [st.group() for st in groups],
-            "token_estimate": counter.count(markdown),
-            "recent": keep,
-            "truncated": cut,  # even bare counts did not fit: the text itself was cut
-        }
+        return Summary(
+            conversation_id=cid,
+            markdown=markdown,
+            summary_ref=summary_ref(markdown),
+            from_seq=self.first_seq,
+            to_seq=last_seq,
+            groups=[st.group() for st in groups],
+            token_estimate=counter.count(markdown),
+            recent=keep,
+            truncated=cut,  # even bare counts did not fit: the text itself was cut
+        )
 
 
 def _drop_bullets(
@@ -301,8 +334,21 @@ def rolling_summary(
     """Summarize ``events``: groups of older events, then the newest ``keep_recent`` in full.
 
     ``max_tokens`` is a hard cap, met by dropping the least important bullets first and then,
-    if it must, keeping fewer recent events whole.
+    if it must, keeping fewer recent events whole. The embedded API (a dict); the daemon
+    uses :func:`summarize`, which gives the :class:`Summary` itself.
     """
+    return as_dict(summarize(conversation_id, events, keep_recent=keep_recent, max_tokens=max_tokens, counter=counter))
+
+
+def summarize(
+    conversation_id: str,
+    events: Iterable[Event | Mapping[str, Any]],
+    *,
+    keep_recent: int = 5,
+    max_tokens: int | None = None,
+    counter: TokenCounter = DEFAULT_COUNTER,
+) -> Summary:
+    """:func:`rolling_summary` as a :class:`Summary`."""
     if keep_recent < 0:
         raise InvalidParams("keep_recent must be >= 0")
     state = SummaryState(conversation_id, ring=max(RING, keep_recent))
@@ -364,7 +410,7 @@ log = structlog.get_logger("sidecar.summaries")
 
 
 def persist_summary(
-    conversation_id: str, summary: Mapping[str, Any], *, data_dir: str | os.PathLike[str] | None = None
+    conversation_id: str, summary: Summary | Mapping[str, Any], *, data_dir: str | os.PathLike[str] | None = None
 ) -> str:
     """Write ``summaries/{cid}.md`` (and ``{cid}.json`` with the rest) atomically, and keep the
     snapshot at ``summaries/_snapshots/{cid}/{summary_ref}.md`` for good; returns the ``.md`` path.
@@ -374,6 +420,8 @@ def persist_summary(
     A file that is in the way (a symlink, a directory) is a storage error for this
     conversation only."""
     check_conversation_id(conversation_id)
+    if isinstance(summary, Summary):
+        summary = as_dict(summary)
     markdown = summary["markdown"]
     ref = summary_ref(markdown)
     if summary.get("summary_ref") not in (None, ref):
@@ -396,7 +444,7 @@ def persist_summary(
     return path
 
 
-def load_summary(conversation_id: str, *, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+def load_summary(conversation_id: str, *, data_dir: str | os.PathLike[str] | None = None) -> Summary | None:
     """The last persisted summary of a conversation, or ``None``."""
     check_conversation_id(conversation_id)
     root = os.path.join(resolve_data_dir(data_dir), "summaries")
@@ -416,10 +464,14 @@ def load_summary(conversation_id: str, *, data_dir: str | os.PathLike[str] | Non
             raise UnsafePathError(f"{json_path} is not a summary's JSON: {exc}", errno.EINVAL) from None
         if not isinstance(meta, dict):
             raise UnsafePathError(f"{json_path} is not a summary's JSON: not an object", errno.EINVAL)
-    ref = summary_ref(markdown)
+        ref = summary_ref(markdown)
+        try:  # what the disk says, checked: any other writer may have put it there
+            found = msgspec.convert({**meta, "markdown": markdown, "summary_ref": ref}, Summary)
+        except msgspec.ValidationError as exc:
+            raise UnsafePathError(f"{json_path} is not a summary's JSON: {exc}", errno.EINVAL) from None
     if meta.get("summary_ref") != ref:
         log.warning("summary.files_disagree", conversation_id=conversation_id, md=ref, json=meta.get("summary_ref"))
-    return {**meta, "markdown": markdown, "summary_ref": ref}
+    return found
 
 
 def load_snapshot(conversation_id: str, ref: str, *, data_dir: str | os.PathLike[str] | None = None) -> str | None:
