@@ -1,24 +1,22 @@
 """The async client, on anyio: many calls in flight over one connection, matched by id.
 
-There is no background task: whichever caller is waiting reads the next line for everyone
+There is no background task: whichever caller is waiting reads for everyone
 (and wakes the others), so ``await AsyncClient.connect(path)`` needs no task group.
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
-import json
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 from anyio.abc import SocketStream
 
-from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
+from sidecar_client._common import default_socket_path, unavailable_message
 from sidecar_client.client import NotificationHandler
-from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
+from sidecar_client.codec import Codec, Event, Reply
+from sidecar_client.errors import ConnectionLost, DaemonUnavailable, ProtocolError, RpcError
 from sidecar_client.methods import AsyncMethods
 
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -30,13 +28,8 @@ class AsyncClient(AsyncMethods):
     def __init__(self, stream: SocketStream, socket_path: str) -> None:
         self.socket_path = socket_path
         self._stream = stream
-        self._ids = itertools.count(1)
-        self._replies: dict[int, dict[str, Any]] = {}
-        self._waiting: set[int] = set()
-        self._subscribing: set[int] = set()  # ids of log.subscribe requests in flight
-        self._subs: dict[int, deque[dict[str, Any]]] = {}
-        self._buffer = b""
-        self._lines: deque[bytes] = deque()
+        self._codec = Codec()  # the framing, the ids and the subscriptions' queues
+        self._replies: dict[int, Reply] = {}  # answers read by one caller for another
         self._reading = False
         self._read_done = anyio.Event()  # set when the current reader has read (or failed)
         self._send_lock = anyio.Lock()
@@ -64,9 +57,9 @@ class AsyncClient(AsyncMethods):
     # --- reading, by whoever waits -------------------------------------------------------------
 
     async def _pump(self, ready: Callable[[], bool]) -> None:
-        """Return once ``ready()``, reading lines for everyone while nobody else is.
+        """Return once ``ready()``, reading for everyone while nobody else is.
 
-        One caller at a time reads one message, dispatches it, then wakes every other waiter
+        One caller at a time reads what comes, dispatches it, then wakes every other waiter
         (``Event.set`` cannot be cancelled, so a reader that is cancelled still wakes them);
         each of them checks whether its answer came, and one takes over the reading.
         """
@@ -81,66 +74,57 @@ class AsyncClient(AsyncMethods):
             try:
                 # Dispatched before anyone else may read: nobody starts reading for a
                 # message that is already in hand.
-                self._dispatch(await self._read_message())
+                for event in await self._read_events():
+                    if isinstance(event, Reply) and event.id is not None:
+                        self._replies[event.id] = event
+                    # Notifications are queued by the codec; a reply with a null id answers
+                    # nobody here: the connection closes after it.
             finally:
                 self._reading = False
                 self._read_done.set()
 
-    async def _read_message(self) -> dict[str, Any]:
-        while not self._lines:
+    async def _read_events(self) -> list[Event]:
+        """The messages the next bytes complete: at least one."""
+        while True:
             try:
                 data = await self._stream.receive(65536)
             except (anyio.EndOfStream, *_STREAM_ERRORS):
                 self._closed = self._closed or ConnectionLost(f"the daemon on {self.socket_path} closed the connection")
                 raise self._closed from None
-            *lines, self._buffer = (self._buffer + data).split(b"\n")
-            self._lines.extend(line for line in lines if line.strip())
-        return json.loads(self._lines.popleft())
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if "id" in message:
-            req_id = message["id"]
-            if req_id in self._waiting:
-                self._replies[req_id] = message
-                if req_id in self._subscribing and isinstance(message.get("result"), dict):
-                    # Events follow this answer at once, maybe read by another caller before
-                    # the subscriber runs again: their queue must exist from now on.
-                    self._subs.setdefault(message["result"].get("subscription"), deque())
-            return
-        route_notification(message, self._subs)
+            try:
+                events = self._codec.feed(data)
+            except ProtocolError as exc:
+                self._closed = self._closed or exc
+                raise
+            if events:
+                return events
 
     # --- calls -----------------------------------------------------------------------------------
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, line: bytes) -> None:
         if self._closed is not None:
             raise self._closed
-        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         async with self._send_lock:
             try:
                 await self._stream.send(line)
             except _STREAM_ERRORS as exc:
                 raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
 
-    async def _request(self, method: str, params: dict[str, Any] | None, subscribing: bool = False) -> dict[str, Any]:
-        """Send one request and wait for its answer (the reply object, error or result)."""
-        req_id = next(self._ids)
-        self._waiting.add(req_id)
-        if subscribing:
-            self._subscribing.add(req_id)
+    async def _request(self, req_id: int, line: bytes) -> Reply:
+        """Send one request and wait for its reply (error or result)."""
         try:
-            await self._send({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params or {}})
+            await self._send(line)
             await self._pump(lambda: req_id in self._replies)
             return self._replies.pop(req_id)
         finally:
-            self._waiting.discard(req_id)
-            self._subscribing.discard(req_id)
+            self._codec.abandon(req_id)  # a reply that comes later is dropped
             late = self._replies.pop(req_id, None)  # answered, but the caller was cancelled
-            if subscribing and late is not None and isinstance(late.get("result"), dict):
-                await self._abandon(late["result"].get("subscription"))
+            if late is not None and late.opened_subscription:
+                await self._abandon(late.result.get("subscription"))
 
     async def _abandon(self, sub: Any) -> None:
         """Drop a subscription nobody will read (its subscriber is gone)."""
-        self._subs.pop(sub, None)
+        self._codec.close_subscription(sub)
         if self._closed is None:
             with anyio.CancelScope(shield=True):
                 try:
@@ -150,11 +134,11 @@ class AsyncClient(AsyncMethods):
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Call ``method``; many calls may be in flight at once."""
-        return result_of(await self._request(method, params))
+        return (await self._request(*self._codec.request(method, params))).unwrap()
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         """Send a notification: no answer is owed."""
-        await self._send({"jsonrpc": "2.0", "method": method, "params": params or {}})
+        await self._send(self._codec.notification(method, params))
 
     async def subscribe(
         self, params: dict[str, Any] | None = None, *, on_notification: NotificationHandler | None = None
@@ -167,28 +151,25 @@ class AsyncClient(AsyncMethods):
         (a plain function or a coroutine function) and are skipped otherwise; ``log.overflow``
         then raises :class:`RpcError` -32005 and ``sys.shutdown`` ends the iteration.
         """
-        sub = result_of(await self._request("log.subscribe", params or {}, subscribing=True))["subscription"]
-        queue = self._subs.setdefault(sub, deque())
+        # The codec opens the subscription's queue as the answer is read (maybe by another
+        # caller): the events that follow it at once are kept.
+        sub = (await self._request(*self._codec.subscribe_request(params or {}))).unwrap()["subscription"]
         try:
             while True:
-                await self._pump(lambda: bool(queue))
-                message = queue.popleft()
-                method = message.get("method")
-                got = message.get("params")
-                body: dict[str, Any] = got if isinstance(got, dict) else {}
-                if method == "log.event" and isinstance(body.get("event"), dict):
-                    yield body["event"]
+                await self._pump(lambda: self._codec.queued(sub) > 0)
+                note = self._codec.next_notification(sub)
+                assert note is not None  # queued() said so
+                if note.event is not None:
+                    yield note.event
                     continue
                 if on_notification is not None:
-                    told = on_notification(str(method), body)
+                    told = on_notification(note.method, note.params)
                     if inspect.isawaitable(told):
                         await told
-                if method == "sys.shutdown":
+                if note.ends_subscription():  # sys.shutdown; log.overflow raises RpcError -32005
                     return
-                if method == "log.overflow":
-                    raise RpcError(-32005, "subscription dropped: the reader fell too far behind", body)
         finally:
-            self._subs.pop(sub, None)
+            self._codec.close_subscription(sub)
             if self._closed is None:
                 with anyio.CancelScope(shield=True):
                     try:

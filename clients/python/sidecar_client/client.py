@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
-import json
 import socket
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sidecar_client._common import default_socket_path, result_of, route_notification, unavailable_message
-from sidecar_client.errors import ConnectionLost, DaemonUnavailable, RpcError
+from sidecar_client._common import default_socket_path, unavailable_message
+from sidecar_client.codec import Codec, Event, Reply
+from sidecar_client.errors import ConnectionLost, DaemonUnavailable, ProtocolError, RpcError
 from sidecar_client.methods import SyncMethods
 
 # ``on_notification(method, params)``: told every notification of a subscription that is not
@@ -36,63 +34,56 @@ class Client(SyncMethods):
         except OSError as exc:
             self._sock.close()
             raise DaemonUnavailable(unavailable_message(self.socket_path, exc)) from exc
-        self._buffer = b""
-        self._ids = itertools.count(1)
-        self._subs: dict[int, deque[dict[str, Any]]] = {}  # subscription -> its undelivered notifications
+        self._codec = Codec()  # the framing, the ids and the subscriptions' queues
         self._closed = False
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, line: bytes) -> None:
         if self._closed:
             raise ConnectionLost("the client was closed")
         self._sock.settimeout(self.timeout)
         try:
-            self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self._sock.sendall(line)
         except OSError as exc:
             raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
 
-    def _receive(self, timeout: float | None) -> dict[str, Any]:
-        """The next message; waits at most ``timeout`` seconds (``None``: as long as it takes)."""
+    def _receive(self, timeout: float | None) -> list[Event]:
+        """The messages the next bytes complete (maybe none); waits at most ``timeout``
+        seconds for them (``None``: as long as it takes)."""
         if self._closed:
             raise ConnectionLost("the client was closed")
-        while True:
-            line, sep, rest = self._buffer.partition(b"\n")
-            if sep:
-                self._buffer = rest
-                if line.strip():
-                    return json.loads(line)
-                continue
-            self._sock.settimeout(timeout)
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                raise  # the caller's deadline; the connection itself is still good
-            except OSError as exc:
-                raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
-            if not data:
-                raise ConnectionLost(f"the daemon on {self.socket_path} closed the connection")
-            self._buffer += data
+        self._sock.settimeout(timeout)
+        try:
+            data = self._sock.recv(65536)
+        except TimeoutError:
+            raise  # the caller's deadline; the connection itself is still good
+        except OSError as exc:
+            raise ConnectionLost(f"lost the connection to {self.socket_path}: {exc}") from exc
+        if not data:
+            raise ConnectionLost(f"the daemon on {self.socket_path} closed the connection")
+        try:
+            return self._codec.feed(data)
+        except ProtocolError:
+            self.close()
+            raise
 
-    def _route(self, message: dict[str, Any]) -> None:
-        route_notification(message, self._subs)
-
-    def _request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        req_id = next(self._ids)
-        self._send({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params or {}})
-        while True:
-            message = self._receive(self.timeout)
-            if "id" not in message:
-                self._route(message)
-                continue
-            if message["id"] == req_id or message["id"] is None:
-                return message
+    def _request(self, req_id: int, line: bytes) -> Reply:
+        """Send one request and wait for its reply; notifications met meanwhile are queued."""
+        try:
+            self._send(line)
+            while True:
+                for event in self._receive(self.timeout):
+                    if isinstance(event, Reply) and (event.id == req_id or event.id is None):
+                        return event
+        finally:
+            self._codec.abandon(req_id)  # a reply that comes after a timeout is dropped
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Call ``method`` with named ``params``; returns the result or raises :class:`RpcError`."""
-        return result_of(self._request(method, params))
+        return self._request(*self._codec.request(method, params)).unwrap()
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         """Send a notification: no answer is owed."""
-        self._send({"jsonrpc": "2.0", "method": method, "params": params or {}})
+        self._send(self._codec.notification(method, params))
 
     def subscribe(
         self, params: dict[str, Any] | None = None, *, on_notification: NotificationHandler | None = None
@@ -110,37 +101,28 @@ class Client(SyncMethods):
         Several subscriptions may be open on one client. Leaving a ``for`` loop over the
         iterator (or ``close()``, or a ``with`` block around it) unsubscribes.
         """
-        sub = result_of(self._request("log.subscribe", params or {}))["subscription"]
-        # The daemon answers before it sends the subscription's first event, so every event
-        # of ``sub`` arrives after its queue exists.
-        self._subs[sub] = deque()
+        # The codec opens the subscription's queue as the answer comes: the daemon sends its
+        # first event only after the answer, so every event of it is kept.
+        sub = self._request(*self._codec.subscribe_request(params or {})).unwrap()["subscription"]
         return Subscription(self, sub, on_notification)
 
     def _next_event(self, sub: int, on_notification: NotificationHandler | None = None) -> dict[str, Any] | None:
         """The next event of ``sub``, or ``None`` once the daemon shuts down; other
         notifications on the way go to ``on_notification``."""
-        queue = self._subs[sub]
         while True:
-            while not queue:
-                message = self._receive(None)  # events may be far apart: no deadline
-                if "id" not in message:
-                    self._route(message)
-                # else: a late answer to a call that gave up waiting; nobody wants it
-            message = queue.popleft()
-            method = message.get("method")
-            params = message.get("params")
-            params = params if isinstance(params, dict) else {}
-            if method == "log.event" and isinstance(params.get("event"), dict):
-                return params["event"]
+            note = self._codec.next_notification(sub)
+            if note is None:
+                self._receive(None)  # events may be far apart: no deadline. Late answers are dropped.
+                continue
+            if note.event is not None:
+                return note.event
             if on_notification is not None:
-                on_notification(str(method), params)
-            if method == "log.overflow":
-                raise RpcError(-32005, "subscription dropped: the reader fell too far behind", params)
-            if method == "sys.shutdown":
+                on_notification(note.method, note.params)
+            if note.ends_subscription():  # sys.shutdown; log.overflow raises RpcError -32005
                 return None
 
     def _unsubscribe(self, sub: int, tell_daemon: bool) -> None:
-        self._subs.pop(sub, None)
+        self._codec.close_subscription(sub)
         if tell_daemon and not self._closed:
             # A notification, not a call: this may run whenever an iterator is collected,
             # even in the middle of another call, so it must not read from the socket.

@@ -21,3 +21,8 @@ class DaemonUnavailable(ConnectionError):
 
 class ConnectionLost(ConnectionError):
     """The daemon went away while a call was waiting for its answer."""
+
+
+class ProtocolError(ConnectionLost):
+    """The daemon sent what is not NDJSON-framed JSON-RPC (a line over the limit, or not a
+    JSON object): the connection cannot be used any more."""
