@@ -22,6 +22,22 @@ from sidecar.tokens import DEFAULT_COUNTER, TokenCounter, fit
 RECENT_WINDOW = 20
 
 
+# What ``context.build`` answers (no docstrings: they would show in rpc.discover).
+class Layer(msgspec.Struct, kw_only=True):
+    name: str
+    text: str
+    tokens: int
+    covers: dict[str, Any]
+
+
+class Context(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    layers: list[Layer]
+    total_tokens: int
+    budget_tokens: int
+    summary_ref: str | None
+
+
 def _event_dict(event: Event | Mapping[str, Any]) -> dict[str, Any]:
     return msgspec.to_builtins(event) if isinstance(event, Event) else dict(event)
 
@@ -48,7 +64,7 @@ def build_context(
     counter: TokenCounter = DEFAULT_COUNTER,
     recent_window: int = RECENT_WINDOW,
     state: SummaryState | None = None,
-) -> dict[str, Any]:
+) -> Context:
     """The context for one conversation, never over ``budget_tokens``.
 
     Give the conversation's ``events``, or its incremental ``state`` (the daemon's, which
@@ -61,12 +77,12 @@ def build_context(
         raise ValueError(f"recent_window is at most {state.ring_size - 1} with an incremental state")
     tail = state.newest(recent_window + 1)  # the recent window, then the newest event
     left = budget_tokens
-    layers: dict[str, dict[str, Any]] = {}
+    layers: dict[str, Layer] = {}
 
     def add(name: str, text: str, covers: dict[str, Any]) -> None:
         nonlocal left
         tokens = counter.count(text)
-        layers[name] = {"name": name, "text": text, "tokens": tokens, "covers": covers}
+        layers[name] = Layer(name=name, text=text, tokens=tokens, covers=covers)
         left -= tokens
 
     # 1. The system prompt and the newest event: cut only if nothing else fits.
@@ -106,10 +122,10 @@ def build_context(
         add("recent", "\n".join(kept), {"seqs": [kept_seqs[0], kept_seqs[-1]]})
     order = [n for n in ("system", "tasks", "summary", "recent", "newest") if n in layers]
     ordered = [layers[n] for n in order]
-    return {
-        "conversation_id": conversation_id,
-        "layers": ordered,
-        "total_tokens": sum(layer["tokens"] for layer in ordered),
-        "budget_tokens": budget_tokens,
-        "summary_ref": summary_ref,
-    }
+    return Context(
+        conversation_id=conversation_id,
+        layers=ordered,
+        total_tokens=sum(layer.tokens for layer in ordered),
+        budget_tokens=budget_tokens,
+        summary_ref=summary_ref,
+    )

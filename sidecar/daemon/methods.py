@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from sidecar import __version__
-from sidecar.context.build import build_context
+from sidecar.context.build import Context, build_context
 from sidecar.controller.loop import ControllerStatus
 from sidecar.daemon.notifications import NOTIFICATIONS
 from sidecar.errors import ForbiddenError, NotFoundError, SidecarError, StorageError
@@ -502,21 +502,6 @@ class ContextParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     system_prompt: str = ""
 
 
-class Layer(msgspec.Struct, kw_only=True):
-    name: str
-    text: str
-    tokens: int
-    covers: dict[str, Any]
-
-
-class Context(msgspec.Struct, kw_only=True):
-    conversation_id: str
-    layers: list[Layer]
-    total_tokens: int
-    budget_tokens: int
-    summary_ref: str | None
-
-
 def _all_events(store: EventStore, cid: str) -> list[Event]:
     return store.query(conversation_id=cid, limit=None).events
 
@@ -611,10 +596,10 @@ async def summary_snapshot(p: SnapshotRef, conn: Connection) -> Snapshot:
     example={"conversation_id": CID, "budget_tokens": 2000, "system_prompt": "You are a helpful narrator."},
 )
 async def context_build(p: ContextParams, conn: Connection) -> Context:
-    return msgspec.convert(await _context(conn.daemon, p.conversation_id, p.budget_tokens, p.system_prompt), Context)
+    return await _context(conn.daemon, p.conversation_id, p.budget_tokens, p.system_prompt)
 
 
-async def _context(daemon: Daemon, cid: str, budget_tokens: int, system_prompt: str) -> dict[str, Any]:
+async def _context(daemon: Daemon, cid: str, budget_tokens: int, system_prompt: str) -> Context:
     """``build_context`` for a conversation, from its incremental summary state (no re-read
     of the log), and its active and ready tasks."""
     graph = daemon.tasks.graph
@@ -625,7 +610,7 @@ async def _context(daemon: Daemon, cid: str, budget_tokens: int, system_prompt: 
         tasks, ready = [], []
     state = (await daemon.summaries.state(cid)).copy()  # a snapshot: commits go on meanwhile
 
-    def work() -> dict[str, Any]:
+    def work() -> Context:
         return build_context(
             cid,
             state=state,
@@ -776,14 +761,14 @@ async def build_narrator_prompt(daemon: Daemon, cid: str, budget_tokens: int, re
     headings = await _read(daemon.counter.count, "\n\n".join(_HEADINGS.values()))
     template = 2 * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
     ctx = await _context(daemon, cid, max(1, budget_tokens - headings - template), system)
-    layers = {layer["name"]: layer for layer in ctx["layers"]}
-    body = "\n\n".join(f"{_HEADINGS[n]}\n{layers[n]['text']}" for n in _HEADINGS if n in layers)
-    messages = [ChatMessage(role="system", content=layers.get("system", {}).get("text", ""))]
+    layers = {layer.name: layer for layer in ctx.layers}
+    body = "\n\n".join(f"{_HEADINGS[n]}\n{layers[n].text}" for n in _HEADINGS if n in layers)
+    messages = [ChatMessage(role="system", content=layers["system"].text if "system" in layers else "")]
     if body:
         messages.append(ChatMessage(role="user", content=body))
     content = await _read(lambda: sum(daemon.counter.count(m.content) for m in messages))
     tokens = content + len(messages) * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
-    return NarratorPrompt(messages=messages, summary_ref=ctx["summary_ref"], tokens=tokens)
+    return NarratorPrompt(messages=messages, summary_ref=ctx.summary_ref, tokens=tokens)
 
 
 @registry.method(

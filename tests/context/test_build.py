@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.context.build import RECENT_WINDOW, build_context
+from sidecar.context.build import RECENT_WINDOW, Context, build_context
 from sidecar.log.summarize import SummaryState, rolling_summary
 from sidecar.task_graph import NewTask, TaskGraph
 from sidecar.tokens import DEFAULT_COUNTER, ByteEstimate
@@ -22,7 +22,7 @@ def graph() -> TaskGraph:
     return g
 
 
-def build(budget: int, n: int = 200) -> dict:
+def build(budget: int, n: int = 200) -> Context:
     g = graph()
     return build_context(
         "c1", realistic(n), budget_tokens=budget, system_prompt=SYSTEM, tasks=g.list_active(), ready=g.ready()
@@ -31,31 +31,31 @@ def build(budget: int, n: int = 200) -> dict:
 
 def test_a_roomy_budget_gets_every_layer_in_reading_order() -> None:
     ctx = build(20_000)
-    assert [layer["name"] for layer in ctx["layers"]] == ["system", "tasks", "summary", "recent", "newest"]
-    newest = ctx["layers"][-1]
-    assert newest["covers"]["seqs"] == [200, 200] and "#200 " in newest["text"]
-    summary = ctx["layers"][2]
-    assert summary["covers"]["summary_ref"] == ctx["summary_ref"] and summary["covers"]["seqs"] == [1, 179]
-    assert ctx["layers"][3]["covers"]["seqs"] == [180, 199]  # no gap between summary and recent
-    assert "t2 code: pending, priority 2 after t1" in ctx["layers"][1]["text"]
-    assert "(ready)" in ctx["layers"][1]["text"]
+    assert [layer.name for layer in ctx.layers] == ["system", "tasks", "summary", "recent", "newest"]
+    newest = ctx.layers[-1]
+    assert newest.covers["seqs"] == [200, 200] and "#200 " in newest.text
+    summary = ctx.layers[2]
+    assert summary.covers["summary_ref"] == ctx.summary_ref and summary.covers["seqs"] == [1, 179]
+    assert ctx.layers[3].covers["seqs"] == [180, 199]  # no gap between summary and recent
+    assert "t2 code: pending, priority 2 after t1" in ctx.layers[1].text
+    assert "(ready)" in ctx.layers[1].text
 
 
 def test_a_tight_budget_keeps_the_system_prompt_and_the_newest_event() -> None:
     sys_tokens = DEFAULT_COUNTER.count(SYSTEM)
     ctx = build(sys_tokens + 60)
-    names = [layer["name"] for layer in ctx["layers"]]
+    names = [layer.name for layer in ctx.layers]
     assert names[0] == "system" and names[-1] == "newest" and "summary" not in names
-    assert ctx["layers"][0]["text"] == SYSTEM
+    assert ctx.layers[0].text == SYSTEM
 
 
 def test_recent_events_drop_oldest_first() -> None:
     roomy = build(20_000)
-    recent_tokens = roomy["layers"][3]["tokens"]
-    used_before = sum(layer["tokens"] for layer in roomy["layers"] if layer["name"] != "recent")
+    recent_tokens = roomy.layers[3].tokens
+    used_before = sum(layer.tokens for layer in roomy.layers if layer.name != "recent")
     ctx = build(used_before + recent_tokens // 2)
-    recent = next(layer for layer in ctx["layers"] if layer["name"] == "recent")
-    first, last = recent["covers"]["seqs"]
+    recent = next(layer for layer in ctx.layers if layer.name == "recent")
+    first, last = recent.covers["seqs"]
     assert last == 199 and first > 180
 
 
@@ -73,8 +73,8 @@ def test_never_over_budget(budget: int, n: int, bpt: float) -> None:
         ready=g.ready(),
         counter=counter,
     )
-    assert ctx["total_tokens"] <= budget
-    assert ctx["total_tokens"] == sum(counter.count(layer["text"]) for layer in ctx["layers"])
+    assert ctx.total_tokens <= budget
+    assert ctx.total_tokens == sum(counter.count(layer.text) for layer in ctx.layers)
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,7 +93,7 @@ def test_the_incremental_state_gives_the_same_context_as_the_events(budget: int,
 def test_the_summary_layer_covers_what_precedes_the_recent_window(window: int) -> None:
     events = realistic(600)
     ctx = build_context("c1", events, budget_tokens=100_000, recent_window=window)
-    summary = next(layer for layer in ctx["layers"] if layer["name"] == "summary")
+    summary = next(layer for layer in ctx.layers if layer.name == "summary")
     older = rolling_summary("c1", events[: -(window + 1)], keep_recent=0)
-    assert summary["text"] == older["markdown"] and ctx["summary_ref"] == older["summary_ref"]
-    assert summary["covers"]["seqs"] == [1, 600 - window - 1]
+    assert summary.text == older["markdown"] and ctx.summary_ref == older["summary_ref"]
+    assert summary.covers["seqs"] == [1, 600 - window - 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import msgspec
 import pytest
 from sidecar_client import Client, RpcError
 
@@ -84,5 +85,5 @@ def test_summaries_keep_up_without_rereading_the_log(daemon) -> None:
         events = c.call("log.query", {"conversation_id": "c1", "limit": 1000})["events"]
     assert (first["to_seq"], later["to_seq"]) == (30, 81)
     assert later["markdown"] == rolling_summary("c1", events)["markdown"]  # same as from scratch
-    assert context == build_context("c1", events, budget_tokens=4000, system_prompt="Hi.")
+    assert context == msgspec.to_builtins(build_context("c1", events, budget_tokens=4000, system_prompt="Hi."))
     assert "from outside" in later["markdown"]
