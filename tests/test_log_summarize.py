@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,105 +15,7 @@ from hypothesis import strategies as st
 from sidecar.errors import InvalidParams, StorageError
 from sidecar.log.summarize import _drop_bullets, load_snapshot, load_summary, persist_summary, rolling_summary
 from sidecar.tokens import DEFAULT_COUNTER
-
-
-def event(
-    seq: int,
-    type_: str,
-    *,
-    level: str = "action",
-    agent: str | None = "coder",
-    task: str | None = None,
-    data: dict | None = None,
-    minute: int = 0,
-) -> dict:
-    return {
-        "id": f"00000000-0000-7000-8000-{seq:012d}",
-        "seq": seq,
-        "timestamp": f"2020-05-01T10:{minute:02d}:{seq % 60:02d}.000000Z",
-        "conversation_id": "c1",
-        "type": type_,
-        "visibility": "status",
-        "level": level,
-        "agent_id": agent,
-        "task_id": task,
-        "caused_by": [],
-        "data": data or {},
-    }
-
-
-def realistic(n: int = 400, seed: int = 3) -> list[dict]:
-    """Agent traffic: lots of progress and tool calls, some task changes, a few errors and decisions."""
-    rng = random.Random(seed)
-    out = []
-    for seq in range(1, n + 1):
-        kind = rng.random()
-        task = f"task-{rng.randint(1, 12)}"
-        agent = rng.choice(["coder", "search", "rag"])
-        if kind < 0.5:
-            out.append(
-                event(
-                    seq,
-                    "agent.progress",
-                    level="detail",
-                    agent=agent,
-                    task=task,
-                    minute=seq // 60,
-                    data={"msg": f"reading file src/module_{rng.randint(1, 80)}.py and planning", "pct": seq % 100},
-                )
-            )
-        elif kind < 0.8:
-            out.append(
-                event(
-                    seq,
-                    "tool.call",
-                    agent=agent,
-                    task=task,
-                    minute=seq // 60,
-                    data={
-                        "tool": "grep",
-                        "args": {"pattern": f"def handler_{seq}", "path": "src/"},
-                        "result_lines": rng.randint(0, 40),
-                    },
-                )
-            )
-        elif kind < 0.93:
-            out.append(
-                event(
-                    seq,
-                    "task.updated",
-                    level="state",
-                    agent=agent,
-                    task=task,
-                    minute=seq // 60,
-                    data={"status": rng.choice(["running", "blocked", "pending"])},
-                )
-            )
-        elif kind < 0.97:
-            out.append(
-                event(
-                    seq,
-                    "agent.error",
-                    level="action",
-                    agent=agent,
-                    task=task,
-                    minute=seq // 60,
-                    data={"error": f"tool timed out after {rng.randint(5, 60)} s"},
-                )
-            )
-        else:
-            out.append(
-                event(
-                    seq,
-                    "agent.decision",
-                    level="decision",
-                    agent=agent,
-                    task=task,
-                    minute=seq // 60,
-                    data={"text": f"switch to plan {chr(65 + seq % 5)} for {task}"},
-                )
-            )
-    return out
+from tests.support import event, realistic
 
 
 def test_older_events_group_and_the_newest_stay_whole() -> None:

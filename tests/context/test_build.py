@@ -10,7 +10,7 @@ from sidecar.context.build import RECENT_WINDOW, Context, build_context
 from sidecar.log.summarize import SummaryState, rolling_summary
 from sidecar.task_graph import NewTask, TaskGraph
 from sidecar.tokens import DEFAULT_COUNTER, ByteEstimate
-from tests.test_log_summarize import realistic
+from tests.support import realistic
 
 SYSTEM = "You are the narrator. Speak briefly, only about what changed."
 

@@ -13,7 +13,7 @@ from sidecar.clock import ManualClock
 from sidecar.controller import Controller, Decision, GrantBook, RulePolicy
 from sidecar.errors import GateClosedError, InvalidParams
 from sidecar.log.events import Event, NewEvent
-from tests.controller.test_policy import ev
+from tests.support import ev
 
 
 @pytest.fixture

@@ -2,46 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
-from sidecar.controller.policy import RulePolicy
-from sidecar.log.events import Event
-
-_seq = itertools.count(1)
-
-
-def ev(
-    type_: str,
-    cid: str = "c1",
-    *,
-    task: dict | None = None,
-    task_id: str | None = None,
-    level: str = "action",
-    visibility: str | None = None,
-    data: Any = None,
-) -> Event:
-    """An event as the log would hand it over; the chat's own types default to visibility user."""
-    return Event(
-        id=f"00000000-0000-7000-8000-{next(_seq):012d}",
-        seq=next(_seq),
-        timestamp="2026-11-23T10:00:00.000000Z",
-        conversation_id=cid,
-        type=type_,
-        visibility=visibility or ("user" if type_ in ("user.message", "narrator.message") else "internal"),
-        level=level,
-        task_id=task_id or (task or {}).get("id"),
-        caused_by=[],
-        data=data if data is not None else ({"task": task} if task else {}),
-    )
-
-
-def policy(**kw) -> RulePolicy:
-    return RulePolicy(min_gap_s=kw.pop("min_gap_s", 5.0), idle_timeout_s=kw.pop("idle_timeout_s", 30.0), **kw)
-
-
-def reasons(decisions) -> list[tuple[str, bool, str]]:
-    return [(d.conversation_id, d.speak_now, d.reason) for d in decisions]
+from tests.support import ev, policy, reasons
 
 
 def test_a_user_message_speaks_once_the_burst_settles() -> None:

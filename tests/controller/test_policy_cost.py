@@ -12,7 +12,7 @@ import pytest
 from sidecar.clock import ManualClock
 from sidecar.controller import Controller, Grant, GrantBook, RulePolicy
 from sidecar.log.events import NewEvent
-from tests.controller.test_policy import ev, policy, reasons
+from tests.support import ev, policy, reasons
 
 N = 50_000
 

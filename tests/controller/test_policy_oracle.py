@@ -20,7 +20,7 @@ from sidecar.clock import ManualClock
 from sidecar.controller.grants import GrantBook
 from sidecar.controller.policy import Decision, RulePolicy
 from tests.controller.reference_policy import ScanAllPolicy
-from tests.controller.test_policy import ev
+from tests.support import ev
 
 CIDS = ["a", "b", "c"]
 TASKS = ["t1", "t2"]

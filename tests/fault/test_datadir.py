@@ -23,7 +23,7 @@ import anyio
 import pytest
 from sidecar_client import AsyncClient, Client, RpcError
 
-from tests.log.test_untrusted_files import line
+from tests.support import line
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a path to another user")
 

@@ -22,34 +22,16 @@ from sidecar.log.events import (
     CONVERSATION_ID_PATTERN,
     EVENT_TYPE_PATTERN,
     UUID_PATTERN,
-    Event,
     as_new_event,
-    encode_event,
 )
 from sidecar.log.segments import list_archive
 from sidecar.log.store import check_conversation_id, check_event_id
 from sidecar.task_graph.model import NewTask, TaskPatch
+from tests.support import line
 
 
 def ev(cid: str = "c1", **kw: object) -> dict:
     return {"conversation_id": cid, "type": "test.event", **kw}
-
-
-def line(cid: str, seq: int, **kw: object) -> bytes:
-    """One log line as our writer would have written it."""
-    fields: dict = {
-        "id": str(uuid.uuid4()),
-        "seq": seq,
-        "timestamp": f"2026-01-01T00:00:{seq:02d}.000000Z",
-        "conversation_id": cid,
-        "type": "test.event",
-        "visibility": "internal",
-        "level": "action",
-        "caused_by": [],
-        "data": {},
-    }
-    fields.update(kw)
-    return encode_event(Event(**fields))
 
 
 # --- ids are matched whole ---------------------------------------------------------------------
