@@ -14,7 +14,7 @@ from sidecar.clock import ManualClock
 from sidecar.controller import Controller, GrantBook, RulePolicy
 from sidecar.controller.llm import ChatClient, LLMError, parse_verdict
 from tests.controller.fake_llm import FakeLLM, running
-from tests.controller.test_policy import ev
+from tests.support import ev
 from tests.daemon.conftest import daemon, start_daemon  # noqa: F401
 
 
