@@ -7,7 +7,7 @@ replies and produce the ``rpc.discover`` document.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import msgspec
@@ -17,7 +17,7 @@ from sidecar import __version__
 from sidecar.context.build import Context, build_context
 from sidecar.controller.loop import ControllerStatus
 from sidecar.daemon.notifications import NOTIFICATIONS
-from sidecar.errors import ForbiddenError, NotFoundError, SidecarError, StorageError
+from sidecar.errors import ForbiddenError, NotFoundError, StorageError
 from sidecar.log.committer import AppendRequest
 from sidecar.log.events import (
     AppendResult,
@@ -35,6 +35,7 @@ from sidecar.log.events import (
 from sidecar.log.scan import EventFilter, Limit, QueryFilter
 from sidecar.log.store import EventStore
 from sidecar.log.summarize import RING, Summary, load_snapshot, load_summary, persist_summary, summarize
+from sidecar.narrator.prompt import NarratorPrompt
 from sidecar.rpc.dispatch import BadParams, NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
@@ -596,10 +597,10 @@ async def summary_snapshot(p: SnapshotRef, conn: Connection) -> Snapshot:
     example={"conversation_id": CID, "budget_tokens": 2000, "system_prompt": "You are a helpful narrator."},
 )
 async def context_build(p: ContextParams, conn: Connection) -> Context:
-    return await _context(conn.daemon, p.conversation_id, p.budget_tokens, p.system_prompt)
+    return await context_of(conn.daemon, p.conversation_id, p.budget_tokens, p.system_prompt)
 
 
-async def _context(daemon: Daemon, cid: str, budget_tokens: int, system_prompt: str) -> Context:
+async def context_of(daemon: Daemon, cid: str, budget_tokens: int, system_prompt: str) -> Context:
     """``build_context`` for a conversation, from its incremental summary state (no re-read
     of the log), and its active and ready tasks."""
     graph = daemon.tasks.graph
@@ -676,25 +677,7 @@ async def chat_user_message(p: UserMessage, conn: Connection) -> AppendResult:
     example={"conversation_id": CID, "grant_id": "g-0190a1b2", "text": "The build is green; tests are next."},
 )
 async def narrator_say(p: NarratorSay, conn: Connection) -> AppendResult:
-    return await narrate(conn.daemon, p.conversation_id, p.grant_id, p.text)
-
-
-async def narrate(daemon: Daemon, cid: str, grant_id: str, text: str) -> AppendResult:
-    """Say ``text`` to the user with a grant: the one way a narrator.message is written."""
-    grants = daemon.controller.grants
-    grant = grants.redeem(cid, grant_id)
-    event = NewEvent(
-        conversation_id=cid,
-        type="narrator.message",
-        visibility="user",
-        level="milestone",
-        data={"text": text, "grant_id": grant_id, "reason": grant.reason},
-    )
-    try:
-        return (await daemon.appender.submit([event]))[0]
-    except SidecarError:
-        grants.unredeem(grant)  # nothing was said: the grant still stands
-        raise
+    return await conn.daemon.narrator.say(p.conversation_id, p.grant_id, p.text)
 
 
 @registry.method(
@@ -728,49 +711,6 @@ class NarratorPromptParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     reason: str | None = None
 
 
-class ChatMessage(msgspec.Struct, kw_only=True):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class NarratorPrompt(msgspec.Struct, kw_only=True):
-    messages: list[ChatMessage]
-    summary_ref: str | None
-    tokens: int
-
-
-_HEADINGS = {
-    "tasks": "## Tasks",
-    "summary": "## Earlier in this conversation",
-    "recent": "## Recent events",
-    "newest": "## Newest event",
-}
-
-
-async def build_narrator_prompt(daemon: Daemon, cid: str, budget_tokens: int, reason: str | None) -> NarratorPrompt:
-    """The narrator template plus the conversation's context, as chat messages, within budget.
-
-    The budget also pays for the headings and the chat template's role markers (two messages
-    and the reply's opening), which the server counts against its context too. Counting runs in
-    worker threads: an exact count may ask the LLM server, which must never block the loop."""
-    from sidecar.controller.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REPLY
-
-    last = daemon.controller.status(cid).last_decision
-    why = reason or (last.reason if last else "asked to speak")
-    system = daemon.prompts.render("narrator", conversation_id=cid, reason=why)
-    headings = await _read(daemon.counter.count, "\n\n".join(_HEADINGS.values()))
-    template = 2 * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
-    ctx = await _context(daemon, cid, max(1, budget_tokens - headings - template), system)
-    layers = {layer.name: layer for layer in ctx.layers}
-    body = "\n\n".join(f"{_HEADINGS[n]}\n{layers[n].text}" for n in _HEADINGS if n in layers)
-    messages = [ChatMessage(role="system", content=layers["system"].text if "system" in layers else "")]
-    if body:
-        messages.append(ChatMessage(role="user", content=body))
-    content = await _read(lambda: sum(daemon.counter.count(m.content) for m in messages))
-    tokens = content + len(messages) * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
-    return NarratorPrompt(messages=messages, summary_ref=ctx.summary_ref, tokens=tokens)
-
-
 @registry.method(
     "narrator.prompt",
     NarratorPromptParams,
@@ -780,4 +720,4 @@ async def build_narrator_prompt(daemon: Daemon, cid: str, budget_tokens: int, re
     example={"conversation_id": CID, "budget_tokens": 3000},
 )
 async def narrator_prompt(p: NarratorPromptParams, conn: Connection) -> NarratorPrompt:
-    return await build_narrator_prompt(conn.daemon, p.conversation_id, p.budget_tokens, p.reason)
+    return await conn.daemon.narrator.prompt(p.conversation_id, p.budget_tokens, p.reason)

@@ -23,11 +23,9 @@ from anyio.abc import SocketStream, TaskStatus
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.controller import Controller, GrantBook, RulePolicy
 from sidecar.controller.grants import Grant
-from sidecar.controller.llm import ChatClient, LLMError, parse_verdict
-from sidecar.controller.prompts import PromptLibrary
 from sidecar.daemon import unix
 from sidecar.daemon.config import Config, ConfigError, load_config
-from sidecar.daemon.methods import Stats, SubscribeParams, build_narrator_prompt, narrate, registry
+from sidecar.daemon.methods import Stats, SubscribeParams, context_of, registry
 from sidecar.daemon.subscriptions import Hub, Subscription
 from sidecar.daemon.summaries import SummaryCache
 from sidecar.daemon.supervisor import supervise
@@ -38,6 +36,9 @@ from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.scan import as_filter
 from sidecar.log.store import EventStore
+from sidecar.narrator.llm import api_key_from_env
+from sidecar.narrator.service import Narrator, chat_client
+from sidecar.narrator.templates import PromptLibrary
 from sidecar.rpc.dispatch import BATCH_CONCURRENCY
 from sidecar.rpc.protocol import (
     INTERNAL_ERROR,
@@ -428,14 +429,27 @@ class Daemon:
             self.summaries = SummaryCache(self.store)
 
             cc, lc = self.config.controller, self.config.llm
-            self.chat = self._chat_client()
+            self.chat = chat_client(lc, self.clock)
+            grants = GrantBook(self.clock, cc.grant_ttl_s)
+            self.narrator = Narrator(
+                llm=lc,
+                chat=self.chat,
+                submit=self.appender.submit,
+                grants=grants,
+                context=lambda cid, budget, system: context_of(self, cid, budget, system),
+                last_reason=self._last_reason,
+                counter=self.counter,
+                prompts=self.prompts,
+                notify=self.hub.notify,
+                fault=self.fault,
+            )
             self.controller = Controller(
                 RulePolicy(min_gap_s=cc.min_gap_s, idle_timeout_s=cc.idle_timeout_s),
-                GrantBook(self.clock, cc.grant_ttl_s),
+                grants,
                 self.clock,
                 emit=self.appender.submit,
                 summary_ref=self._summary_ref,
-                advisor=self._advise if self.chat is not None else None,
+                advisor=self.narrator.advise if self.chat is not None else None,
                 on_grant=self._on_grant if self.chat is not None and lc.narrator else None,
             )
 
@@ -502,64 +516,15 @@ class Daemon:
             self._cleanup()
             log.info("daemon.stopped")
 
-    # --- the LLM: policy advice and the built-in narrator -------------------------------------
-
-    def _chat_client(self) -> ChatClient | None:
-        """The chat client, made once: its connections, breaker and context size are shared."""
-        from sidecar.controller.llm import api_key_from_env
-
-        llm = self.config.llm
-        if not llm.url:
-            return None
-        try:
-            return ChatClient(
-                llm.url,
-                model=llm.model,
-                timeout_s=llm.timeout_s,
-                max_tokens=llm.max_tokens,
-                api_key=api_key_from_env(llm.api_key_env),
-                clock=self.clock,
-            )
-        except LLMError as exc:
-            log.error("daemon.llm_disabled", error=str(exc))
-            return None
-
-    async def _advise(self, cid: str, reason: str) -> tuple[bool, str]:
-        """Ask the LLM, with the controller template and the context, whether to speak."""
-        assert self.chat is not None
-        question = self.prompts.render("controller", conversation_id=cid, reason=reason)
-        budget = await self.chat.prompt_budget(1500)  # what fits the server's context beside the reply
-        context = await build_narrator_prompt(self, cid, budget, reason)
-        messages = [{"role": "system", "content": question}]
-        messages += [{"role": "user", "content": m.content} for m in context.messages[1:]]
-        return parse_verdict(await self.chat.complete(messages))
+    # --- the LLM: the built-in narrator (sidecar.narrator) -------------------------------------
 
     def _on_grant(self, grant: Grant) -> None:
-        self._tg.start_soon(self._narrate, grant)
+        self._tg.start_soon(self.narrator.narrate, grant)
 
-    async def _narrate(self, grant: Grant) -> None:
-        """The built-in narrator: stream the LLM's reply as narrator.delta, then say it."""
-        assert self.chat is not None
-        cid = grant.conversation_id
-        try:
-            budget = await self.chat.prompt_budget(self.config.llm.narrator_budget_tokens)
-            prompt = await build_narrator_prompt(self, cid, budget, grant.reason)
-            parts: list[str] = []
-            async for delta in self.chat.stream([{"role": m.role, "content": m.content} for m in prompt.messages]):
-                self.hub.notify(
-                    cid,
-                    "narrator.delta",
-                    {"conversation_id": cid, "grant_id": grant.grant_id, "index": len(parts), "delta": delta},
-                )
-                parts.append(delta)
-            text = "".join(parts).strip()
-            if text:
-                await narrate(self, cid, grant.grant_id, text)
-        except (LLMError, TimeoutError, OSError, SidecarError) as exc:
-            log.warning("narrator.failed", conversation_id=cid, error=str(exc))
-        except Exception:  # a bug: this turn is lost, the daemon is not
-            self.fault("narrator")
-            log.exception("narrator.crashed", conversation_id=cid)
+    def _last_reason(self, cid: str) -> str | None:
+        """Why the controller last decided what it did about ``cid``, if it has."""
+        last = self.controller.status(cid).last_decision
+        return last.reason if last else None
 
     async def _summary_ref(self, cid: str) -> str | None:
         """The summary a decision was made on: cheap, from the incremental state."""
@@ -570,7 +535,6 @@ class Daemon:
         """Exact counts when the configured LLM server has llama.cpp's /tokenize; the estimate
         otherwise. Nothing is asked here: the tokenizer finds out on first use, in a worker
         thread, so start-up never waits on the LLM server."""
-        from sidecar.controller.llm import api_key_from_env
         from sidecar.tokens import TOKENIZE_TIMEOUT_S
 
         llm = self.config.llm

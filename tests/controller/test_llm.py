@@ -12,10 +12,10 @@ from sidecar_client import Client
 
 from sidecar.clock import ManualClock
 from sidecar.controller import Controller, GrantBook, RulePolicy
-from sidecar.controller.llm import ChatClient, LLMError, parse_verdict
+from sidecar.narrator.llm import ChatClient, LLMError, parse_verdict
 from tests.controller.fake_llm import FakeLLM, running
-from tests.support import ev
 from tests.daemon.conftest import daemon, start_daemon  # noqa: F401
+from tests.support import ev
 
 
 @pytest.fixture

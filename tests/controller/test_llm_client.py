@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.clock import ManualClock
-from sidecar.controller.llm import (
+from sidecar.narrator.llm import (
     ERROR_TEXT_CHARS,
     MIN_PROMPT_TOKENS,
     ChatClient,

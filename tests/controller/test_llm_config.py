@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.controller.llm import DEFAULT_MAX_TOKENS
 from sidecar.daemon.config import ConfigError, LLMConfig, load_config
+from sidecar.narrator.llm import DEFAULT_MAX_TOKENS
 
 
 def llm_config(tmp_path: Path, text: str) -> LLMConfig:

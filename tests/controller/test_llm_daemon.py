@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sidecar_client import Client
 
-from sidecar.controller.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REPLY
+from sidecar.narrator.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REPLY
 from sidecar.tokens import ByteEstimate
 from tests.controller.fake_llm import FakeLLM, running
 from tests.controller.test_llm import read_notifications

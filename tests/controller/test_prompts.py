@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sidecar_client import Client
 
-from sidecar.controller.prompts import PromptLibrary
+from sidecar.narrator.templates import PromptLibrary
 from tests.daemon.conftest import daemon, start_daemon  # noqa: F401  (real daemons here too)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sidecar.controller.prompts import MAX_TEMPLATE_BYTES, PromptLibrary
+from sidecar.narrator.templates import MAX_TEMPLATE_BYTES, PromptLibrary
 
 SECRET = "TOP SECRET for $conversation_id"
 
