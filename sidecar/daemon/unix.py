@@ -5,7 +5,6 @@ and file descriptors shared out so that a flood of connections cannot starve the
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import resource
 import socket
@@ -13,7 +12,8 @@ import stat
 import struct
 from typing import NamedTuple
 
-from sidecar.datadir import UnsafePathError, open_regular, private_dir
+from sidecar.datadir import UnsafePathError, private_dir
+from sidecar.fs import flock, open_lock_file
 from sidecar.log.files import open_files_budget
 
 MAX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
@@ -50,14 +50,14 @@ def acquire_lock(path: str, what: str) -> int:
     The lock file is never followed through a symlink (we truncate it: a link would have us
     truncate its target) and must be a regular file of ours."""
     try:
-        fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+        fd = open_lock_file(path)
     except UnsafePathError as exc:
         raise SocketSetupError(f"refusing the lock file: {exc}; remove it") from None
     try:
         owner = os.fstat(fd).st_uid
         if owner != os.geteuid():
             raise SocketSetupError(f"refusing the lock file {path}: it belongs to uid {owner}, not to us; remove it")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, exclusive=True, blocking=False)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)

@@ -1,8 +1,10 @@
-"""Small, careful file-system primitives: locks, full writes, directory fsync.
+"""Small, careful file-system primitives of the log: locks, full writes, directory fsync.
 
 Every write path in the log goes through these so the durability rules live in one place,
 and so do the data directory's rules (:mod:`sidecar.datadir`): no symlink is followed,
-nothing but a regular file is used as one, and what we create is 0600.
+nothing but a regular file is used as one, and what we create is 0600. Full writes,
+directory fsync and the flock itself are :mod:`sidecar.fs`'s, shared with the rest of the
+daemon; what is here is the log's own (rotation-aware locking, positioned I/O).
 """
 
 from __future__ import annotations
@@ -15,28 +17,13 @@ import stat
 from collections.abc import Iterator
 
 from sidecar.datadir import FILE_MODE, check_regular, open_regular
+from sidecar.fs import flock
+from sidecar.fs import fsync_dir as fsync_dir  # re-exported: the log uses them from here
+from sidecar.fs import write_all as write_all
 
 # Indirection points for fault-injection tests: patch these to simulate a failing disk.
 fdatasync = os.fdatasync
 fsync = os.fsync
-
-
-def fsync_dir(path: str) -> None:
-    """Make a create, rename or unlink inside ``path`` durable. (A link is followed here: the
-    data directory itself may be one, and an fsync changes nothing but durability.)"""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """``write`` until every byte is out; a short write followed by an error raises."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -66,7 +53,7 @@ def shared_lock(fd: int, *, wait: bool = True) -> Iterator[None]:
     """Hold ``LOCK_SH`` on ``fd``: no writer is between write and fsync while we read.
 
     ``wait=False`` raises :class:`BlockingIOError` instead of waiting for a writer."""
-    fcntl.flock(fd, fcntl.LOCK_SH if wait else fcntl.LOCK_SH | fcntl.LOCK_NB)
+    flock(fd, exclusive=False, blocking=wait)
     try:
         yield
     finally:
@@ -84,7 +71,6 @@ def lock_path(path: str, *, exclusive: bool, create: bool) -> int | None:
     flags = os.O_RDWR | os.O_APPEND if exclusive else os.O_RDONLY
     if create:
         flags |= os.O_CREAT
-    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     while True:
         try:
             fd = open_regular(path, flags, check=False)
@@ -95,7 +81,7 @@ def lock_path(path: str, *, exclusive: bool, create: bool) -> int | None:
             check_regular(path, st)
             if create and stat.S_IMODE(st.st_mode) != FILE_MODE and st.st_uid == os.geteuid():
                 os.fchmod(fd, FILE_MODE)  # the umask took bits away, or an older version gave more
-            fcntl.flock(fd, mode)
+            flock(fd, exclusive=exclusive)
             if names(path, st):
                 return fd
         except BaseException:
@@ -119,7 +105,7 @@ def names(path: str, st: os.stat_result) -> bool:
 
 
 def flock_exclusive(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    flock(fd, exclusive=True)
 
 
 def unlock(fd: int) -> None:

@@ -15,7 +15,6 @@ so that no writer appends to a conversation while lines it has not yet seen are 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import stat
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import structlog
 from msgspec import Meta
 
 from sidecar.datadir import UnsafePathError, open_regular, private_dir
+from sidecar.fs import flock, locked
 from sidecar.log import files
 from sidecar.log.events import ConversationId, EventId, EventType, decode_event
 from sidecar.log.segments import DECODE_ERRORS, iter_lines
@@ -75,7 +75,7 @@ class Journal:
                 files.fsync_dir(os.path.dirname(self.directory))
             self.path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}")
             fd = open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)  # 0600
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for life: tells replayers we live
+            flock(fd, exclusive=True, blocking=False)  # held for life: tells replayers we live
             files.fsync_dir(self.directory)
             self._fd, self.size, self._zeroed = fd, 0, 0
         return self._fd
@@ -167,9 +167,7 @@ def replay_orphans(directory: str, restore: Callable[[str, list[tuple[int, bytes
     """
     if not private_dir(directory, create=False, what="journal directory"):
         return 0
-    lock_fd = open_regular(os.path.join(directory, REPLAY_LOCK), os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with locked(os.path.join(directory, REPLAY_LOCK), exclusive=True):
         orphans = _orphans(directory)
         if not orphans:
             return 0
@@ -192,8 +190,6 @@ def replay_orphans(directory: str, restore: Callable[[str, list[tuple[int, bytes
         files.fsync_dir(directory)
         log.info("log.journals_replayed", journals=len(orphans), conversations=len(by_cid), failed=failed)
         return len(orphans)
-    finally:
-        os.close(lock_fd)
 
 
 def _orphans(directory: str) -> list[tuple[str, int]]:
@@ -218,7 +214,7 @@ def _orphans(directory: str) -> list[tuple[str, int]]:
             log.error("log.journal_refused", path=path, reason=reason)
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, exclusive=True, blocking=False)
         except BlockingIOError:
             os.close(fd)  # its writer is alive
             continue

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -21,10 +20,10 @@ from typing import Any
 import msgspec
 import structlog
 
-from sidecar.datadir import UnsafePathError, ensure_layout, open_regular, private_dir, read_regular, resolve_data_dir
+from sidecar.datadir import UnsafePathError, ensure_layout, private_dir, read_regular, resolve_data_dir
 from sidecar.errors import InvalidParams, StorageError
+from sidecar.fs import atomic_write, flock, fsync_dir
 from sidecar.log.events import Event
-from sidecar.log.files import fsync_dir, write_all
 from sidecar.log.segments import DECODE_ERRORS
 from sidecar.log.store import check_conversation_id
 from sidecar.tokens import DEFAULT_COUNTER, TokenCounter, fit
@@ -438,9 +437,9 @@ def persist_summary(
                 _move_old_snapshots(root, name)
             snapshot = os.path.join(snapshots, f"{ref}.md")
             if not os.path.lexists(snapshot):
-                _atomic_write(snapshot, markdown.encode())
-            _atomic_write(os.path.join(root, f"{conversation_id}.json"), json.dumps(meta, sort_keys=True).encode())
-            _atomic_write(path, markdown.encode())
+                atomic_write(snapshot, markdown.encode())
+            atomic_write(os.path.join(root, f"{conversation_id}.json"), json.dumps(meta, sort_keys=True).encode())
+            atomic_write(path, markdown.encode())
     return path
 
 
@@ -522,7 +521,7 @@ def _locked(snapshots: str, *, exclusive: bool = False) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        flock(fd, exclusive=exclusive)
         yield
     finally:
         os.close(fd)
@@ -551,23 +550,3 @@ def _move_old_snapshots(root: str, name: str) -> None:
     fsync_dir(target)
     fsync_dir(root)
     log.warning("summary.snapshots_moved", source=old, target=target)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write a uniquely named 0600 temp file beside ``path`` (``O_EXCL``: never anyone
-    else's, nor a link), fsync it and rename it over ``path``."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".tmp.{os.getpid()}.{os.urandom(8).hex()}")
-    fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,9 +22,9 @@ from typing import Any
 import msgspec
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.datadir import ensure_layout, open_regular, read_regular, resolve_data_dir
+from sidecar.datadir import ensure_layout, read_regular, resolve_data_dir
 from sidecar.errors import InvalidParams, SidecarError, StorageError
-from sidecar.log.files import fsync_dir, write_all
+from sidecar.fs import atomic_write, flock, open_lock_file
 from sidecar.log.segments import DECODE_ERRORS
 from sidecar.log.timestamps import format_timestamp
 from sidecar.task_graph.graph import TaskGraph
@@ -45,11 +44,11 @@ class GraphFileError(StorageError):
 def locked(path: str, *, exclusive: bool) -> Iterator[None]:
     """Hold the graph's lock file (created on first use, 0600, never through a symlink)."""
     try:
-        fd = open_regular(path + ".lock", os.O_RDWR | os.O_CREAT)
+        fd = open_lock_file(path + ".lock")
     except OSError as exc:
         raise _file_error(path + ".lock", exc) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        flock(fd, exclusive=exclusive)
         yield
     finally:
         os.close(fd)
@@ -112,16 +111,10 @@ def _alive(pid: int) -> bool:
 
 def write_graph(path: str, graph: TaskGraph) -> None:
     """Replace the file atomically and durably (call with the exclusive lock held)."""
-    directory = os.path.dirname(path)
-    tmp = f"{path}{TMP_INFIX}{os.getpid()}"  # ours alone while we hold the lock
-    fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        write_all(fd, msgspec.json.format(_encoder.encode(graph.to_file()), indent=2) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(directory)
+    data = msgspec.json.format(_encoder.encode(graph.to_file()), indent=2) + b"\n"
+    # The temp file is ours alone while we hold the lock; one a killed writer left behind is
+    # removed by remove_stale_temps.
+    atomic_write(path, data, temp=f"{path}{TMP_INFIX}{os.getpid()}")
 
 
 def _path_for(data_dir: str | os.PathLike[str] | None) -> str:
