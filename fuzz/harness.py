@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of everything a stranger's bytes reach: ``./dev fuzz [SECONDS]``.
 
-One input is split by its first byte between four targets, each of which must answer bad
+One input is split by its first byte between five targets, each of which must answer bad
 input with the project's own errors and nothing else:
 
 - the wire: a line through ``parse_message``, then every request's params through every
@@ -8,7 +8,8 @@ input with the project's own errors and nothing else:
 - a log file: the bytes as a conversation's log on disk, opened and read (tail, query, get,
   conversations), where damage must be refused as a :class:`~sidecar.errors.SidecarError`;
 - the task graph file, read as the daemon reads it;
-- the config file, loaded as ``sidecar serve`` loads it.
+- the config file, loaded as ``sidecar serve`` loads it;
+- the Python client's codec, fed a peer's bytes split anywhere.
 
 Any other exception, a hang (libFuzzer's ``-timeout``) or a crash of the interpreter is a
 finding: libFuzzer stops and writes the input to ``crash-*`` in the working directory.
@@ -24,8 +25,10 @@ import tempfile
 import atheris
 import structlog
 
-with atheris.instrument_imports(include=["sidecar", "msgspec"]):
+with atheris.instrument_imports(include=["sidecar", "sidecar_client", "msgspec"]):
     import msgspec
+    from sidecar_client.codec import Codec, Reply
+    from sidecar_client.errors import ProtocolError, RpcError
 
     from sidecar.daemon.config import ConfigError, load_config
     from sidecar.daemon.methods import registry
@@ -101,7 +104,33 @@ def config_file(data: bytes) -> None:
         pass
 
 
-TARGETS = (wire, wire, log_file, graph_file, config_file)  # the wire gets the most time
+def client_codec(data: bytes) -> None:
+    """What a client makes of a daemon's bytes (a broken or hostile peer): replies to its
+    requests, notifications to its subscriptions, split anywhere; only RpcError (an error
+    reply, an overflow) or ProtocolError may come out."""
+    codec = Codec(max_line_bytes=4096)
+    for _ in range(3):
+        codec.request("sys.health")
+    codec.subscribe_request({"conversation_id": "c1"})
+    cut = data[0] % (len(data) + 1) if data else 0
+    try:
+        for chunk in (data[:cut], data[cut:]):
+            for event in codec.feed(chunk):
+                if isinstance(event, Reply):
+                    try:
+                        event.unwrap()
+                    except RpcError:
+                        pass
+                elif event.subscription is not None:
+                    try:
+                        event.ends_subscription()
+                    except RpcError:
+                        pass
+    except ProtocolError:
+        pass
+
+
+TARGETS = (wire, wire, log_file, graph_file, config_file, client_codec)  # the wire gets the most time
 
 
 def one_input(data: bytes) -> None:
