@@ -55,7 +55,7 @@ SLOW = (
     "tests/deploy/",
     "tests/test_demo.py",
     "tests/test_readme.py",
-    "tests/controller/test_llm_daemon.py",
+    "tests/narrator/test_llm_daemon.py",
     "tests/daemon/test_lifecycle.py",
     "tests/daemon/test_cli.py",
     "tests/client/test_python_client.py",

@@ -4,8 +4,11 @@ the defaults the tests assume, log lines as our writer writes them, realistic ag
 from __future__ import annotations
 
 import itertools
+import json
 import random
+import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sidecar.controller.policy import RulePolicy
@@ -161,3 +164,18 @@ def realistic(n: int = 400, seed: int = 3) -> list[dict]:
                 )
             )
     return out
+
+
+def read_notifications(sock_path: str, params: dict) -> Iterator[dict]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(sock_path)
+    s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "log.subscribe", "params": params}).encode() + b"\n")
+    f = s.makefile("rb")
+    assert "result" in json.loads(f.readline())
+    try:
+        while True:
+            yield json.loads(f.readline())
+    finally:
+        f.close()
+        s.close()

@@ -2,7 +2,7 @@
 log.overflow, sys.shutdown) never break the iterator and reach ``on_notification``.
 
 Against real daemons: narrator.delta comes from the built-in narrator streaming from a loopback
-LLM server (tests/controller/fake_llm.py); log.overflow from a ``subscriber_queue`` of 1 and one
+LLM server (tests/narrator/fake_llm.py); log.overflow from a ``subscriber_queue`` of 1 and one
 batch of appends (offered to the subscriber in one go, so the drop is certain, not timed).
 """
 
@@ -15,7 +15,7 @@ import anyio
 import pytest
 from sidecar_client import AsyncClient, Client, RpcError, follow
 
-from tests.controller.fake_llm import FakeLLM, running
+from tests.narrator.fake_llm import FakeLLM, running
 
 WAIT = 20.0
 

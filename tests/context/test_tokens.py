@@ -12,7 +12,7 @@ from sidecar_client import Client
 
 from sidecar.clock import ManualClock
 from sidecar.tokens import ByteEstimate, LlamaCppTokenizer, on_event_loop
-from tests.controller.fake_llm import FakeLLM, running
+from tests.narrator.fake_llm import FakeLLM, running
 
 ESTIMATE = ByteEstimate()
 

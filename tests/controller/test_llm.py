@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import anyio
@@ -13,9 +12,9 @@ from sidecar_client import Client
 from sidecar.clock import ManualClock
 from sidecar.controller import Controller, GrantBook, RulePolicy
 from sidecar.narrator.llm import ChatClient, LLMError, parse_verdict
-from tests.controller.fake_llm import FakeLLM, running
 from tests.daemon.conftest import daemon, start_daemon  # noqa: F401
-from tests.support import ev
+from tests.narrator.fake_llm import FakeLLM, running
+from tests.support import ev, read_notifications
 
 
 @pytest.fixture
@@ -71,21 +70,6 @@ async def test_the_llm_may_say_no_and_its_failures_leave_the_rules_in_charge() -
     assert "grant_id" not in said_no
     fallback = await _decide(broken)
     assert fallback["speak_now"] and fallback["policy"] == "rules (llm failed)" and "grant_id" in fallback
-
-
-def read_notifications(sock_path: str, params: dict) -> Iterator[dict]:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(20)
-    s.connect(sock_path)
-    s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "log.subscribe", "params": params}).encode() + b"\n")
-    f = s.makefile("rb")
-    assert "result" in json.loads(f.readline())
-    try:
-        while True:
-            yield json.loads(f.readline())
-    finally:
-        f.close()
-        s.close()
 
 
 def test_the_built_in_narrator_streams_then_speaks(start_daemon, llm: FakeLLM) -> None:  # noqa: F811

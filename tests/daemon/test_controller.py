@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import pytest
 from sidecar_client import Client, RpcError
 
-from tests.controller.test_llm import read_notifications
+from tests.support import read_notifications
 
 CONFIG = "[controller]\nmin_gap_s = 0.2\nidle_timeout_s = 600.0\ngrant_ttl_s = 60.0\n"
 

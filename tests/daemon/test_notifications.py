@@ -12,8 +12,8 @@ import msgspec
 from sidecar_client import Client
 
 from sidecar.daemon.notifications import NOTIFICATIONS
-from tests.controller.fake_llm import running
 from tests.daemon.conftest import DaemonProc
+from tests.narrator.fake_llm import running
 
 
 def fits(method: str, params: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from sidecar.narrator.llm import (
     api_key_from_env,
     error_text,
 )
-from tests.controller.fake_llm import FakeLLM, running
+from tests.narrator.fake_llm import FakeLLM, running
 
 HI = [{"role": "user", "content": "hi"}]
 CONTEXT_TOO_BIG = (

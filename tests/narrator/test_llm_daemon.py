@@ -14,9 +14,9 @@ from sidecar_client import Client
 
 from sidecar.narrator.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REPLY
 from sidecar.tokens import ByteEstimate
-from tests.controller.fake_llm import FakeLLM, running
-from tests.controller.test_llm import read_notifications
 from tests.daemon.conftest import DaemonProc, daemon, start_daemon  # noqa: F401
+from tests.narrator.fake_llm import FakeLLM, running
+from tests.support import read_notifications
 
 QUICK = 2.0  # generous: these calls take milliseconds; a blocked loop would take the LLM's timeout
 
