@@ -20,9 +20,9 @@ from plots import Panel, Series, figure
 from report import Config, Section, best_time, ms
 
 from sidecar.context.build import build_context
-from sidecar.log.summarize import SummaryState, rolling_summary
+from sidecar.summary.state import SummaryState, rolling_summary
 from sidecar.tokens import DEFAULT_COUNTER
-from tests.test_log_summarize import realistic
+from tests.summary.test_summary import realistic
 
 BUDGET = 4000
 

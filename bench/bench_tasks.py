@@ -13,7 +13,7 @@ import random
 from plots import Panel, Series, figure
 from report import Config, Section, best_time, count, ms
 
-from sidecar.task_graph import NewTask, TaskGraph, TaskPatch
+from sidecar.tasks import NewTask, TaskGraph, TaskPatch
 
 
 def build(n: int, seed: int = 1) -> TaskGraph:

@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["sidecar", "sidecar_client", "msgspec"]
     from sidecar.log.store import EventStore
     from sidecar.rpc.dispatch import BadParams
     from sidecar.rpc.protocol import Invalid, Limits, Message, encode, error_response, parse_message
-    from sidecar.task_graph.store import read_graph
+    from sidecar.tasks.store import read_graph
 
 SCRATCH = tempfile.mkdtemp(prefix="sidecar-fuzz-")
 LIMITS = Limits()

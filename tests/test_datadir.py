@@ -122,7 +122,7 @@ def test_the_data_directory_itself_may_be_a_symlink(tmp_path: Path) -> None:
     assert (real / "logs").is_dir() and mode_of(real / "logs") == 0o700
     from sidecar.log import EventStore
     from sidecar.log.summarize import load_summary, persist_summary, rolling_summary
-    from sidecar.task_graph import store as tasks
+    from sidecar.tasks import store as tasks
 
     with EventStore(tmp_path / "data") as store:
         store.append({"conversation_id": "c1", "type": "a.b"})
@@ -137,7 +137,7 @@ def test_the_data_directory_itself_may_be_a_symlink(tmp_path: Path) -> None:
 def test_the_embedded_library_makes_private_files_whatever_the_umask(tmp_path: Path, umask: int) -> None:
     from sidecar.log import query
     from sidecar.log.summarize import persist_summary, rolling_summary
-    from sidecar.task_graph import store as tasks
+    from sidecar.tasks import store as tasks
 
     root = tmp_path / "data"
     old = os.umask(umask)

@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 
 from sidecar.log.events import Event
-from sidecar.log.summarize import RING, SummaryState, event_line
-from sidecar.task_graph.model import Task
+from sidecar.summary.state import RING, SummaryState, event_line
+from sidecar.tasks.model import Task
 from sidecar.tokens import DEFAULT_COUNTER, TokenCounter, fit
 
 RECENT_WINDOW = 20

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.log.events import Event
-from sidecar.task_graph.model import ACTIVE
+from sidecar.tasks.model import ACTIVE
 
 # Triggers, most urgent first: the reason a decision gives is the most urgent one pending.
 URGENCY = ("user_message", "error", "task_failed", "task_done")

@@ -32,13 +32,14 @@ from sidecar.log.events import (
     Page,
     Visibility,
 )
-from sidecar.log.scan import EventFilter, Limit, QueryFilter
+from sidecar.log.filter import EventFilter, Limit, QueryFilter
 from sidecar.log.store import EventStore
-from sidecar.log.summarize import RING, Summary, load_snapshot, load_summary, persist_summary, summarize
 from sidecar.narrator.prompt import NarratorPrompt
 from sidecar.rpc.dispatch import BadParams, NoParams, Registry
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
-from sidecar.task_graph.model import NewTask, Status, Task, TaskId, TaskPatch
+from sidecar.summary.files import load_snapshot, load_summary, persist_summary
+from sidecar.summary.state import RING, Summary, summarize
+from sidecar.tasks.model import NewTask, Status, Task, TaskId, TaskPatch
 
 if TYPE_CHECKING:
     from sidecar.daemon.server import Connection, Daemon

@@ -27,14 +27,13 @@ from sidecar.daemon import unix
 from sidecar.daemon.config import Config, ConfigError, load_config
 from sidecar.daemon.methods import Stats, SubscribeParams, context_of, registry
 from sidecar.daemon.subscriptions import Hub, Subscription
-from sidecar.daemon.summaries import SummaryCache
 from sidecar.daemon.supervisor import supervise
 from sidecar.daemon.systemd import Notifier
 from sidecar.datadir import ensure_layout
 from sidecar.errors import ForbiddenError, OverloadedError, SidecarError
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
-from sidecar.log.scan import as_filter
+from sidecar.log.filter import as_filter
 from sidecar.log.store import EventStore
 from sidecar.narrator.llm import api_key_from_env
 from sidecar.narrator.service import Narrator, chat_client
@@ -53,7 +52,8 @@ from sidecar.rpc.protocol import (
     error_response,
     parse_message,
 )
-from sidecar.task_graph.service import TaskService
+from sidecar.summary.cache import SummaryCache
+from sidecar.tasks.service import TaskService
 from sidecar.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 
 log = structlog.get_logger("sidecar.daemon")

@@ -18,7 +18,7 @@ import msgspec
 import structlog
 
 from sidecar.log.events import Event
-from sidecar.log.scan import Matcher, QueryFilter
+from sidecar.log.filter import Matcher, QueryFilter
 from sidecar.log.store import EventStore
 from sidecar.rpc.protocol import encode, notification
 

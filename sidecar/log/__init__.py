@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sidecar.log.events import AppendResult, Causality, ConversationInfo, Event, NewEvent, Page
-from sidecar.log.scan import QueryFilter
+from sidecar.log.filter import QueryFilter
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES, DEFAULT_ROTATE_BYTES, EventStore
 
 __all__ = [

@@ -36,18 +36,11 @@ from sidecar.log.events import (
     as_new_event,
     decode_event,
 )
+from sidecar.log.filter import QueryFilter, as_filter
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal, replay_orphans
 from sidecar.log.reader import Snapshot
-from sidecar.log.scan import (
-    QueryFilter,
-    QueryStats,
-    ReadBudget,
-    as_filter,
-    decode_lines,
-    run_query,
-    skip_unreadable,
-)
+from sidecar.log.scan import QueryStats, ReadBudget, decode_lines, run_query, skip_unreadable
 from sidecar.log.segments import DECODE_ERRORS, SUFFIX, ArchiveListing, active_path, head_decoder
 from sidecar.log.writer import LogWriter, WriterStats
 

@@ -1,8 +1,2 @@
-"""The task graph: tasks with owners, parents, dependencies and versions, without cycles."""
-
-from __future__ import annotations
-
-from sidecar.task_graph.graph import TaskGraph
-from sidecar.task_graph.model import ACTIVE, TERMINAL, GraphFile, NewTask, Task, TaskPatch
-
-__all__ = ["ACTIVE", "TERMINAL", "GraphFile", "NewTask", "Task", "TaskGraph", "TaskPatch"]
+"""The import path the contract (§7) gives the task graph's embedded API: the code lives in
+:mod:`sidecar.tasks`."""

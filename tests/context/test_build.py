@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.context.build import RECENT_WINDOW, Context, build_context
-from sidecar.log.summarize import SummaryState, rolling_summary
-from sidecar.task_graph import NewTask, TaskGraph
+from sidecar.summary.state import SummaryState, rolling_summary
+from sidecar.tasks import NewTask, TaskGraph
 from sidecar.tokens import DEFAULT_COUNTER, ByteEstimate
 from tests.support import realistic
 

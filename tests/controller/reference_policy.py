@@ -14,7 +14,7 @@ from typing import Any
 
 from sidecar.controller.policy import URGENCY, Decision
 from sidecar.log.events import Event
-from sidecar.task_graph.model import ACTIVE
+from sidecar.tasks.model import ACTIVE
 
 OWN_TYPES = ("controller.", "watchdog.", "narrator.delta")
 

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from sidecar_client import AsyncClient, Client, RpcError
 
-from sidecar.task_graph import store
+from sidecar.tasks import store
 
 
 def rpc_error(call) -> RpcError:

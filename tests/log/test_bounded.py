@@ -23,8 +23,9 @@ from sidecar.errors import InvalidParams, SidecarError
 from sidecar.log import EventStore, files
 from sidecar.log.committer import AppendRequest
 from sidecar.log.events import Event, as_new_event
+from sidecar.log.filter import as_filter
 from sidecar.log.reader import Snapshot
-from sidecar.log.scan import QueryStats, ReadBudget, as_filter, run_query
+from sidecar.log.scan import QueryStats, ReadBudget, run_query
 
 BUDGET = 4  # the writer's share of files in these tests; reads get half
 

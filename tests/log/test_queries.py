@@ -10,7 +10,7 @@ import pytest
 from sidecar.clock import ManualClock
 from sidecar.errors import InvalidParams
 from sidecar.log import EventStore
-from sidecar.log.scan import Matcher, as_filter
+from sidecar.log.filter import Matcher, as_filter
 from sidecar.log.timestamps import format_timestamp
 
 

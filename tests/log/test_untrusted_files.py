@@ -26,7 +26,7 @@ from sidecar.log.events import (
 )
 from sidecar.log.segments import list_archive
 from sidecar.log.store import check_conversation_id, check_event_id
-from sidecar.task_graph.model import NewTask, TaskPatch
+from sidecar.tasks.model import NewTask, TaskPatch
 from tests.support import line
 
 

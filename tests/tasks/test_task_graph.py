@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from sidecar.clock import ManualClock
 from sidecar.errors import ConflictError, InvalidParams, NotFoundError, StorageError
-from sidecar.task_graph import NewTask, Task, TaskGraph, TaskPatch, store
+from sidecar.tasks import NewTask, Task, TaskGraph, TaskPatch, store
 
 T0 = "2026-11-23T10:00:00.000000Z"
 
@@ -263,7 +263,7 @@ def test_temp_files_of_dead_writers_are_removed(data_dir: Path) -> None:
 
 
 def test_an_audit_event_is_made_to_fit_the_log() -> None:
-    from sidecar.task_graph.service import _audit_event, fit_audit_event
+    from sidecar.tasks.service import _audit_event, fit_audit_event
 
     g = TaskGraph()
     big = g.create(NewTask(type="t", id="big", conversation_id="c1", inputs={"blob": "x" * 100_000}), T0)
@@ -298,7 +298,7 @@ RACER = textwrap.dedent(
     """
     import sys
     from sidecar.errors import ConflictError
-    from sidecar.task_graph import store
+    from sidecar.task_graph import store  # the contract's name for the embedded API
     try:
         store.update_task("a", data_dir=sys.argv[1], owner=sys.argv[2], expected_version=1)
         print("won")

@@ -35,9 +35,9 @@ from sidecar.log.events import NewEvent
 from sidecar.log.files import write_all
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
 from sidecar.log.timestamps import format_timestamp
-from sidecar.task_graph.graph import TaskGraph
-from sidecar.task_graph.model import TERMINAL, NewTask, Task, TaskPatch
-from sidecar.task_graph.store import (
+from sidecar.tasks.graph import TaskGraph
+from sidecar.tasks.model import TERMINAL, NewTask, Task, TaskPatch
+from sidecar.tasks.store import (
     GRAPH_FILE,
     MAX_GRAPH_BYTES,
     GraphFileError,

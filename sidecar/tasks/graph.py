@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import msgspec
 
 from sidecar.errors import ConflictError, InvalidParams, NotFoundError
-from sidecar.task_graph.model import ACTIVE, TERMINAL, TRANSITIONS, GraphFile, NewTask, Task, TaskPatch
+from sidecar.tasks.model import ACTIVE, TERMINAL, TRANSITIONS, GraphFile, NewTask, Task, TaskPatch
 
 
 class TaskGraph:

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.errors import InvalidParams, StorageError
-from sidecar.log.summarize import _drop_bullets, load_snapshot, load_summary, persist_summary, rolling_summary
+from sidecar.summary.files import load_snapshot, load_summary, persist_summary
+from sidecar.summary.state import _drop_bullets, rolling_summary
 from sidecar.tokens import DEFAULT_COUNTER
 from tests.support import event, realistic
 
@@ -102,7 +103,7 @@ def test_persist_and_load(data_dir: Path) -> None:
 
 
 def test_incremental_state_matches_the_full_summary() -> None:
-    from sidecar.log.summarize import SummaryState, as_dict
+    from sidecar.summary.state import SummaryState, as_dict
 
     evs = realistic(300)
     state = SummaryState("c1", ring=8)  # most events leave the ring and are folded in

@@ -1,6 +1,6 @@
 """Summaries that keep up with the log instead of re-reading it.
 
-The daemon keeps a :class:`~sidecar.log.summarize.SummaryState` for the conversations that
+The daemon keeps a :class:`~sidecar.summary.state.SummaryState` for the conversations that
 were summarized lately (an LRU). Every commit is folded in as it is published, in time
 proportional to the new events; a state that missed events (written by another process)
 catches up from its last seq, and one not yet built reads the log once.
@@ -14,7 +14,7 @@ import anyio
 
 from sidecar.log.events import Event
 from sidecar.log.store import EventStore
-from sidecar.log.summarize import SummaryState
+from sidecar.summary.state import SummaryState
 
 MAX_STATES = 64
 
