@@ -155,3 +155,22 @@ def test_a_line_that_is_not_a_json_object_is_a_protocol_error(garbage: bytes) ->
     with pytest.raises(ProtocolError) as caught:
         codec.feed(garbage)
     assert isinstance(caught.value, ConnectionLost)  # the clients' callers see a lost connection
+
+
+def test_a_long_line_in_many_pieces_and_lines_sharing_a_piece() -> None:
+    """Feeds resume their search for the newline where the last one stopped: a long line
+    that comes a byte at a time, then two lines in one piece, each still whole and in order."""
+    codec = Codec(max_line_bytes=10_000)
+    first, _ = codec.request("a")
+    second, _ = codec.request("b")
+    third, _ = codec.request("c")
+    long = result(first, "x" * 5000)
+    got: list[Any] = []
+    for i in range(len(long) - 1):
+        got += codec.feed(long[i : i + 1])
+    assert got == []
+    tail = long[-1:] + result(second, 2) + result(third, 3)[:7]
+    assert [r.result for r in codec.feed(tail)] == ["x" * 5000, 2]
+    assert [r.result for r in codec.feed(result(third, 3)[7:])] == [3]
+    with pytest.raises(ProtocolError):
+        Codec(max_line_bytes=10).feed(b"x" * 6 + b"y" * 5)  # over the bound before any newline

@@ -15,7 +15,7 @@ from anyio.abc import SocketStream
 
 from sidecar_client._common import default_socket_path, unavailable_message
 from sidecar_client.client import NotificationHandler
-from sidecar_client.codec import Codec, Event, Reply
+from sidecar_client.codec import DEFAULT_MAX_LINE_BYTES, Codec, Event, Reply
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, ProtocolError, RpcError
 from sidecar_client.methods import AsyncMethods
 
@@ -23,12 +23,21 @@ _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 class AsyncClient(AsyncMethods):
-    """``client = await AsyncClient.connect(path)``; ``await client.call(...)``; ``await client.close()``."""
+    """``client = await AsyncClient.connect(path)``; ``await client.call(...)``; ``await client.close()``.
 
-    def __init__(self, stream: SocketStream, socket_path: str) -> None:
+    ``max_line_bytes``: the longest line accepted from the daemon, newline excluded (default
+    :data:`~sidecar_client.codec.DEFAULT_MAX_LINE_BYTES`, 64 MiB, four times the daemon's
+    default ``[server] max_reply_bytes``; ``None``: no bound). A longer line raises
+    :class:`~sidecar_client.errors.ProtocolError` in every waiting caller, and the
+    connection is not used again.
+    """
+
+    def __init__(
+        self, stream: SocketStream, socket_path: str, *, max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES
+    ) -> None:
         self.socket_path = socket_path
         self._stream = stream
-        self._codec = Codec()  # the framing, the ids and the subscriptions' queues
+        self._codec = Codec(max_line_bytes)  # the framing, the ids and the subscriptions' queues
         self._replies: dict[int, Reply] = {}  # answers read by one caller for another
         self._reading = False
         self._read_done = anyio.Event()  # set when the current reader has read (or failed)
@@ -36,13 +45,17 @@ class AsyncClient(AsyncMethods):
         self._closed: ConnectionError | None = None
 
     @classmethod
-    async def connect(cls, socket_path: str | None = None) -> AsyncClient:
+    async def connect(
+        cls, socket_path: str | None = None, *, max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES
+    ) -> AsyncClient:
+        """Connect to the daemon on ``socket_path`` (default:
+        :func:`~sidecar_client.default_socket_path`); ``max_line_bytes`` as for the class."""
         path = socket_path or default_socket_path()
         try:
             stream = await anyio.connect_unix(path)
         except OSError as exc:
             raise DaemonUnavailable(unavailable_message(path, exc)) from exc
-        return cls(stream, path)
+        return cls(stream, path, max_line_bytes=max_line_bytes)
 
     async def __aenter__(self) -> AsyncClient:
         return self

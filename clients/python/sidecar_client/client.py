@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar_client._common import default_socket_path, unavailable_message
-from sidecar_client.codec import Codec, Event, Reply
+from sidecar_client.codec import DEFAULT_MAX_LINE_BYTES, Codec, Event, Reply
 from sidecar_client.errors import ConnectionLost, DaemonUnavailable, ProtocolError, RpcError
 from sidecar_client.methods import SyncMethods
 
@@ -22,9 +22,22 @@ class Client(SyncMethods):
     ``call`` sends one request and waits for its answer, at most ``timeout`` seconds;
     notifications that arrive meanwhile are kept for ``subscribe``'s iterators, which wait
     for events as long as it takes.
+
+    ``socket_path``: the daemon's socket (default: :func:`~sidecar_client.default_socket_path`).
+    ``timeout``: seconds a call waits for its answer (``None``: no limit).
+    ``max_line_bytes``: the longest line accepted from the daemon, newline excluded (default
+    :data:`~sidecar_client.codec.DEFAULT_MAX_LINE_BYTES`, 64 MiB, four times the daemon's
+    default ``[server] max_reply_bytes``; ``None``: no bound). A longer line raises
+    :class:`~sidecar_client.errors.ProtocolError` and closes the connection.
     """
 
-    def __init__(self, socket_path: str | None = None, *, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        timeout: float | None = 30.0,
+        max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
         self.socket_path = socket_path or default_socket_path()
         self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -34,7 +47,7 @@ class Client(SyncMethods):
         except OSError as exc:
             self._sock.close()
             raise DaemonUnavailable(unavailable_message(self.socket_path, exc)) from exc
-        self._codec = Codec()  # the framing, the ids and the subscriptions' queues
+        self._codec = Codec(max_line_bytes)  # the framing, the ids and the subscriptions' queues
         self._closed = False
 
     def _send(self, line: bytes) -> None:

@@ -19,6 +19,13 @@ from typing import Any
 
 from sidecar_client.errors import ProtocolError, RpcError
 
+# The longest line the clients accept from the daemon unless told otherwise: four times the
+# daemon's own cap on a reply line (``[server] max_reply_bytes``, 16 MiB by default), so a
+# daemon configured a little higher still gets through, while a peer that never ends its line
+# cannot grow a client's buffer without bound. ``Client(max_line_bytes=...)`` and
+# ``AsyncClient.connect(max_line_bytes=...)`` change it; ``None`` lifts it.
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+
 INTERNAL_ERROR = -32603
 OVERLOADED = -32005  # also: a subscription dropped for falling behind (log.overflow)
 
@@ -78,7 +85,8 @@ Event = Reply | Notification
 class Codec:
     """One connection's protocol state: request ids, the framing buffer, the subscriptions.
 
-    ``max_line_bytes`` bounds one received line (``None``: no bound); a longer one, or a
+    ``max_line_bytes`` bounds one received line, without its newline (``None``: no bound;
+    the clients pass :data:`DEFAULT_MAX_LINE_BYTES` unless told otherwise); a longer one, or a
     line that is not a JSON object, raises :class:`ProtocolError`, and so does every later
     :meth:`feed`: the rest of the stream cannot be trusted.
     """
@@ -90,6 +98,7 @@ class Codec:
         self._subscribing: set[int] = set()  # ids of log.subscribe requests whose answer opens a queue
         self._queues: dict[Any, deque[Notification]] = {}  # open subscription -> its undelivered notifications
         self._buffer = bytearray()
+        self._searched = 0  # how many bytes at the start of the buffer are known to hold no newline
         self._broken: ProtocolError | None = None
 
     # --- sending -----------------------------------------------------------------------------
@@ -137,7 +146,9 @@ class Codec:
         start = 0
         try:
             while True:
-                end = self._buffer.find(b"\n", start)
+                # The bytes kept from earlier feeds hold no newline: search only the new ones,
+                # so a long line coming in many pieces costs its length, not its length squared.
+                end = self._buffer.find(b"\n", max(start, self._searched))
                 if end < 0:
                     break
                 self._check_size(end - start)
@@ -148,6 +159,7 @@ class Codec:
                     if event is not None:
                         events.append(event)
             del self._buffer[:start]
+            self._searched = len(self._buffer)
             self._check_size(len(self._buffer))
         except ProtocolError as exc:
             self._broken = exc
