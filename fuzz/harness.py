@@ -31,7 +31,7 @@ with atheris.instrument_imports(include=["sidecar", "sidecar_client", "msgspec"]
     from sidecar_client.errors import ProtocolError, RpcError
 
     from sidecar.daemon.config import ConfigError, load_config
-    from sidecar.daemon.methods import registry
+    from sidecar.api import registry
     from sidecar.errors import SidecarError
     from sidecar.log.store import EventStore
     from sidecar.rpc.dispatch import BadParams

@@ -35,7 +35,7 @@ REGENERATE = "python -m sidecar.reference > docs/reference.md"
 def discover() -> Doc:
     """The OpenRPC document ``rpc.discover`` answers, without a daemon."""
     from sidecar import __version__
-    from sidecar.daemon.methods import registry
+    from sidecar.api import registry
 
     return registry.openrpc("sidecar", __version__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Literal
 
 import anyio
 import msgspec
@@ -20,6 +20,7 @@ import structlog
 from sidecar.log.events import Event
 from sidecar.log.filter import Matcher, QueryFilter
 from sidecar.log.store import EventStore
+from sidecar.notifications import LogEventParams, LogOverflowParams
 from sidecar.rpc.protocol import encode, notification
 
 log = structlog.get_logger("sidecar.daemon")
@@ -124,7 +125,7 @@ class Subscription:
             cursor = page.next_cursor
 
     async def _deliver(self, event: Event) -> None:
-        await self._send(encode(notification("log.event", {"subscription": self.id, "event": event})))
+        await self._send(encode(notification("log.event", LogEventParams(subscription=self.id, event=event))))
         self._sent[event.conversation_id] = event.seq
 
     async def fail(self) -> None:
@@ -136,16 +137,17 @@ class Subscription:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._send_overflow(reason="error")
 
-    async def _send_overflow(self, reason: str = "overflow") -> None:
+    async def _send_overflow(self, reason: Literal["overflow", "error"] = "overflow") -> None:
         assert self.overflowed is not None
         resume = {cid: seq + 1 for cid, seq in self._sent.items()}
         for cid, seq in self.overflowed.items():
             resume.setdefault(cid, seq)
         self.overflowed = resume
-        params: dict[str, Any] = {"subscription": self.id, "resume_from": resume, "reason": reason}
-        if self.filter.conversation_id is not None:
-            params["conversation_id"] = self.filter.conversation_id
-            params["from_seq"] = self.overflowed.get(self.filter.conversation_id, self.filter.from_seq or 1)
+        params = LogOverflowParams(subscription=self.id, resume_from=resume, reason=reason)
+        theirs = self.filter.conversation_id
+        if theirs is not None:
+            params.conversation_id = theirs
+            params.from_seq = self.overflowed.get(theirs, self.filter.from_seq or 1)
         log.warning("daemon.subscriber_overflow", subscription=self.id, resume_from=self.overflowed)
         await self._send(encode(notification("log.overflow", params)))
 
@@ -195,8 +197,9 @@ class Hub:
             for event in events:
                 sub.offer(event)
 
-    def notify(self, cid: str, method: str, params: dict[str, Any]) -> None:
-        """Tell every subscriber of conversation ``cid`` something that is not an event."""
+    def notify(self, cid: str, method: str, params: Callable[[int], msgspec.Struct]) -> None:
+        """Tell every subscriber of conversation ``cid`` something that is not an event;
+        ``params(subscription)`` makes the notification's params for each."""
         for sub in self._interested(cid):
             if sub.send_now is not None:
-                sub.send_now(encode(notification(method, {"subscription": sub.id, **params})))
+                sub.send_now(encode(notification(method, params(sub.id))))

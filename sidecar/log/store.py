@@ -20,9 +20,9 @@ import structlog
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.datadir import private_dir
-from sidecar.errors import CorruptLogError, InvalidParams, SidecarError
+from sidecar.errors import CorruptLogError, InvalidParams
 from sidecar.log import files
-from sidecar.log.committer import AppendRequest, CommitThread
+from sidecar.log.committer import Committer
 from sidecar.log.conversation import LogPaths
 from sidecar.log.events import (
     CONVERSATION_ID_PATTERN,
@@ -40,6 +40,7 @@ from sidecar.log.filter import QueryFilter, as_filter
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal, replay_orphans
 from sidecar.log.reader import Snapshot
+from sidecar.log.request import AppendRequest
 from sidecar.log.scan import QueryStats, ReadBudget, decode_lines, run_query, skip_unreadable
 from sidecar.log.segments import DECODE_ERRORS, SUFFIX, ArchiveListing, active_path, head_decoder
 from sidecar.log.writer import LogWriter, WriterStats
@@ -102,7 +103,7 @@ class EventStore:
             journal=Journal(self.journal_dir, journal_bytes) if journal else None,
         )
         self._write_lock = threading.Lock()  # whoever holds it drives the writer
-        self._committer = CommitThread(self.commit, name=f"sidecar-commit:{self.data_dir}")
+        self._committer = Committer(self._writer, self._write_lock, name=f"sidecar-commit:{self.data_dir}")
         self._indexed_all = False
         # Cross-conversation reads together keep at most this many snapshots open (each one
         # or two descriptors): half the writer's share, whatever the number of conversations.
@@ -124,20 +125,22 @@ class EventStore:
         new = as_new_event(event)
         if expected_seq is not None:
             new = msgspec.structs.replace(new, expected_seq=expected_seq)
-        return self.submit([new])[0]
+        return self.append_many([new])[0]
 
     def append_many(self, events: Sequence[NewEvent | dict[str, Any]]) -> list[AppendResult]:
         """Append several events, all or none; answers in order. They may name at most as
         many conversations as the writer holds files open (:class:`InvalidParams` beyond)."""
-        return self.submit([as_new_event(e) for e in events])
-
-    def submit(self, events: list[NewEvent]) -> list[AppendResult]:
-        """Queue validated events for the next group commit and wait until they are durable."""
         if not events:
             return []
-        req = AppendRequest(events)
-        self._committer.submit([req])
+        req = AppendRequest([as_new_event(e) for e in events])
+        self.append_requests([req])
         return req.wait()
+
+    def append_requests(self, reqs: list[AppendRequest]) -> None:
+        """Queue requests for the commit thread, together: every append, from any caller,
+        comes through here. Each is answered as its request says (a waiting thread, or its
+        sink)."""
+        self._committer.append(reqs)
 
     def on_commit(self, callback: Callable[[list[Event]], None] | None) -> None:
         """Call ``callback(events)`` in the commit thread after each durable batch."""
@@ -149,24 +152,6 @@ class EventStore:
 
     def commit_queue_depth(self) -> int:
         return self._committer.depth()
-
-    def enqueue(self, reqs: list[AppendRequest]) -> None:
-        """Queue requests for the commit thread; each ``on_done`` says when it is answered."""
-        self._committer.submit(reqs)
-
-    def commit(self, batch: list[AppendRequest]) -> None:
-        """Write a batch of requests now and answer each (the commit thread's work)."""
-        try:
-            with self._write_lock:
-                self._writer.commit(batch)
-        except Exception as exc:  # a bug, not a disk error: still answer every caller
-            log.exception("log.commit_crashed")
-            for req in batch:
-                if req.error is None and not req.results:
-                    req.error = SidecarError(f"internal error while writing: {exc!r}")
-        finally:
-            for req in batch:
-                req.finish()
 
     # --- loading ---------------------------------------------------------------------------
 

@@ -25,12 +25,12 @@ import structlog
 from sidecar.datadir import UnsafePathError, open_regular
 from sidecar.errors import ConflictError, InvalidParams, SidecarError, StorageError
 from sidecar.log import files
-from sidecar.log.committer import AppendRequest
 from sidecar.log.conversation import Conversation, LogPaths
 from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_event
 from sidecar.log.ids import new_event_id
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal
+from sidecar.log.request import AppendRequest
 from sidecar.log.segments import ArchiveListing, active_path, line_with_seq, rotate
 from sidecar.log.timestamps import format_timestamp
 
@@ -280,9 +280,9 @@ class LogWriter:
             return conv.active_ident is not None
         return (st.st_dev, st.st_ino) != conv.active_ident or st.st_size != conv.active_size
 
-    # --- the commit ------------------------------------------------------------------------
+    # --- appending ------------------------------------------------------------------------
 
-    def commit(self, batch: list[AppendRequest]) -> None:
+    def append(self, batch: list[AppendRequest]) -> None:
         """Write ``batch`` durably; fills in every request's results or error.
 
         A batch that names more conversations than we may hold open is committed in parts,
@@ -298,7 +298,7 @@ class LogWriter:
                 ev = events[0]
                 cid = ev.conversation_id
                 if cid not in wanted and len(wanted) >= limit:
-                    self._commit_part(part, wanted)
+                    self._append_part(part, wanted)
                     part, wanted = [], {}
                 wanted[cid] = wanted.get(cid, False) or ev.id is not None
                 part.append(req)
@@ -314,15 +314,15 @@ class LogWriter:
                 )
                 continue
             if len(wanted) + sum(cid not in wanted for cid in own) > limit:
-                self._commit_part(part, wanted)
+                self._append_part(part, wanted)
                 part, wanted = [], {}
             for cid, want in own.items():
                 wanted[cid] = wanted.get(cid, False) or want
             part.append(req)
         if part:
-            self._commit_part(part, wanted)
+            self._append_part(part, wanted)
 
-    def _commit_part(self, batch: list[AppendRequest], wanted: dict[str, bool]) -> None:
+    def _append_part(self, batch: list[AppendRequest], wanted: dict[str, bool]) -> None:
         """Commit requests that together name at most ``max_open_files`` conversations.
 
         Files are locked in sorted order so writers in several processes never deadlock.

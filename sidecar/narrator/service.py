@@ -1,6 +1,6 @@
 """The built-in narrator and the LLM advisor, built by the daemon from the parts they need.
 
-:class:`Narrator` is given each thing it uses (the appender's submit, the grant book, the
+:class:`Narrator` is given each thing it uses (the appender's append_many, the grant book, the
 context builder, the token counter, the templates, the hub's notify for ``narrator.delta``,
 the ``[llm]`` config section and a fault counter), never the daemon itself.
 """
@@ -8,8 +8,9 @@ the ``[llm]`` config section and a fault counter), never the daemon itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import msgspec
 import structlog
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
@@ -18,8 +19,9 @@ from sidecar.errors import SidecarError
 from sidecar.log.events import AppendResult
 from sidecar.narrator.llm import ChatClient, LLMError, api_key_from_env, parse_verdict
 from sidecar.narrator.prompt import ContextBuilder, LastReason, NarratorPrompt, build_narrator_prompt
-from sidecar.narrator.speak import Submit, speak
+from sidecar.narrator.speak import Append, speak
 from sidecar.narrator.templates import PromptLibrary
+from sidecar.notifications import NarratorDeltaParams
 from sidecar.tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("sidecar.daemon")
 
-Notify = Callable[[str, str, dict[str, Any]], None]
+Notify = Callable[[str, str, Callable[[int], msgspec.Struct]], None]  # Hub.notify
 
 
 def chat_client(llm: LLMConfig, clock: Clock = SYSTEM_CLOCK) -> ChatClient | None:
@@ -57,7 +59,7 @@ class Narrator:
         *,
         llm: LLMConfig,
         chat: ChatClient | None,
-        submit: Submit,
+        append: Append,
         grants: GrantBook,
         context: ContextBuilder,
         last_reason: LastReason,
@@ -68,7 +70,7 @@ class Narrator:
     ) -> None:
         self.llm = llm
         self.chat = chat
-        self.submit = submit
+        self.append = append
         self.grants = grants
         self.context = context
         self.last_reason = last_reason
@@ -91,7 +93,7 @@ class Narrator:
 
     async def say(self, cid: str, grant_id: str, text: str) -> AppendResult:
         """Say ``text`` to the user with a grant."""
-        return await speak(self.grants, self.submit, cid, grant_id, text)
+        return await speak(self.grants, self.append, cid, grant_id, text)
 
     async def advise(self, cid: str, reason: str) -> tuple[bool, str]:
         """Ask the LLM, with the controller template and the context, whether to speak."""
@@ -112,11 +114,7 @@ class Narrator:
             prompt = await self.prompt(cid, budget, grant.reason)
             parts: list[str] = []
             async for delta in self.chat.stream([{"role": m.role, "content": m.content} for m in prompt.messages]):
-                self.notify(
-                    cid,
-                    "narrator.delta",
-                    {"conversation_id": cid, "grant_id": grant.grant_id, "index": len(parts), "delta": delta},
-                )
+                self.notify(cid, "narrator.delta", _delta(cid, grant.grant_id, len(parts), delta))
                 parts.append(delta)
             text = "".join(parts).strip()
             if text:
@@ -126,3 +124,14 @@ class Narrator:
         except Exception:  # a bug: this turn is lost, the daemon is not
             self.fault("narrator")
             log.exception("narrator.crashed", conversation_id=cid)
+
+
+def _delta(cid: str, grant_id: str, index: int, delta: str) -> Callable[[int], msgspec.Struct]:
+    """The ``narrator.delta`` params for each subscription, as :meth:`Hub.notify` asks."""
+
+    def params(subscription: int) -> NarratorDeltaParams:
+        return NarratorDeltaParams(
+            subscription=subscription, conversation_id=cid, grant_id=grant_id, index=index, delta=delta
+        )
+
+    return params

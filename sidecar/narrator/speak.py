@@ -8,10 +8,10 @@ from sidecar.controller.grants import GrantBook
 from sidecar.errors import SidecarError
 from sidecar.log.events import AppendResult, NewEvent
 
-Submit = Callable[[list[NewEvent]], Awaitable[list[AppendResult]]]
+Append = Callable[[list[NewEvent]], Awaitable[list[AppendResult]]]
 
 
-async def speak(grants: GrantBook, submit: Submit, cid: str, grant_id: str, text: str) -> AppendResult:
+async def speak(grants: GrantBook, append: Append, cid: str, grant_id: str, text: str) -> AppendResult:
     """Say ``text`` to the user with a grant: the one way a narrator.message is written."""
     grant = grants.redeem(cid, grant_id)
     event = NewEvent(
@@ -22,7 +22,7 @@ async def speak(grants: GrantBook, submit: Submit, cid: str, grant_id: str, text
         data={"text": text, "grant_id": grant_id, "reason": grant.reason},
     )
     try:
-        return (await submit([event]))[0]
+        return (await append([event]))[0]
     except SidecarError:
         grants.unredeem(grant)  # nothing was said: the grant still stands
         raise

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from sidecar_client import Client
 
-from sidecar.daemon.notifications import NOTIFICATIONS
+from sidecar.notifications import NOTIFICATIONS
 from tests.daemon.conftest import DaemonProc
 from tests.narrator.fake_llm import running
 

@@ -21,10 +21,10 @@ import pytest
 from sidecar.clock import ManualClock
 from sidecar.errors import InvalidParams, SidecarError
 from sidecar.log import EventStore, files
-from sidecar.log.committer import AppendRequest
 from sidecar.log.events import Event, as_new_event
 from sidecar.log.filter import as_filter
 from sidecar.log.reader import Snapshot
+from sidecar.log.request import AppendRequest
 from sidecar.log.scan import QueryStats, ReadBudget, run_query
 
 BUDGET = 4  # the writer's share of files in these tests; reads get half
@@ -85,9 +85,9 @@ def requests(events: list[list[dict[str, Any]]]) -> list[AppendRequest]:
 def commit(store: EventStore, events: list[list[dict[str, Any]]]) -> None:
     """Commit these requests as one group commit (cheaper than an fsync each), or fail."""
     batch = requests(events)
-    store.commit(batch)
+    store.append_requests(batch)
     for req in batch:
-        req.outcome()
+        req.wait()
 
 
 @pytest.fixture
@@ -249,8 +249,8 @@ def test_one_commit_holds_at_most_its_share_of_files(
     with EventStore(data_dir) as store:
         for round_ in range(2):
             batch = requests([[ev(f"c{i:02d}")] for i in range(20)])
-            store.commit(batch)
-            assert [r.outcome()[0].seq for r in batch] == [round_ + 1] * 20
+            store.append_requests(batch)
+            assert [r.wait()[0].seq for r in batch] == [round_ + 1] * 20
         assert open_logs(data_dir) <= small_budget
         assert store.writer_stats.batches == 10  # 20 conversations, 4 at a time, twice
     assert 0 < peak[0] <= small_budget, peak[0]
@@ -264,8 +264,8 @@ def test_append_many_naming_more_conversations_than_fit_is_refused_whole(data_di
         assert store.conversation_ids() == [] or all(store.tail(c) == [] for c in store.conversation_ids())
         assert [a.seq for a in store.append_many([ev(f"c{i}") for i in range(4)] * 2)] == [1] * 4 + [2] * 4
         batch = requests([[ev("c0")], [ev(f"d{i}") for i in range(6)], [ev("c1"), ev("c9")]])
-        store.commit(batch)
-        assert batch[0].outcome()[0].seq == 3 and isinstance(batch[1].error, InvalidParams)
+        store.append_requests(batch)
+        assert batch[0].wait()[0].seq == 3 and isinstance(batch[1].error, InvalidParams)
         assert [a.seq for a in batch[2].outcome()] == [3, 1]
         assert not any(c.startswith("d") for c in store.conversation_ids())
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from msgspec import Meta
 
 from sidecar import errors
-from sidecar.daemon.methods import registry as daemon_registry
-from sidecar.daemon.notifications import NOTIFICATIONS
+from sidecar.api import registry as daemon_registry
+from sidecar.notifications import NOTIFICATIONS
 from sidecar.rpc.dispatch import ERROR_CODES, ERRORS, NoParams, Registry
 from sidecar.rpc.explain import close_names, describe, explain, params_schema, with_string_enums
 from sidecar.rpc.protocol import parse_message

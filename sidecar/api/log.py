@@ -1,0 +1,273 @@
+"""``log.*``: append, read, query and follow the event log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from sidecar.api.common import CID, EVENT_ID, STORAGE, TOO_BIG, UNREADABLE, Ok, in_thread, quick_read, registry
+from sidecar.api.session import Session
+from sidecar.errors import ForbiddenError, NotFoundError
+from sidecar.log.events import (
+    AppendResult,
+    Causality,
+    ConversationId,
+    ConversationInfo,
+    Event,
+    EventId,
+    EventType,
+    NewEvent,
+    Page,
+    Visibility,
+)
+from sidecar.log.filter import EventFilter, Limit, QueryFilter
+from sidecar.log.request import AppendRequest
+from sidecar.rpc.dispatch import BadParams, NoParams
+from sidecar.rpc.protocol import Request, encode, error_response, result_response
+
+APPEND_ERRORS = {
+    -32001: "expected_seq is given and the conversation's last seq is another",
+    -32003: "visibility is user: only chat.user_message and narrator.say write user-visible text",
+    -32006: STORAGE,
+}
+
+
+class AppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    events: Annotated[list[NewEvent], Meta(min_length=1, max_length=10_000)]
+
+
+class TailParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    limit: Annotated[int, Meta(ge=0, le=10_000)] = 20
+
+
+class Events(msgspec.Struct, kw_only=True):
+    events: list[Event]
+
+
+class SinceParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    timestamp: str
+    limit: Limit = 1000
+    cursor: str | None = None
+
+
+class ByTypeParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    types: Annotated[list[EventType], Meta(min_length=1)]
+    visibility: Visibility | list[Visibility] | None = None
+    limit: Limit = 1000
+    cursor: str | None = None
+
+
+class EventRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    event_id: EventId
+
+
+class CausalityParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    event_id: EventId
+    max_depth: Annotated[int, Meta(ge=1, le=256)] = 16
+
+
+class Conversations(msgspec.Struct, kw_only=True):
+    conversations: list[ConversationInfo]
+
+
+class SubscribeParams(EventFilter, kw_only=True, forbid_unknown_fields=True):
+    """The filter of ``log.query`` without paging; ``from_seq`` replays history first."""
+
+
+class Subscribed(msgspec.Struct, kw_only=True):
+    subscription: int
+
+
+class Unsubscribe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    subscription: int
+
+
+def _no_user_text(events: list[NewEvent]) -> None:
+    for ev in events:
+        if ev.visibility == "user":
+            raise ForbiddenError(
+                "visibility 'user' is the chat itself: only chat.user_message and narrator.say write it",
+                {"conversation_id": ev.conversation_id, "type": ev.type},
+            )
+
+
+@registry.method(
+    "log.append",
+    NewEvent,
+    AppendResult,
+    "Durably append one event; answers once it is on disk.",
+    errors=APPEND_ERRORS,
+    example={"conversation_id": CID, "type": "agent.progress", "agent_id": "planner", "data": {"pct": 40}},
+)
+async def log_append(p: NewEvent, s: Session) -> AppendResult:
+    _no_user_text([p])
+    return (await s.services.appender.append_many([p]))[0]
+
+
+@registry.fast_path("log.append")
+def log_append_now(req: Request, s: Session) -> bool:
+    """The hot path: a valid append joins the next batch without a task of its own and is
+    answered from the batch's completion. Anything else takes the general path above."""
+    try:
+        event = registry.params_of(req, NewEvent)
+    except BadParams:
+        return False  # the general path words the error
+    if event.visibility == "user" or s.stopping:
+        return False
+
+    def answer(done: AppendRequest) -> None:
+        if req.is_notification:
+            s.answered(None)
+            return
+        err = done.error
+        reply = (
+            result_response(req.id, done.results[0])
+            if err is None
+            else error_response(req.id, err.code, err.message, err.data)
+        )
+        s.answered(encode(reply))
+
+    s.services.appender.append_soon([event], answer)
+    return True
+
+
+@registry.method(
+    "log.append_many",
+    AppendMany,
+    list[AppendResult],
+    "Append several events, all or none.",
+    errors=APPEND_ERRORS,
+    example={
+        "events": [
+            {"conversation_id": CID, "type": "tool.started", "data": {"tool": "grep"}},
+            {"conversation_id": CID, "type": "tool.finished", "level": "detail", "data": {"hits": 3}},
+        ]
+    },
+)
+async def log_append_many(p: AppendMany, s: Session) -> list[AppendResult]:
+    _no_user_text(p.events)
+    return await s.services.appender.append_many(p.events)
+
+
+@registry.method(
+    "log.tail",
+    TailParams,
+    Events,
+    "The newest events of a conversation, oldest first.",
+    errors={-32006: UNREADABLE},
+    example={"conversation_id": CID, "limit": 5},
+)
+async def log_tail(p: TailParams, s: Session) -> Events:
+    if p.limit > 200:
+        return Events(events=await in_thread(s.services.store.tail, p.conversation_id, p.limit))
+    return Events(events=await quick_read(s.services.store.tail, p.conversation_id, p.limit))
+
+
+@registry.method(
+    "log.since",
+    SinceParams,
+    Page,
+    "Events of every conversation from a time on, in time order.",
+    errors={},
+    example={"timestamp": "2026-11-23T10:00:00Z", "limit": 100},
+)
+async def log_since(p: SinceParams, s: Session) -> Page:
+    store = s.services.store
+    return await in_thread(lambda: store.since(p.timestamp, limit=p.limit, cursor=p.cursor))
+
+
+@registry.method(
+    "log.by_type",
+    ByTypeParams,
+    Page,
+    "Events of the given types, in time order.",
+    errors={},
+    example={"types": ["agent.error", "task.failed"], "visibility": "status", "limit": 50},
+)
+async def log_by_type(p: ByTypeParams, s: Session) -> Page:
+    store = s.services.store
+    return await in_thread(lambda: store.by_type(p.types, p.visibility, limit=p.limit, cursor=p.cursor))
+
+
+@registry.method(
+    "log.query",
+    QueryFilter,
+    Page,
+    "Events matching a filter, one page at a time.",
+    errors={-32006: UNREADABLE + ", when conversation_id names it"},
+    example={"conversation_id": CID, "levels": ["milestone", "decision"], "limit": 100},
+)
+async def log_query(p: QueryFilter, s: Session) -> Page:
+    return await in_thread(s.services.store.query, p)
+
+
+@registry.method(
+    "log.get",
+    EventRef,
+    Event,
+    "One event by id; -32002 when there is none.",
+    errors={-32002: "no event has that id"},
+    example={"event_id": EVENT_ID},
+)
+async def log_get(p: EventRef, s: Session) -> Event:
+    event = await quick_read(s.services.store.get, p.event_id)
+    if event is None:
+        raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
+    return event
+
+
+@registry.method(
+    "log.causality",
+    CausalityParams,
+    Causality,
+    "What led to an event and what followed from it.",
+    errors={-32002: "no event has that id", -32005: TOO_BIG},
+    example={"event_id": EVENT_ID, "max_depth": 4},
+)
+async def log_causality(p: CausalityParams, s: Session) -> Causality:
+    store = s.services.store
+    found = await in_thread(lambda: store.causality(p.event_id, max_depth=p.max_depth))
+    if found is None:
+        raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
+    return found
+
+
+@registry.method(
+    "log.conversations",
+    NoParams,
+    Conversations,
+    "Every conversation with counts and time span.",
+    errors={-32005: TOO_BIG},
+    example={},
+)
+async def log_conversations(p: NoParams, s: Session) -> Conversations:
+    return Conversations(conversations=await in_thread(s.services.store.conversations))
+
+
+@registry.method(
+    "log.subscribe",
+    SubscribeParams,
+    Subscribed,
+    "Replay from from_seq, then live log.event notifications.",
+    errors={-32005: "this connection already has [server] max_subscriptions subscriptions"},
+    example={"conversation_id": CID, "from_seq": 1, "types": ["narrator.message"]},
+)
+async def log_subscribe(p: SubscribeParams, s: Session) -> Subscribed:
+    return Subscribed(subscription=s.subscribe(p))
+
+
+@registry.method(
+    "log.unsubscribe",
+    Unsubscribe,
+    Ok,
+    "Stop a subscription of this connection.",
+    errors={-32002: "this connection has no subscription with that id"},
+    example={"subscription": 1},
+)
+async def log_unsubscribe(p: Unsubscribe, s: Session) -> Ok:
+    if not s.unsubscribe(p.subscription):
+        raise NotFoundError(f"no subscription {p.subscription} on this connection", {"subscription": p.subscription})
+    return Ok()
