@@ -39,6 +39,10 @@ class Batcher(Generic[T]):
                 self._thread.start()
             self._queue.put(items)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopping
+
     def depth(self) -> int:
         """Puts not yet taken into a batch."""
         return self._queue.qsize()

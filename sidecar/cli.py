@@ -6,9 +6,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.terminal import printable
+
+if TYPE_CHECKING:  # imported when a command needs the daemon (the client loads lazily)
+    from sidecar_client import Client
 
 EXAMPLES = """\
 examples:
@@ -131,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config, args.config or os.environ.get("SIDECAR_CONFIG"))
 
 
-def _call(client: Any, args: argparse.Namespace) -> int:
+def _call(client: Client, args: argparse.Namespace) -> int:
     try:
         params = json.loads(args.params)
     except json.JSONDecodeError as exc:
@@ -144,7 +147,7 @@ def _call(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(client: Any) -> int:
+def _health(client: Client) -> int:
     result = client.call("sys.health")
     ok = isinstance(result, dict) and result.get("status") == "ok"
     print(json.dumps(result))
@@ -218,7 +221,7 @@ def _task_head(event: dict[str, Any], data: dict[str, Any]) -> tuple[str, dict[s
     return head, rest
 
 
-def _missing(client: Any, conversation: str) -> str | None:
+def _missing(client: Client, conversation: str) -> str | None:
     """``None`` when ``conversation`` exists, else what to tell: the conversations there are."""
     known = sorted(c["conversation_id"] for c in client.call("log.conversations")["conversations"])
     if conversation in known:
@@ -229,7 +232,7 @@ def _missing(client: Any, conversation: str) -> str | None:
     return f"known: {listed}, ... ({len(known)} in all)" if len(known) > 10 else f"known: {listed}"
 
 
-def _tail(client: Any, args: argparse.Namespace) -> int:
+def _tail(client: Client, args: argparse.Namespace) -> int:
     colour = sys.stdout.isatty() and not args.json and "NO_COLOR" not in os.environ
 
     def show(event: dict[str, Any]) -> None:

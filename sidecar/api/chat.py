@@ -34,4 +34,4 @@ async def chat_user_message(p: UserMessage, s: Session) -> AppendResult:
         level="milestone",
         data={**p.data, "text": p.text},
     )
-    return (await s.services.appender.append_many([event]))[0]
+    return (await s.services.appender.append_valid([event]))[0]

@@ -104,7 +104,7 @@ def _no_user_text(events: list[NewEvent]) -> None:
 )
 async def log_append(p: NewEvent, s: Session) -> AppendResult:
     _no_user_text([p])
-    return (await s.services.appender.append_many([p]))[0]
+    return (await s.services.appender.append_valid([p]))[0]
 
 
 @registry.fast_path("log.append")
@@ -149,7 +149,7 @@ def log_append_now(req: Request, s: Session) -> bool:
 )
 async def log_append_many(p: AppendMany, s: Session) -> list[AppendResult]:
     _no_user_text(p.events)
-    return await s.services.appender.append_many(p.events)
+    return await s.services.appender.append_valid(p.events)
 
 
 @registry.method(

@@ -6,12 +6,12 @@ see. It reaches the daemon only through :class:`Host`, the few things it needs f
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import SocketStream
+from anyio.abc import SocketStream, TaskGroup
 
 from sidecar.api import registry
 from sidecar.api.log import SubscribeParams
@@ -107,7 +107,7 @@ class Connection:
         self.subscriptions: dict[int, Subscription] = {}
         self.reading = anyio.CancelScope()
         self.closed = False
-        self._subs_tg: Any = None
+        self._subs_tg: TaskGroup | None = None
         self._outbox: list[bytes] = []
         self._queued = 0
         self._has_output = anyio.Event()
@@ -181,6 +181,7 @@ class Connection:
         )
         hub.add(sub)
         self.subscriptions[sub.id] = sub
+        assert self._subs_tg is not None, "subscribe is answered only while serve() runs"
         self._subs_tg.start_soon(self._run_subscription, sub)
         return sub.id
 
@@ -259,7 +260,7 @@ class Connection:
         log.info("daemon.connection_timeout", connection=self.number, reason=what, seconds=timeout)
         return None
 
-    async def _read(self, framer: Framer, requests: Any) -> None:
+    async def _read(self, framer: Framer, requests: TaskGroup) -> None:
         limits = self.daemon.limits
         while True:
             data = await self._receive(framer)

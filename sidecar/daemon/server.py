@@ -12,12 +12,11 @@ import os
 import signal
 import socket
 import time
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from sidecar import __version__
 from sidecar.api import registry
@@ -185,7 +184,7 @@ class Daemon:
             self.appender = AsyncAppender(self.store)
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
-            self.tasks = TaskService(self.store.data_dir, audit=self.appender.append_many, clock=self.clock)
+            self.tasks = TaskService(self.store.data_dir, audit=self.appender.append_valid, clock=self.clock)
             await anyio.to_thread.run_sync(self.tasks.load)
             token = anyio.lowlevel.current_token()
 
@@ -198,7 +197,7 @@ class Daemon:
             self.narrator = Narrator(
                 llm=lc,
                 chat=self.chat,
-                append=self.appender.append_many,
+                append=self.appender.append_valid,
                 grants=grants,
                 context=self.context.build,
                 last_reason=self._last_reason,
@@ -211,7 +210,7 @@ class Daemon:
                 RulePolicy(min_gap_s=cc.min_gap_s, idle_timeout_s=cc.idle_timeout_s),
                 grants,
                 self.clock,
-                emit=self.appender.append_many,
+                emit=self.appender.append_valid,
                 summary_ref=self._summary_ref,
                 advisor=self.narrator.advise if self.chat is not None else None,
                 on_grant=self._on_grant if self.chat is not None and lc.narrator else None,
@@ -329,7 +328,7 @@ class Daemon:
         log.info("daemon.tokenizer", kind="llama.cpp /tokenize", checked="on first use", url=exact.shown)
         return exact
 
-    async def _accept(self, listener: socket.socket, conns: Any) -> None:
+    async def _accept(self, listener: socket.socket, conns: TaskGroup) -> None:
         spare = unix.SpareDescriptor()
         try:
             while True:
@@ -356,7 +355,7 @@ class Daemon:
         finally:
             spare.close()
 
-    async def _admit(self, raw: socket.socket, conns: Any) -> None:
+    async def _admit(self, raw: socket.socket, conns: TaskGroup) -> None:
         """Serve a new connection, or tell it why not (not allowed, or too many already)."""
         limit, lingering = unix.descriptor_budget(self.config.server.max_connections)
         peer = unix.peer_credentials(raw)

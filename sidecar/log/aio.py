@@ -1,8 +1,11 @@
 """Appends from an event loop, through the store's own commit thread.
 
-A request goes straight to the commit thread's queue; when its batch is durable, the
-thread hands this appender all of the batch's requests in one call into the loop
-(:meth:`AsyncAppender.deliver`), and each is answered there. Many coroutines appending at
+Requests gather in the loop while the commit thread writes the previous hand-over; at the
+end of the turn in which it is answered, they go to the thread together. When their batch
+is durable, the thread hands them back in one call into the loop
+(:meth:`AsyncAppender.deliver`), and each is answered there. One hand-over in flight at a
+time lets the loop and the thread take turns on the GIL instead of contending for it, and
+makes the next batch as big as the wait for the disk allows. Many coroutines appending at
 once thus cost one wakeup of the loop per *batch*, where threads blocking in
 :meth:`EventStore.append` cost a switch per *event*. This is how the daemon writes.
 """
@@ -18,6 +21,7 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
+from sidecar.errors import SidecarError
 from sidecar.log.events import AppendResult, NewEvent, as_new_event
 from sidecar.log.request import AppendRequest
 from sidecar.log.store import EventStore
@@ -33,6 +37,9 @@ class AsyncAppender:
         self.store = store
         self._token = anyio.lowlevel.current_token()
         self._in_flight = 0
+        self._gathered: list[AppendRequest] = []  # made since the last hand-over
+        self._handed = False  # a hand-over is with the commit thread
+        self._waiters = anyio.Event()  # set once the gathered requests are answered
         self._closed = False
         self._drained: anyio.Event | None = None  # exists only while aclose waits
 
@@ -40,15 +47,20 @@ class AsyncAppender:
         new = as_new_event(event)
         if expected_seq is not None:
             new = msgspec.structs.replace(new, expected_seq=expected_seq)
-        return (await self.append_many([new]))[0]
+        return (await self.append_valid([new]))[0]
 
     async def append_many(self, events: Sequence[NewEvent | dict[str, Any]]) -> list[AppendResult]:
         """Append events, all or none, and wait until they are durable."""
-        if not events:
+        return await self.append_valid([as_new_event(e) for e in events])
+
+    async def append_valid(self, new: list[NewEvent]) -> list[AppendResult]:
+        """:meth:`append_many` for events already validated (decoded from a request, or
+        built by the daemon itself): they are not checked again."""
+        if not new:
             return []
-        done = anyio.Event()
-        req = self.append_soon([as_new_event(e) for e in events], lambda _req: done.set())
-        await done.wait()
+        waiters = self._waiters  # shared by every caller of this turn: one wakeup for all
+        req = self.append_soon(new, lambda _req: waiters.set())
+        await waiters.wait()
         return req.outcome()
 
     def append_soon(self, events: list[NewEvent], answer: Callable[[AppendRequest], None]) -> AppendRequest:
@@ -57,9 +69,24 @@ class AsyncAppender:
         if self._closed:
             raise RuntimeError("the event store is closed")
         req = AppendRequest(events, sink=self, answer=answer)
-        self.store.append_requests([req])
+        self._gathered.append(req)
+        if len(self._gathered) == 1 and not self._handed:  # hand them over at this turn's end
+            self._token.backend_class.run_sync_soon(self._hand_over, (), self._token.native_token)
         self._in_flight += 1
         return req
+
+    def _hand_over(self) -> None:
+        if self._handed or not self._gathered:
+            return
+        self._handed = True
+        reqs, self._gathered = self._gathered, []
+        self._waiters = anyio.Event()
+        try:
+            self.store.append_requests(reqs)
+        except RuntimeError as exc:  # the store was closed under us: answer, never strand
+            for req in reqs:
+                req.error = SidecarError(str(exc))
+            self._answer(reqs)
 
     def deliver(self, done: list[AppendRequest]) -> None:
         """The commit thread's one call per batch: answer these in the event loop."""
@@ -73,6 +100,8 @@ class AsyncAppender:
             except Exception:
                 log.exception("log.answer_failed")
         self._in_flight -= len(done)
+        self._handed = False
+        self._hand_over()  # what gathered meanwhile
         if self._drained is not None and not self._in_flight:
             self._drained.set()
 

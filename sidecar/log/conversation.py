@@ -1,6 +1,6 @@
 """What the writer knows about one conversation, and how it catches up with the disk.
 
-Only the single writer (the group-commit leader) calls the mutating methods, always with
+Only the single writer (the commit thread) calls the mutating methods, always with
 the active segment's exclusive flock held. Catching up covers everything that can happen
 behind our back: another process appending, rotating, or crashing mid-line (a torn tail,
 repaired here), and a hand edit (reloaded, and refused when it broke the log).
@@ -75,7 +75,7 @@ class Conversation:
 
     # --- catching up -----------------------------------------------------------------------
 
-    def sync(self, fd: int, *, want_index: bool, st: os.stat_result | None = None) -> None:
+    def catch_up(self, fd: int, *, want_index: bool, st: os.stat_result | None = None) -> None:
         """Bring this state up to date with the locked active segment ``fd`` (``st``: its fstat)."""
         if st is None:
             st = os.fstat(fd)

@@ -1,8 +1,9 @@
 """``EventStore``: the event log of one data directory, for use in-process or by the daemon.
 
-Writes go through group commit: callers queue their events, one of them (the leader) hands
-the whole queue to the :class:`~sidecar.log.writer.LogWriter`, and everyone is answered
-after the single fdatasync per file. Reads work straight on the files through snapshots,
+Writes go through group commit: every append is queued for the commit thread
+(:class:`~sidecar.log.committer.Committer`), which hands all that is queued to the
+:class:`~sidecar.log.writer.LogWriter` as one batch, and everyone is answered after the
+batch's one fdatasync. Reads work straight on the files through snapshots,
 so they never wait behind a commit.
 """
 
@@ -125,14 +126,17 @@ class EventStore:
         new = as_new_event(event)
         if expected_seq is not None:
             new = msgspec.structs.replace(new, expected_seq=expected_seq)
-        return self.append_many([new])[0]
+        return self._append_valid([new])[0]
 
     def append_many(self, events: Sequence[NewEvent | dict[str, Any]]) -> list[AppendResult]:
         """Append several events, all or none; answers in order. They may name at most as
         many conversations as the writer holds files open (:class:`InvalidParams` beyond)."""
+        return self._append_valid([as_new_event(e) for e in events])
+
+    def _append_valid(self, events: list[NewEvent]) -> list[AppendResult]:
         if not events:
             return []
-        req = AppendRequest([as_new_event(e) for e in events])
+        req = AppendRequest(events)
         self.append_requests([req])
         return req.wait()
 

@@ -7,7 +7,8 @@ one, each touched file is fdatasync'd (in parallel). Each request is all-or-noth
 validation and preconditions. An I/O failure fails the whole batch, cuts every file back to
 where it was, and is never retried: after a failed fsync the page cache cannot be trusted.
 
-Only one thread at a time may call into a :class:`LogWriter` (the store's commit leader).
+Only one thread at a time may call into a :class:`LogWriter`: the store's commit thread, or a
+caller holding the store's write lock (recovery, loading, checkpoints).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class LogWriter:
         self._fds[cid] = fd
         before = (conv.active_ident, conv.active_size, conv.loaded)
         try:
-            conv.sync(fd, want_index=want_index, st=st)
+            conv.catch_up(fd, want_index=want_index, st=st)
             if self.journal is not None and (conv.active_ident, conv.active_size, conv.loaded) != before:
                 # Lines we did not write (another process, or one that crashed) may be in the
                 # page cache only: make them durable before building on them.

@@ -1,6 +1,6 @@
 """The built-in narrator and the LLM advisor, built by the daemon from the parts they need.
 
-:class:`Narrator` is given each thing it uses (the appender's append_many, the grant book, the
+:class:`Narrator` is given each thing it uses (the appender's append_valid, the grant book, the
 context builder, the token counter, the templates, the hub's notify for ``narrator.delta``,
 the ``[llm]`` config section and a fault counter), never the daemon itself.
 """

@@ -1,8 +1,9 @@
 """The daemon's task graph: in memory for reads, every change durable before it is answered.
 
-Changes queue up and one writer applies them as a batch (flush-when-idle, like the event
-log): under the graph's exclusive flock it re-reads the file if someone else changed it,
-applies the batch's changes on top, and replaces the file once. So 1,000 updates are a few
+Changes queue up and one writer thread applies them as a batch (flush-when-idle: a
+:class:`~sidecar.batcher.Batcher`, as the event log's commit thread is): under the graph's
+exclusive flock it re-reads the file if someone else changed it, applies the batch's
+changes on top, and replaces the file once. So 1,000 updates are a few
 rewrites, a change by another process is never overwritten, and each caller hears about
 its own change only once it is on disk.
 
@@ -19,15 +20,19 @@ as it appears.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import structlog
 import watchfiles
+from anyio.streams.memory import MemoryObjectSendStream
 
+from sidecar.batcher import Batcher
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.datadir import open_regular, read_regular
 from sidecar.errors import SidecarError, StorageError
@@ -49,6 +54,7 @@ from sidecar.tasks.store import (
 
 log = structlog.get_logger("sidecar.tasks")
 
+Outside = tuple[TaskGraph, TaskGraph] | None  # the graph before and after an outside edit
 AuditSink = Callable[[list[NewEvent]], Awaitable[Any]]
 
 
@@ -80,13 +86,14 @@ class _BrokenGraph(TaskGraph):
 class _Change:
     """One queued create or update, and what became of it."""
 
-    __slots__ = ("what", "result", "error", "before")
+    __slots__ = ("what", "result", "error", "before", "done")
 
     def __init__(self, what: NewTask | TaskPatch) -> None:
         self.what = what
         self.result: Task | None = None
         self.error: SidecarError | None = None
         self.before: Task | None = None
+        self.done = anyio.Event()  # set in the event loop once it is written and audited
 
     def apply(self, graph: TaskGraph, now: str) -> None:
         try:
@@ -111,9 +118,10 @@ class TaskService:
         self.broken: GraphFileError | None = None  # the file could not be used at start
         self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES  # lowered when the log says it is less
         self._stamp: tuple[int, int, int] | None = None
-        self._queue: list[_Change] = []
-        self._wakeup = anyio.Event()
-        self._flushed: anyio.Event = anyio.Event()
+        # None asks the writer to look at the file (an outside edit), a change to apply it.
+        self._writer: Batcher[_Change | None] = Batcher(self._write, f"sidecar-tasks:{self.path}")
+        self._written: MemoryObjectSendStream[tuple[list[_Change], Outside]] | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
         self.writes = 0
 
     # --- start-up --------------------------------------------------------------------------------
@@ -150,44 +158,53 @@ class TaskService:
     async def _submit(self, change: _Change) -> Task:
         if self.broken is not None:
             raise self.broken  # never write over a file we could not read: it may hold every task
-        self._queue.append(change)
-        flushed = self._flushed
-        self._wakeup.set()
-        while change.result is None and change.error is None:
-            await flushed.wait()
-            flushed = self._flushed
+        self._writer.put([change])
+        await change.done.wait()
         if change.error is not None:
             raise change.error
         assert change.result is not None
         return change.result
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: apply and persist each batch of changes; take in outside edits."""
+        """Audit and answer each batch the writer thread has written; take in outside edits."""
         if self.broken is not None:
             self.graph = _BrokenGraph(self.broken)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch)
-            task_status.started()
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
-                batch, self._queue = self._queue, []
-                flushed, self._flushed = self._flushed, anyio.Event()
-                if batch:
-                    with anyio.CancelScope(shield=True):
-                        await self._flush(batch)
-                else:
-                    with anyio.CancelScope(shield=True):
-                        await self._take_in_outside_edit()
-                flushed.set()
+        if self._writer.stopped:  # a restart after a failure: a fresh writer thread
+            self._writer = Batcher(self._write, f"sidecar-tasks:{self.path}")
+        send, receive = anyio.create_memory_object_stream[tuple[list[_Change], Outside]](math.inf)
+        self._written, self._token = send, anyio.lowlevel.current_token()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch)
+                task_status.started()
+                async for batch, outside in receive:
+                    with anyio.CancelScope(shield=True):  # written: its callers get their answer
+                        if outside is not None:
+                            await self._audit_changes(*outside, source="file")
+                        await self._audit(batch)
+                    for change in batch:
+                        change.done.set()
+        finally:
+            self._written = None
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._writer.stop)
 
-    async def _flush(self, batch: list[_Change]) -> None:
-        outside = await anyio.to_thread.run_sync(self._apply_and_write, batch)
-        if outside is not None:
-            await self._audit_changes(*outside, source="file")
-        await self._audit(batch)
+    def _write(self, items: list[_Change | None]) -> None:
+        """The writer thread's batch: the changes, applied and written at once; or, when
+        there are none, a look at the file for an outside edit. Handed back to :meth:`run`."""
+        batch = [c for c in items if c is not None]
+        try:
+            outside = self._apply_and_write(batch) if batch else self._reload_if_changed()
+        except Exception as exc:  # a bug: every caller still gets an answer
+            log.exception("tasks.write_crashed")
+            outside = None
+            for change in batch:
+                change.error, change.result = SidecarError(f"internal error while writing: {exc!r}"), None
+        if (batch or outside is not None) and self._written is not None and self._token is not None:
+            written, token = self._written, self._token
+            token.backend_class.run_sync_soon(written.send_nowait, ((batch, outside),), token.native_token)
 
-    def _apply_and_write(self, batch: list[_Change]) -> tuple[TaskGraph, TaskGraph] | None:
+    def _apply_and_write(self, batch: list[_Change]) -> Outside:
         """In a worker thread, under the exclusive lock: rebase on the file, apply, write."""
         now = format_timestamp(self.clock.now_ns())
         outside = None
@@ -218,11 +235,6 @@ class TaskService:
                     change.error, change.result = error, None
             return None
         return outside
-
-    async def _take_in_outside_edit(self) -> None:
-        outside = await anyio.to_thread.run_sync(self._reload_if_changed)
-        if outside is not None:
-            await self._audit_changes(*outside, source="file")
 
     def _reload_if_changed(self) -> tuple[TaskGraph, TaskGraph] | None:
         """Take in a valid outside edit; refuse any other (logged), never failing."""
@@ -300,7 +312,7 @@ class TaskService:
             recursive=False,
             rust_timeout=200,  # how promptly a cancelled watch lets go (shutdown)
         ):
-            self._wakeup.set()
+            self._writer.put([None])
 
     # --- the audit trail ---------------------------------------------------------------------------
 
