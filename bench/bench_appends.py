@@ -222,7 +222,7 @@ def append_many_request(c: int, i: int) -> bytes:
 def start_redis(run_dir: Path, sec: Section) -> RedisServer | None:
     """A private redis-server, or None (with a note saying why) where there is none to be had."""
     if REDIS is None:
-        sec.note("Redis was skipped: redis-server is not installed here (Debian: `apt-get install redis-server`).")
+        sec.note("Redis was skipped: redis-server is not installed here (`./dev bench` installs it as root on Debian).")
         return None
     try:
         server = RedisServer(run_dir)
