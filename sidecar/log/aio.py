@@ -106,8 +106,8 @@ class AsyncAppender:
             self._drained.set()
 
     def depth(self) -> int:
-        """Requests handed to the commit thread and not answered yet."""
-        return self._in_flight
+        """Requests waiting for the next hand-over to the commit thread (``append_queue``)."""
+        return len(self._gathered)
 
     async def aclose(self) -> None:
         """Take no more appends, and wait until every one taken is answered."""

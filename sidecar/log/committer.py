@@ -30,7 +30,10 @@ class Committer:
 
     def append(self, reqs: list[AppendRequest]) -> None:
         """Queue requests; they go to disk together (or with others), answered in order."""
-        self._batcher.put(reqs)
+        try:
+            self._batcher.put(reqs)
+        except RuntimeError:  # stopped: say so in the store's words, as callers always heard
+            raise RuntimeError("the event store is closed") from None
 
     def depth(self) -> int:
         return self._batcher.depth()

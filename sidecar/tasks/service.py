@@ -205,7 +205,7 @@ class TaskService:
             token.backend_class.run_sync_soon(written.send_nowait, ((batch, outside),), token.native_token)
 
     def _apply_and_write(self, batch: list[_Change]) -> Outside:
-        """In a worker thread, under the exclusive lock: rebase on the file, apply, write."""
+        """In the writer thread, under the exclusive lock: rebase on the file, apply, write."""
         now = format_timestamp(self.clock.now_ns())
         outside = None
         try:

@@ -161,5 +161,5 @@ def test_concurrent_appends_share_fsyncs(store: EventStore, monkeypatch: pytest.
 def test_closed_store_refuses(data_dir: Path) -> None:
     s = EventStore(data_dir)
     s.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match="^the event store is closed$"):
         s.append(ev())
