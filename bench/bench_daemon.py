@@ -8,6 +8,7 @@ Type=notify), never after a sleep, and are always stopped, even when a benchmark
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -113,9 +114,11 @@ def redis_version() -> str:
 
 
 class RedisServer(Spawned):
-    """A private redis-server on a Unix socket: AOF on, fsync'd before every reply, no snapshots."""
+    """A private redis-server on a Unix socket: AOF on, fsync'd before every reply (or, with
+    ``fsync=False``, never: a server that costs the load generator next to nothing, so its
+    figures are the generator's own ceiling), no snapshots."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, fsync: bool = True) -> None:
         if REDIS is None:
             raise FileNotFoundError("redis-server is not installed")
         self.socket = str(run_dir / "redis.sock")
@@ -125,13 +128,30 @@ class RedisServer(Spawned):
             "--unixsocket", self.socket,
             "--unixsocketperm", "700",
             "--dir", str(run_dir),
-            "--appendonly", "yes",
+            "--appendonly", "yes" if fsync else "no",
             "--appendfsync", "always",
             "--save", "",
             "--supervised", "systemd",
             "--logfile", str(run_dir / "redis.log"),
         ]  # fmt: skip
         super().__init__(argv, run_dir, dict(os.environ), timeout=30)  # no READY=1 if built without systemd
+
+
+class EchoServer(Spawned):
+    """``bench/echo_server.py``: the least a Python server on a Unix socket can do per line
+    (hand it back), on the event loop the daemon runs on. The floor of any round trip."""
+
+    def __init__(self, run_dir: Path, loop: str) -> None:
+        self.socket = str(run_dir / "echo.sock")
+        argv = [sys.executable, str(ROOT / "bench" / "echo_server.py"), self.socket, loop]
+        super().__init__(argv, run_dir, clean_env(), timeout=30)
+
+
+def event_loop() -> str:
+    """The loop the daemon runs on by default (``[server] event_loop = "auto"``)."""
+    from sidecar.daemon.server import use_uvloop
+
+    return "uvloop" if use_uvloop("auto") else "asyncio"
 
 
 # --- the load generator ----------------------------------------------------------------------
@@ -224,9 +244,15 @@ def load(
             c.pending[next_id] = time.perf_counter()
             out.append(make(c.index, next_id))
         c.to_send -= n
-        c.sock.setblocking(True)
-        c.sock.sendall(b"".join(out))
-        c.sock.setblocking(False)
+        data = b"".join(out)
+        try:
+            sent = c.sock.send(data)  # small: the socket's buffer almost always takes it whole
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            c.sock.setblocking(True)
+            c.sock.sendall(data[sent:])
+            c.sock.setblocking(False)
 
     try:
         for i in range(connections):
@@ -262,8 +288,48 @@ def load(
     return took, latencies
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Run every thread of process ``pid`` (0: this one) on ``cpus`` only."""
+    tids = [pid] if pid == 0 else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
+@contextlib.contextmanager
+def placed(client: int, server: int, *pids: int) -> Iterator[None]:
+    """This process on CPU ``client`` and the servers ``pids`` on CPU ``server``, for the
+    duration: a round trip then costs the same every time. Left to the scheduler, the two
+    ends sometimes share a core (each wake-up a plain switch) and sometimes not (a wake-up
+    of another core, about 35 us on these virtual machines), and the figures jump between
+    the two from one run to the next."""
+    everything = set(range(os.cpu_count() or 1))
+    try:
+        pin(0, {client})
+        for pid in pids:
+            pin(pid, {server})
+        yield
+    finally:
+        pin(0, everything)
+        for pid in pids:
+            pin(pid, everything)
+
+
+def regimes() -> dict[str, tuple[int, int]]:
+    """Where the two ends of a round trip run: (client CPU, server CPU)."""
+    if (os.cpu_count() or 1) < 2:
+        return {"the same core": (0, 0)}
+    return {"another core": (0, 1), "the same core": (0, 0)}
+
+
 def round_trips(path: str, make: Callable[[int], bytes], count: int) -> float:
-    """Median seconds of ``count`` sequential round trips on one connection."""
+    """Median seconds of ``count`` sequential round trips on one connection.
+
+    The clock stops when the whole reply line is in; it is decoded after (every reply is
+    checked), so that a big reply's decoding in this Python client is not counted as the
+    server's time."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         f = s.makefile("rb")
@@ -271,8 +337,9 @@ def round_trips(path: str, make: Callable[[int], bytes], count: int) -> float:
         for i in range(count):
             t = time.perf_counter()
             s.sendall(make(i))
-            reply = json.loads(f.readline())
+            line = f.readline()
             times.append(time.perf_counter() - t)
+            reply = json.loads(line)
             if "error" in reply:
                 raise RuntimeError(f"error from the daemon: {reply['error']}")
     return statistics.median(times)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
-from bench_daemon import Daemon, clean_env, request, round_trips
+from bench_daemon import Daemon, EchoServer, clean_env, event_loop, placed, regimes, request, round_trips
 from plots import Panel, Series, figure
 from report import Config, Section, best_time, count, ms, per_call
 
@@ -159,18 +159,21 @@ def start(data_dir: Path, run_dir: Path) -> tuple[float, float]:
 def through_socket(data_dir: Path, run_dir: Path, ids: list[str], stamps: list[str], calls: int) -> dict[str, float]:
     """Start-up and memory (best of two starts), and median round trips on the second daemon."""
     first = start(data_dir, run_dir)
-    with Daemon(data_dir, run_dir) as d:
+    health = request(0, "sys.health", {})
+    calls_of: dict[str, Callable[[int], bytes]] = {
+        "sys.health": lambda i: health,
+        "log.tail": lambda i: request(i, "log.tail", {"conversation_id": CID, "limit": 20}),
+        "log.get": lambda i: request(i, "log.get", {"event_id": ids[i % len(ids)]}),
+        "log.since": lambda i: request(i, "log.since", {"timestamp": stamps[i % len(stamps)], "limit": 20}),
+    }
+    rtt: dict[str, float] = {}
+    with Daemon(data_dir, run_dir) as d, EchoServer(run_dir, event_loop()) as echo:
         second = (d.startup_s, d.rss_mb())
-        rtt = {
-            "sys.health": round_trips(d.socket, lambda i: request(i, "sys.health", {}), calls),
-            "log.tail": round_trips(
-                d.socket, lambda i: request(i, "log.tail", {"conversation_id": CID, "limit": 20}), calls
-            ),
-            "log.get": round_trips(d.socket, lambda i: request(i, "log.get", {"event_id": ids[i % len(ids)]}), calls),
-            "log.since": round_trips(
-                d.socket, lambda i: request(i, "log.since", {"timestamp": stamps[i % len(stamps)], "limit": 100}), calls
-            ),
-        }
+        for regime, (client, server) in regimes().items():
+            with placed(client, server, d.proc.pid, echo.proc.pid):
+                rtt[f"echo, {regime}"] = round_trips(echo.socket, lambda i: health, calls)
+                for method, make in calls_of.items():
+                    rtt[f"{method}, {regime}"] = round_trips(d.socket, make, calls)
     return {"start": min(first[0], second[0]), "rss": second[1], **rtt}
 
 
@@ -185,7 +188,8 @@ def run(cfg: Config) -> list[Section]:
         "./dev bench --only log" + flag,
         "One conversation, grown in steps with `append_many`; in-process through `EventStore` (per call, "
         "the best of 3 rounds) beside a naive read or scan of the same file, and through the daemon's "
-        "socket (median round trip) beside `sys.health`. The last column is the largest size's figure "
+        "socket (median round trip) beside `sys.health`, itself beside a minimal echo server on the same kind of "
+        "socket and event loop (the floor of a round trip). The last column is the largest size's figure "
         "over the smallest's: flat is about 1x, the naive ones grow with the file.",
     )
     s = Section(
@@ -229,28 +233,37 @@ def run(cfg: Config) -> list[Section]:
     ):
         v = figures[key]
         t.row(label, *map(ms, v), f"{v[-1] / v[0]:.1f}x")
-    t = q.table(
-        "Through the socket, median round trip (x `sys.health`)", ["method", *map(count, sizes), f"{last} / {first}"]
-    )
-    for key, label in (
-        ("sys.health", "baseline: `sys.health`"),
-        ("log.tail", "`log.tail`, 20"),
-        ("log.get", "`log.get`, random ids"),
-        ("log.since", "`log.since`, 100, random t"),
-    ):
-        v, h = figures[key], figures["sys.health"]
-        cells = [ms(x) if key == "sys.health" else f"{ms(x)} ({x / y:.1f}x)" for x, y in zip(v, h)]
-        t.row(label, *cells, f"{v[-1] / v[0]:.1f}x")
+    for regime in regimes():
+        t = q.table(
+            f"Through the socket, the client on {regime} as the server: median round trip (x `sys.health`)",
+            ["method", *map(count, sizes), f"{last} / {first}"],
+        )
+        for key, label in (
+            ("echo", f"floor: a minimal echo server ({event_loop()})"),
+            ("sys.health", "baseline: `sys.health` (x the floor)"),
+            ("log.tail", "`log.tail`, 20"),
+            ("log.get", "`log.get`, random ids"),
+            ("log.since", "`log.since`, 20, random t"),
+        ):
+            v, h = figures[f"{key}, {regime}"], figures[f"{'echo' if key == 'sys.health' else 'sys.health'}, {regime}"]
+            cells = [ms(x) if key == "echo" else f"{ms(x)} ({x / y:.2f}x)" for x, y in zip(v, h)]
+            t.row(label, *cells, f"{v[-1] / v[0]:.1f}x")
     q.note(f"the log was built with `append_many` in batches of {BATCH:,} at {sizes[-1] / built:,.0f} events/s")
     q.note(f"log file sizes: {', '.join(f'{m:,.1f} MB' for m in mb)}")
     if sizes[-1] >= 1_000_000:
         for key in ("tail", "get", "since"):
             q.target(f"`{key}` under 1 ms on {sizes[-1]:,} events", figures[key][-1] < 1e-3)
-        for key in ("log.tail", "log.get"):
-            q.target(
-                f"`{key}` within 3x `sys.health` on {sizes[-1]:,} events",
-                figures[key][-1] <= 3 * figures["sys.health"][-1],
-            )
+        for key in ("log.tail", "log.get", "log.since"):
+            for regime in regimes():
+                q.target(
+                    f"`{key}` (20 events) within 2x `sys.health` on {sizes[-1]:,} events, client on {regime}",
+                    figures[f"{key}, {regime}"][-1] <= 2 * figures[f"sys.health, {regime}"][-1],
+                )
+    for regime in regimes():
+        q.target(
+            f"`sys.health` within 1.3x of the echo server's round trip, client on {regime}",
+            figures[f"sys.health, {regime}"][-1] <= 1.3 * figures[f"echo, {regime}"][-1],
+        )
 
     t = s.table(
         "Start-up and memory",
@@ -303,18 +316,22 @@ def run(cfg: Config) -> list[Section]:
                     logx=True,
                     logy=True,
                 ),
-                Panel(
-                    "Through the socket, median round trip",
-                    "events in the log",
-                    "ms",
-                    [
-                        line("log.tail", "log.tail"),
-                        line("log.get", "log.get"),
-                        line("log.since", "log.since"),
-                        line("sys.health", "sys.health (baseline)", "k--"),
-                    ],
-                    logx=True,
-                    logy=True,
+                *(
+                    Panel(
+                        f"Through the socket, client on {regime}",
+                        "events in the log",
+                        "ms",
+                        [
+                            line(f"log.tail, {regime}", "log.tail"),
+                            line(f"log.get, {regime}", "log.get"),
+                            line(f"log.since, {regime}", "log.since"),
+                            line(f"sys.health, {regime}", "sys.health (baseline)", "k--"),
+                            line(f"echo, {regime}", "echo server (floor)", "k:"),
+                        ],
+                        logx=True,
+                        logy=True,
+                    )
+                    for regime in regimes()
                 ),
             ],
         )

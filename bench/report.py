@@ -21,7 +21,7 @@ class Config:
 
     quick: bool = False
     clients: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)
-    events_per_point: int = 3000  # the same total at every client count, split evenly
+    events_per_point: int = 8000  # the same total at every client count, split evenly
     log_sizes: Sequence[int] = (10_000, 100_000, 1_000_000)
     summary_sizes: Sequence[int] = (100, 1_000, 10_000)
     task_sizes: Sequence[int] = (100, 1_000, 10_000, 100_000)

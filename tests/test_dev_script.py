@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FAKE_PYTHON = """#!/bin/sh
 echo "python $*" >> "$DEV_LOG"
-case "$*" in *"-m pytest"*) exit "${PYTEST_EXIT:-0}" ;; esac
+case "$*" in *"-m pytest"*) exit "${PYTEST_EXIT:-0}" ;; *guard.py*) exit "${GUARD_EXIT:-0}" ;; esac
 exit 0
 """
 FAKE_SIDECAR = """#!/bin/sh
@@ -84,24 +84,36 @@ def test_test_installs_the_test_extra_which_also_serves(dev) -> None:
 
 
 @pytest.mark.parametrize(
-    ("pytest_exit", "npm_exit", "verdict"),
+    ("pytest_exit", "npm_exit", "guard_exit", "verdict"),
     [
-        ("0", "0", "Python tests passed; TypeScript tests passed"),
-        ("1", "0", "Python tests FAILED (exit 1); TypeScript tests passed"),
-        ("0", "3", "Python tests passed; TypeScript tests FAILED (exit 3)"),
-        ("2", "1", "Python tests FAILED (exit 2); TypeScript tests FAILED (exit 1)"),
+        ("0", "0", "0", "Python tests passed; TypeScript tests passed; speed guard passed"),
+        ("1", "0", "0", "Python tests FAILED (exit 1); TypeScript tests passed; speed guard passed"),
+        ("0", "3", "0", "Python tests passed; TypeScript tests FAILED (exit 3); speed guard passed"),
+        ("2", "1", "0", "Python tests FAILED (exit 2); TypeScript tests FAILED (exit 1); speed guard passed"),
+        ("0", "0", "1", "Python tests passed; TypeScript tests passed; speed guard FAILED (exit 1)"),
     ],
 )
-def test_the_whole_suite_runs_both_and_reports_both(dev, pytest_exit: str, npm_exit: str, verdict: str) -> None:
-    run, log = dev("test", PYTEST_EXIT=pytest_exit, NPM_TEST_EXIT=npm_exit)
+def test_the_whole_suite_runs_all_three_and_reports_each(
+    dev, pytest_exit: str, npm_exit: str, guard_exit: str, verdict: str
+) -> None:
+    run, log = dev("test", PYTEST_EXIT=pytest_exit, NPM_TEST_EXIT=npm_exit, GUARD_EXIT=guard_exit)
     steps = [line for line in log if "pip install" not in line]
     assert steps == [
         "python -m pytest",
         "npm ci --no-audit --no-fund --loglevel=error in typescript",
         "npm test in typescript",
+        "python bench/guard.py",
     ]
     assert run.stderr.splitlines()[-1] == f"dev: {verdict}"
-    assert (run.returncode == 0) == (pytest_exit == npm_exit == "0")
+    assert (run.returncode == 0) == (pytest_exit == npm_exit == guard_exit == "0")
+
+
+def test_bench_guard_runs_the_guard_alone_without_the_bench_extra(dev) -> None:
+    run, log = dev("bench", "--guard", "--self-check", GUARD_EXIT="1")
+    assert run.returncode == 1
+    steps = [line for line in log if "pip install" not in line]
+    assert steps == ["python bench/guard.py --self-check"]
+    assert not any(".[test,bench]" in line for line in log)
 
 
 def test_with_pytest_arguments_only_pytest_runs(dev) -> None:

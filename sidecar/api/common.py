@@ -13,7 +13,7 @@ import msgspec
 from sidecar.api.session import Session
 from sidecar.log.events import ConversationId
 from sidecar.notifications import NOTIFICATIONS
-from sidecar.rpc.dispatch import Registry
+from sidecar.rpc.dispatch import INLINE, NotNow, Registry
 
 registry: Registry[Session] = Registry()
 for _name, (_params, _example) in NOTIFICATIONS.items():
@@ -40,6 +40,8 @@ class ConversationRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 async def in_thread(fn: Callable[..., T], *args: object) -> T:
     """A read that may take a while (a scan, a file), off the event loop."""
+    if INLINE.get():  # tried in place (an inline method): go where waiting is allowed
+        raise NotNow
     return await anyio.to_thread.run_sync(fn, *args)
 
 
@@ -49,4 +51,4 @@ async def quick_read(fn: Callable[..., T], *args: object) -> T:
     try:
         return fn(*args, wait=False)
     except BlockingIOError:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, wait=True))
+        return await in_thread(functools.partial(fn, *args, wait=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 import msgspec
@@ -159,11 +160,13 @@ async def log_append_many(p: AppendMany, s: Session) -> list[AppendResult]:
     "The newest events of a conversation, oldest first.",
     errors={-32006: UNREADABLE},
     example={"conversation_id": CID, "limit": 5},
+    inline=True,
 )
 async def log_tail(p: TailParams, s: Session) -> Events:
     if p.limit > 200:
         return Events(events=await in_thread(s.services.store.tail, p.conversation_id, p.limit))
-    return Events(events=await quick_read(s.services.store.tail, p.conversation_id, p.limit))
+    tail = functools.partial(s.services.store.tail, p.conversation_id, p.limit, shared=True)
+    return Events(events=await quick_read(tail))
 
 
 @registry.method(
@@ -173,10 +176,13 @@ async def log_tail(p: TailParams, s: Session) -> Events:
     "Events of every conversation from a time on, in time order.",
     errors={},
     example={"timestamp": "2026-11-23T10:00:00Z", "limit": 100},
+    inline=True,
 )
 async def log_since(p: SinceParams, s: Session) -> Page:
-    store = s.services.store
-    return await in_thread(lambda: store.since(p.timestamp, limit=p.limit, cursor=p.cursor))
+    since = functools.partial(s.services.store.since, p.timestamp, limit=p.limit, cursor=p.cursor)
+    if p.limit > 200:
+        return await in_thread(since)
+    return await quick_read(since)  # a page of a few conversations: here; a wide merge: a thread
 
 
 @registry.method(
@@ -211,9 +217,10 @@ async def log_query(p: QueryFilter, s: Session) -> Page:
     "One event by id; -32002 when there is none.",
     errors={-32002: "no event has that id"},
     example={"event_id": EVENT_ID},
+    inline=True,
 )
 async def log_get(p: EventRef, s: Session) -> Event:
-    event = await quick_read(s.services.store.get, p.event_id)
+    event = await quick_read(functools.partial(s.services.store.get, p.event_id, shared=True))
     if event is None:
         raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
     return event

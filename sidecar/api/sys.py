@@ -42,7 +42,9 @@ class Stats(msgspec.Struct, kw_only=True):
     faults: dict[str, int] = {}  # failures contained (connection, subscription, controller...)
 
 
-@registry.method("sys.health", NoParams, Health, "Liveness: answers ok while the daemon serves.", errors={}, example={})
+@registry.method(
+    "sys.health", NoParams, Health, "Liveness: answers ok while the daemon serves.", errors={}, example={}, inline=True
+)
 async def sys_health(p: NoParams, s: Session) -> Health:
     return s.services.health()
 
@@ -54,6 +56,7 @@ async def sys_health(p: NoParams, s: Session) -> Health:
     "Connections, append rate, fsyncs, batch sizes, queue depths.",
     errors={},
     example={},
+    inline=True,
 )
 async def sys_stats(p: NoParams, s: Session) -> Stats:
     return s.services.stats()

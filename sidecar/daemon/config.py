@@ -44,6 +44,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"  # what the daemon logs to stderr
     # auto: readable lines when stderr is a terminal, JSON lines otherwise (a file, journald)
     log_format: Literal["auto", "json", "console"] = "auto"
+    # auto: uvloop where it is installed (it is a dependency on Linux and macOS), else asyncio's
+    # own loop; read at start-up only
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

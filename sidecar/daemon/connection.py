@@ -1,17 +1,33 @@
 """One client connection: its reader, its in-flight requests, its subscriptions, its replies.
 
-A :class:`Connection` is the :class:`~sidecar.api.session.Session` its requests' handlers
-see. It reaches the daemon only through :class:`Host`, the few things it needs from it.
+A :class:`Connection` is an asyncio :class:`~asyncio.Protocol`: the transport hands it bytes
+as they arrive and it answers in the same callback wherever it can, so that a request costs
+a parse, a call and a write, not a task and its trips through the event loop:
+
+- ``log.append`` joins the next commit batch and is answered from the batch's completion
+  (``registry.fast``), all of a batch's answers in one turn of the loop;
+- ``inline`` methods (``sys.health``, ``log.get``...) and every malformed request are
+  answered in place (:meth:`Registry.call_now`);
+- anything else, and whatever would have to wait, runs in a task of its own.
+
+Whatever is answered in one turn leaves in one write. A :class:`Connection` is also the
+:class:`~sidecar.api.session.Session` its requests' handlers see; it reaches the daemon only
+through :class:`Host`, the few things it needs from it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import socket
+import time
+import typing
+from collections import deque
+from typing import Any, Protocol
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import TaskGroup
 
 from sidecar.api import registry
 from sidecar.api.log import SubscribeParams
@@ -21,7 +37,7 @@ from sidecar.daemon.subscriptions import Hub, Subscription
 from sidecar.errors import OverloadedError
 from sidecar.log.filter import as_filter
 from sidecar.notifications import SysShutdownParams
-from sidecar.rpc.dispatch import BATCH_CONCURRENCY
+from sidecar.rpc.dispatch import BATCH_CONCURRENCY, reply_line
 from sidecar.rpc.protocol import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -57,71 +73,47 @@ class Host(Protocol):
 SEND_QUEUE_BYTES = 1024 * 1024  # per connection: past this, replies and notifications wait
 
 
-class _Slots:
-    """A counting limit that yields to the event loop only when it must wait.
-
-    (``anyio.Semaphore.acquire`` checkpoints twice even when a slot is free: on the hot
-    path of every request that is two trips through the event loop for nothing.)
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.free = size
-        self._freed: anyio.Event | None = None  # exists only while someone waits
-
-    async def acquire(self) -> None:
-        while self.free <= 0:
-            if self._freed is None:
-                self._freed = anyio.Event()
-            await self._freed.wait()
-        self.free -= 1
-
-    def release(self) -> None:
-        self.free += 1
-        if self._freed is not None:
-            self._freed.set()
-            self._freed = None
-
-    async def drained(self) -> None:
-        """Until every slot is free again (nothing in flight)."""
-        while self.free < self.size:
-            if self._freed is None:
-                self._freed = anyio.Event()
-            await self._freed.wait()
-
-
-class Connection:
+class Connection(asyncio.Protocol):
     """One client: its reader, its in-flight requests, its subscriptions, its send queue.
 
-    Replies and notifications go into a bounded queue that one writer task flushes, many
-    lines per write. A slow client fills only its own queue: its requests then wait, the
-    reader stops reading from it, and its subscriptions overflow; nobody else notices.
+    At most ``max_inflight`` requests are in flight: past that, lines wait and the transport
+    stops reading. Replies and notifications go through the transport's buffer, bounded at
+    ``SEND_QUEUE_BYTES``: past that, the general path and subscriptions wait for it to drain.
+    A slow client thus fills only its own queue: its requests wait, we stop reading from it,
+    and its subscriptions overflow; nobody else notices.
     """
 
-    def __init__(self, daemon: Host, stream: SocketStream, peer: tuple[int, int, int], number: int) -> None:
+    def __init__(self, daemon: Host, sock: socket.socket, peer: tuple[int, int, int], number: int) -> None:
         self.daemon = daemon
         self.services = daemon.services
-        self.stream = stream
         self.peer = peer
         self.number = number
         self.subscriptions: dict[int, Subscription] = {}
-        self.reading = anyio.CancelScope()
         self.closed = False
-        self._subs_tg: TaskGroup | None = None
-        self._outbox: list[bytes] = []
-        self._queued = 0
-        self._has_output = anyio.Event()
+        self._sock: socket.socket | None = sock  # until the transport takes it
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._framer = Framer(daemon.config.server.max_message_bytes)
+        self._lines: deque[bytes] = deque()  # complete lines not yet taken
+        self._held: tuple[Message, int] | None = None  # parsed, waiting for room (a batch)
+        self._pumping = False
+        self._reading = True  # until end of stream, bad framing, a timeout or shutdown
+        self._paused = False  # the transport is told to stop reading (back-pressure)
+        self._last_data = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._outbox: list[bytes] = []  # lines for the next write
+        self._flush_soon = False
+        self._writable = True  # the transport's buffer is below its high-water mark
         self._room: anyio.Event | None = None  # exists only while a sender waits for room
-        self._finishing = False
-        self.slots = _Slots(daemon.config.server.max_inflight)  # requests in flight
+        self._idle: anyio.Event | None = None  # exists only while serve() waits for answers
+        self._done_reading = anyio.Event()
+        self._lost = anyio.Event()
+        self._size = daemon.config.server.max_inflight
+        self.free = self._size  # request slots: a batch takes up to BATCH_CONCURRENCY
+        self._requests: TaskGroup | None = None
+        self._subs: TaskGroup | None = None
 
-    async def send(self, data: bytes) -> None:
-        """Queue one line for the writer; waits while this connection's queue is full."""
-        while self._queued >= SEND_QUEUE_BYTES and not self.closed:
-            if self._room is None:
-                self._room = anyio.Event()
-            await self._room.wait()
-        self.send_now(data)
+    # --- the Session ---------------------------------------------------------------------------
 
     @property
     def stopping(self) -> bool:
@@ -131,40 +123,7 @@ class Connection:
         """A fast-path request is done: its reply (if any) is queued and its slot freed."""
         if reply is not None:
             self.send_now(reply)
-        self.slots.release()
-
-    def send_now(self, data: bytes) -> None:
-        """Queue one line without waiting: for answers, whose number ``slots`` bounds."""
-        if self.closed:
-            return
-        self._outbox.append(data)
-        self._queued += len(data)
-        self._has_output.set()
-
-    async def _writer(self) -> None:
-        while True:
-            if not self._outbox:
-                if self._finishing or self.closed:
-                    return
-                await self._has_output.wait()
-                self._has_output = anyio.Event()
-                continue
-            chunk = b"".join(self._outbox)
-            self._outbox.clear()
-            self._queued = 0
-            self._wake_senders()
-            try:
-                await self.stream.send(chunk)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                self.closed = True
-                self._wake_senders()
-                self.reading.cancel()
-                return
-
-    def _wake_senders(self) -> None:
-        if self._room is not None:
-            self._room.set()
-            self._room = None
+        self._release(1)
 
     def subscribe(self, params: SubscribeParams) -> int:
         limit = self.daemon.config.server.max_subscriptions
@@ -181,19 +140,9 @@ class Connection:
         )
         hub.add(sub)
         self.subscriptions[sub.id] = sub
-        assert self._subs_tg is not None, "subscribe is answered only while serve() runs"
-        self._subs_tg.start_soon(self._run_subscription, sub)
+        assert self._subs is not None, "subscribe is answered only while serve() runs"
+        self._subs.start_soon(self._run_subscription, sub)
         return sub.id
-
-    async def _run_subscription(self, sub: Subscription) -> None:
-        """A subscription that fails (say, its replay meets a damaged log) ends alone: it
-        tells its client where to resume, and the connection and daemon go on."""
-        try:
-            await sub.run(self.services.store)
-        except Exception:
-            self.daemon.fault("subscription")
-            log.exception("daemon.subscription_failed", connection=self.number, subscription=sub.id)
-            await sub.fail()
 
     def unsubscribe(self, sub_id: int) -> bool:
         sub = self.subscriptions.get(sub_id)
@@ -203,95 +152,171 @@ class Connection:
         self._ended(sub)
         return True
 
-    def _ended(self, sub: Subscription) -> None:
-        self.daemon.hub.remove(sub)
-        self.subscriptions.pop(sub.id, None)
+    # --- sending -------------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        log.debug("daemon.connection_open", connection=self.number, pid=self.peer[0], uid=self.peer[1])
-        framer = Framer(self.daemon.config.server.max_message_bytes)
+    def send_now(self, data: bytes) -> None:
+        """Queue one line without waiting (for answers, whose number the slots bound); it
+        leaves with everything else queued in this turn of the loop, in one write."""
+        if self.closed:
+            return
+        self._outbox.append(data)
+        if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+
+    async def send(self, data: bytes) -> None:
+        """Queue one line; waits while this connection's send buffer is full."""
+        while not self._writable and not self.closed:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        self.send_now(data)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self._outbox and not self.closed and self._transport is not None:
+            out, self._outbox = self._outbox, []
+            self._transport.writelines(out)
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = typing.cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._transport.set_write_buffer_limits(high=SEND_QUEUE_BYTES)
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
         try:
-            async with anyio.create_task_group() as io:
-                io.start_soon(self._writer)
-                async with anyio.create_task_group() as subs:
-                    self._subs_tg = subs
-                    async with anyio.create_task_group() as requests:
-                        with self.reading:
-                            await self._read(framer, requests)
-                        await self.slots.drained()  # answers still owed by fast paths
-                    # Reading is over (end of stream, bad framing, or shutdown); in-flight
-                    # requests have finished above. Subscriptions end with the connection.
-                    if self.daemon.stopping and self.subscriptions:
-                        note = SysShutdownParams(reason="daemon stopping")
-                        await self.send(encode(notification("sys.shutdown", note)))
-                    subs.cancel_scope.cancel()
-                self._finishing = True  # the writer flushes what is queued, then ends
-                self._has_output.set()
+            self._received(data)
+        except Exception:  # a bug: this connection is dropped, every other one is served
+            self.daemon.fault("connection")
+            log.exception("daemon.connection_failed", connection=self.number)
+            self.stop_reading()
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _received(self, data: bytes) -> None:
+        if not self._reading:
+            return
+        self._last_data = time.monotonic()
+        try:
+            lines = self._framer.feed(data)
+        except FrameTooLarge:
+            limit_bytes = self._framer.max_message_bytes
+            reason = f"Invalid Request: message larger than max_message_bytes ({limit_bytes}); closing"
+            self.send_now(encode(error_response(None, INVALID_REQUEST, reason)))
+            log.warning("daemon.message_too_large", connection=self.number, limit=limit_bytes)
+            self.stop_reading()
+            return
+        if lines:
+            self._lines.extend(lines)
+            self._pump()
+            if self._outbox:
+                self._flush()  # what was answered in place leaves now, in one write
+        if self._timer is None:
+            self._arm_timer()
+
+    def eof_received(self) -> bool:
+        self.stop_reading()
+        return True  # half-open: what is in flight is still answered
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._outbox.clear()
+        self.stop_reading()
+        self._wake_senders()
+        self._lost.set()
+
+    def stop_reading(self) -> None:
+        """Take no more requests (end of stream, shutdown...); those in flight are answered."""
+        if not self._reading:
+            return
+        self._reading = False
+        self._lines.clear()
+        self._held = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None and not self.closed and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+        self._done_reading.set()
+
+    def _pump(self) -> None:
+        """Take waiting lines while there are free slots; stop reading when there are none."""
+        if self._pumping:
+            return  # an answer given while taking a line: the loop below goes on
+        self._pumping = True
+        try:
+            while self._reading and (self._held is not None or self._lines):
+                if self._held is None:
+                    self._held = self._parse(self._lines.popleft())
+                message, weight = self._held
+                if self.free < weight:
+                    break
+                self._held = None
+                self._take(message, weight)
         finally:
-            for sub in list(self.subscriptions.values()):
-                self._ended(sub)
-            self.closed = True
-            await self.stream.aclose()
-            log.debug("daemon.connection_closed", connection=self.number)
+            self._pumping = False
+        waiting = self._held is not None or bool(self._lines)
+        if waiting != self._paused and self._reading and self._transport is not None and not self.closed:
+            self._paused = waiting
+            if waiting:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
 
-    def _idle(self) -> bool:
-        return not self.subscriptions and self.slots.free == self.slots.size
+    def _parse(self, line: bytes) -> tuple[Message, int]:
+        self.daemon.requests += 1
+        message = parse_message(line, self.daemon.limits)
+        if self.daemon.debug:
+            methods = [getattr(item, "method", None) for item in message.items]
+            log.debug("daemon.request", connection=self.number, methods=methods)
+        # a batch holds as many slots as it runs members at once
+        weight = min(len(message.items), BATCH_CONCURRENCY, self._size) if message.batch else 1
+        return message, weight
 
-    async def _receive(self, framer: Framer) -> bytes | None:
-        """The next bytes from the peer; ``None`` once it is gone, or has timed out (told why).
-
-        A line begun must be finished within ``line_timeout_s``; with ``idle_timeout_s`` set,
-        a connection with nothing in flight and nothing subscribed is closed after that long."""
-        server = self.daemon.config.server
-        while True:
-            timeout = server.line_timeout_s if framer.pending else (server.idle_timeout_s or None)
-            try:
-                if timeout is None:  # the hot path: no cancel scope to set up
-                    return await self.stream.receive(65536)
-                with anyio.move_on_after(timeout):
-                    return await self.stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                return None
-            if framer.pending or self._idle():
-                break  # otherwise busy (answering, or subscribed): not idle, wait again
-        what = "a line begun but not finished" if framer.pending else "an idle connection"
-        message = f"Invalid Request: {what} for {timeout:g} s; closing"
-        await self.send(encode(error_response(None, INVALID_REQUEST, message)))
-        log.info("daemon.connection_timeout", connection=self.number, reason=what, seconds=timeout)
-        return None
-
-    async def _read(self, framer: Framer, requests: TaskGroup) -> None:
-        limits = self.daemon.limits
-        while True:
-            data = await self._receive(framer)
-            if data is None:
+    def _take(self, message: Message, weight: int) -> None:
+        self.free -= weight
+        if not message.batch:
+            first = message.items[0]
+            if isinstance(first, Request):
+                fast = registry.fast.get(first.method)
+                if fast is not None and fast(first, self):
+                    return  # taken: it answers, and frees its slot, when done
+                reply = registry.call_now(first, self)
+            else:
+                reply = error_response(first.id, first.code, first.message)
+            if reply is not None:
+                self._answer_now(first, reply)
                 return
-            try:
-                lines = framer.feed(data)
-            except FrameTooLarge:
-                limit_bytes = framer.max_message_bytes
-                reason = f"Invalid Request: message larger than max_message_bytes ({limit_bytes}); closing"
-                await self.send(encode(error_response(None, INVALID_REQUEST, reason)))
-                log.warning("daemon.message_too_large", connection=self.number, limit=limit_bytes)
-                return
-            for line in lines:
-                await self.slots.acquire()  # back-pressure: stop reading while too many are in flight
-                self.daemon.requests += 1
-                message = parse_message(line, limits)
-                if self.daemon.debug:
-                    methods = [getattr(item, "method", None) for item in message.items]
-                    log.debug("daemon.request", connection=self.number, methods=methods)
-                first = message.items[0]
-                if not message.batch and isinstance(first, Request):
-                    fast = registry.fast.get(first.method)
-                    if fast is not None and fast(first, self):
-                        continue  # taken: it answers, and frees its slot, when done
-                weight = 1
-                if message.batch:  # a batch holds as many slots as it runs members at once
-                    weight = min(len(message.items), BATCH_CONCURRENCY, self.slots.size)
-                    for _ in range(weight - 1):
-                        await self.slots.acquire()
-                requests.start_soon(self._handle, message, weight)
+        assert self._requests is not None, "lines are taken only while serve() runs"
+        self._requests.start_soon(self._handle, message, weight)
+
+    def _answer_now(self, item: Request | Invalid, reply: dict[str, Any]) -> None:
+        if isinstance(item, Request) and item.is_notification:
+            self.answered(None)
+            return
+        self.answered(reply_line(reply, self.daemon.config.server.max_reply_bytes))
+
+    def _release(self, weight: int) -> None:
+        self.free += weight
+        if self._held is not None or self._lines:
+            self._pump()
+        elif self._idle is not None and self.free == self._size:
+            self._idle.set()
 
     async def _handle(self, message: Message, weight: int) -> None:
         try:
@@ -306,5 +331,95 @@ class Connection:
             if reply is not None:
                 await self.send(reply)
         finally:
-            for _ in range(weight):
-                self.slots.release()
+            self._release(weight)
+
+    # --- timeouts ------------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        """One timer at most, for the nearer of: a line begun must go on arriving within
+        ``line_timeout_s``; with ``idle_timeout_s`` set, a connection with nothing in flight
+        and nothing subscribed is closed after that long without a line."""
+        server = self.daemon.config.server
+        if not self._reading:
+            return
+        timeout = server.line_timeout_s if self._framer.pending else server.idle_timeout_s
+        if timeout:
+            self._timer = self._loop.call_later(self._last_data + timeout - time.monotonic(), self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._reading:
+            return
+        server = self.daemon.config.server
+        pending = self._framer.pending
+        timeout = server.line_timeout_s if pending else server.idle_timeout_s
+        if not timeout:
+            return
+        if time.monotonic() - self._last_data < timeout:  # data came meanwhile
+            self._arm_timer()
+            return
+        if not pending and not self._is_idle():  # busy (answering, or subscribed): wait again
+            self._last_data = time.monotonic()
+            self._arm_timer()
+            return
+        what = "a line begun but not finished" if pending else "an idle connection"
+        message = f"Invalid Request: {what} for {timeout:g} s; closing"
+        self.send_now(encode(error_response(None, INVALID_REQUEST, message)))
+        log.info("daemon.connection_timeout", connection=self.number, reason=what, seconds=timeout)
+        self.stop_reading()
+
+    def _is_idle(self) -> bool:
+        return not self.subscriptions and self.free == self._size
+
+    # --- the connection's life -----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        log.debug("daemon.connection_open", connection=self.number, pid=self.peer[0], uid=self.peer[1])
+        sock, self._sock = self._sock, None
+        assert sock is not None, "serve() runs once"
+        try:
+            async with anyio.create_task_group() as subs:
+                self._subs = subs
+                async with anyio.create_task_group() as requests:
+                    self._requests = requests  # before the first byte can arrive
+                    try:
+                        await self._loop.connect_accepted_socket(lambda: self, sock)
+                    except BaseException:
+                        sock.close()
+                        raise
+                    await self._done_reading.wait()
+                while self.free < self._size:  # answers still owed by the fast paths
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+                self._idle = None
+                # Reading is over (end of stream, bad framing, a timeout or shutdown), and
+                # every request is answered. Subscriptions end with the connection.
+                if self.daemon.stopping and self.subscriptions:
+                    note = SysShutdownParams(reason="daemon stopping")
+                    await self.send(encode(notification("sys.shutdown", note)))
+                subs.cancel_scope.cancel()
+            self._flush()
+            assert self._transport is not None
+            self._transport.close()  # once what is queued is written
+            await self._lost.wait()
+        finally:
+            for sub in list(self.subscriptions.values()):
+                self._ended(sub)
+            self.closed = True
+            if self._transport is not None and not self._lost.is_set():
+                self._transport.abort()  # cancelled (the daemon's drain ran out): now
+            log.debug("daemon.connection_closed", connection=self.number)
+
+    async def _run_subscription(self, sub: Subscription) -> None:
+        """A subscription that fails (say, its replay meets a damaged log) ends alone: it
+        tells its client where to resume, and the connection and daemon go on."""
+        try:
+            await sub.run(self.services.store)
+        except Exception:
+            self.daemon.fault("subscription")
+            log.exception("daemon.subscription_failed", connection=self.number, subscription=sub.id)
+            await sub.fail()
+
+    def _ended(self, sub: Subscription) -> None:
+        self.daemon.hub.remove(sub)
+        self.subscriptions.pop(sub.id, None)

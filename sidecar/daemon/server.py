@@ -12,9 +12,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 import anyio
-import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -78,6 +78,7 @@ class Daemon:
         self.debug = config.server.log_level == "debug"
         self.limits = _limits(config)
         self.faults: dict[str, int] = {}  # failures contained, by where they happened
+        self._consumers: dict[str, Callable[[list[Event]], None]] = {}  # of every commit
         self.store: EventStore
         self.appender: AsyncAppender
         self.services: Services
@@ -181,12 +182,11 @@ class Daemon:
         listener.setblocking(False)
         try:
             self.store = await anyio.to_thread.run_sync(self._load_store)
-            self.appender = AsyncAppender(self.store)
+            self.appender = AsyncAppender(self.store, on_commit=self._fan_out)
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
             self.tasks = TaskService(self.store.data_dir, audit=self.appender.append_valid, clock=self.clock)
             await anyio.to_thread.run_sync(self.tasks.load)
-            token = anyio.lowlevel.current_token()
 
             self.summaries = SummaryCache(self.store)
             self.context = ContextService(self.tasks, self.summaries, self.counter)
@@ -234,24 +234,11 @@ class Daemon:
                 if task.conversation_id is not None:
                     self.controller.policy.seed_task(task.conversation_id, task.id, task.owner, now)
 
-            consumers = {
+            self._consumers = {  # from now on, every commit reaches them (see _fan_out)
                 "hub": self.hub.publish,
                 "summaries": self.summaries.publish,
                 "controller": self.controller.observe,
             }
-
-            def fan_out(events: list[Event]) -> None:  # in the event loop, in commit order
-                for name, consume in consumers.items():  # each on its own: one failing skips none
-                    try:
-                        consume(events)
-                    except Exception:
-                        self.fault(name)
-                        log.exception("daemon.fan_out_failed", consumer=name)
-
-            def published(events: list[Event]) -> None:  # in the commit thread
-                token.backend_class.run_sync_soon(fan_out, (events,), token.native_token)
-
-            self.store.on_commit(published)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(supervise, "tasks", self.tasks.run, self.fault)
@@ -271,7 +258,7 @@ class Daemon:
                     self.stopping = True
                     notifier.send("STOPPING=1")
                     for conn in list(self.connections.values()):
-                        conn.reading.cancel()
+                        conn.stop_reading()
                     with anyio.move_on_after(DRAIN_SECONDS):
                         if self.connections:
                             await self._all_closed.wait()
@@ -290,6 +277,16 @@ class Daemon:
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()
             log.info("daemon.stopped")
+
+    def _fan_out(self, events: list[Event]) -> None:
+        """Every durable batch, in the event loop, in commit order, to each consumer on its
+        own: one failing skips none."""
+        for name, consume in self._consumers.items():
+            try:
+                consume(events)
+            except Exception:
+                self.fault(name)
+                log.exception("daemon.fan_out_failed", consumer=name)
 
     # --- the LLM: the built-in narrator (sidecar.narrator) -------------------------------------
 
@@ -373,10 +370,8 @@ class Daemon:
             else:  # a flood: no descriptor may linger
                 unix.hang_up(raw, encode(refusal))
             return
-        # The transport-based stream: far cheaper per read and write than a raw-socket one.
-        stream = await anyio.abc.SocketStream.from_socket(raw)
         self.connections_total += 1
-        conn = Connection(self, stream, peer, self.connections_total)
+        conn = Connection(self, raw, peer, self.connections_total)
         self.connections[conn.number] = conn
         conns.start_soon(self._serve, conn)
 
@@ -473,15 +468,34 @@ def _read_bytes(config: Config) -> int:
     return config.server.max_reply_bytes - 1024
 
 
+def use_uvloop(choice: str) -> bool:
+    """Whether to run on uvloop: asked for, or ``auto`` and installed. Asked for and missing
+    is an error that says so, not a quiet fall back to the slower loop."""
+    if choice == "asyncio":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "[server] event_loop = 'uvloop', but uvloop is not installed (pip install uvloop)"
+            ) from None
+        return False
+    return True
+
+
 def serve(config: Config, config_path: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
     daemon = Daemon(config, config_path=config_path)
     try:
-        anyio.run(daemon.run)
+        anyio.run(daemon.run, backend_options={"use_uvloop": use_uvloop(config.server.event_loop)})
     except (unix.SocketSetupError, OSError) as exc:
         log.error("daemon.cannot_start", error=str(exc))
         return 1
     except SidecarError as exc:  # e.g. a task graph file that does not validate
         log.error("daemon.cannot_start", error=exc.message)
+        return 1
+    except ConfigError as exc:
+        log.error("daemon.cannot_start", error=str(exc))
         return 1
     return 0

@@ -1,9 +1,9 @@
-"""Appends from an event loop, through the store's own commit thread.
+"""Appends from an asyncio event loop, through the store's own commit thread.
 
 Requests gather in the loop while the commit thread writes the previous hand-over; at the
 end of the turn in which it is answered, they go to the thread together. When their batch
-is durable, the thread hands them back in one call into the loop
-(:meth:`AsyncAppender.deliver`), and each is answered there. One hand-over in flight at a
+is durable, the thread hands them back, with the batch's events for ``on_commit``, in one
+wake-up of the loop (:meth:`AsyncAppender.deliver`), and each is answered there. One hand-over in flight at a
 time lets the loop and the thread take turns on the GIL instead of contending for it, and
 makes the next batch as big as the wait for the disk allows. Many coroutines appending at
 once thus cost one wakeup of the loop per *batch*, where threads blocking in
@@ -12,17 +12,18 @@ once thus cost one wakeup of the loop per *batch*, where threads blocking in
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import msgspec
 import structlog
 
 from sidecar.errors import SidecarError
-from sidecar.log.events import AppendResult, NewEvent, as_new_event
+from sidecar.log.events import AppendResult, Event, NewEvent, as_new_event
 from sidecar.log.request import AppendRequest
 from sidecar.log.store import EventStore
 
@@ -31,11 +32,19 @@ log = structlog.get_logger("sidecar.log")
 
 class AsyncAppender:
     """Append to an :class:`EventStore` from async code. Make it in the event loop that
-    will use it (it answers there); :meth:`aclose` waits for every answer."""
+    will use it (it answers there); :meth:`aclose` waits for every answer.
 
-    def __init__(self, store: EventStore) -> None:
+    ``on_commit(events)``, if given, is called in the loop with every durable batch's
+    events (whoever appended them), in commit order and before that batch's answers: the
+    store's one commit listener is then this appender's."""
+
+    def __init__(self, store: EventStore, on_commit: Callable[[list[Event]], None] | None = None) -> None:
         self.store = store
-        self._token = anyio.lowlevel.current_token()
+        self._loop = asyncio.get_running_loop()
+        self._inbox: list[tuple[Callable[[Any], None], Any]] = []  # from the commit thread
+        self._inbox_lock = threading.Lock()
+        if on_commit is not None:
+            store.on_commit(lambda events: self._post(on_commit, events))
         self._in_flight = 0
         self._gathered: list[AppendRequest] = []  # made since the last hand-over
         self._handed = False  # a hand-over is with the commit thread
@@ -71,7 +80,7 @@ class AsyncAppender:
         req = AppendRequest(events, sink=self, answer=answer)
         self._gathered.append(req)
         if len(self._gathered) == 1 and not self._handed:  # hand them over at this turn's end
-            self._token.backend_class.run_sync_soon(self._hand_over, (), self._token.native_token)
+            self._loop.call_soon(self._hand_over)
         self._in_flight += 1
         return req
 
@@ -90,7 +99,22 @@ class AsyncAppender:
 
     def deliver(self, done: list[AppendRequest]) -> None:
         """The commit thread's one call per batch: answer these in the event loop."""
-        self._token.backend_class.run_sync_soon(self._answer, (done,), self._token.native_token)
+        self._post(self._answer, done)
+
+    def _post(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """From the commit thread: run ``fn(arg)`` in the loop. What one batch posts (its
+        events, then its answers) is taken in one wake-up of the loop."""
+        with self._inbox_lock:
+            wake = not self._inbox
+            self._inbox.append((fn, arg))
+        if wake:
+            self._loop.call_soon_threadsafe(self._take_inbox)
+
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            posted, self._inbox = self._inbox, []
+        for fn, arg in posted:
+            fn(arg)
 
     def _answer(self, done: list[AppendRequest]) -> None:
         for req in done:

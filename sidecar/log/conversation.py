@@ -18,6 +18,7 @@ from sidecar.datadir import UnsafePathError
 from sidecar.errors import CorruptLogError
 from sidecar.log.files import fsync, fsync_dir, open_regular, pread_exact, write_all
 from sidecar.log.index import IdIndex
+from sidecar.log.recent import Recent
 from sidecar.log.segments import (
     DECODE_ERRORS,
     ArchivedSegment,
@@ -69,6 +70,7 @@ class Conversation:
     corrupt: str | None = None
     _corrupt_stamp: tuple[int, int, int, int] | None = None
     new_file: bool = False  # the active file appeared since the last commit: fsync its directory
+    recent: Recent | None = None  # the newest events we wrote, for readers (see sidecar.log.recent)
 
     def __post_init__(self) -> None:
         self.path = active_path(self.paths.logs_dir, self.cid)  # refuses an id that is no id

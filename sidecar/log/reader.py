@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from sidecar.datadir import UnsafePathError, check_regular, open_regular
 from sidecar.errors import CorruptLogError
+from sidecar.log.events import Event
 from sidecar.log.files import shared_lock
+from sidecar.log.recent import Recent, fresh
 from sidecar.log.segments import (
     DECODE_ERRORS,
     ArchiveListing,
@@ -36,6 +38,8 @@ class SegmentView:
     end: int
     first_seq: int
     fd: int = -1
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the active segment
+    whole: bool = False  # the active segment's bytes end exactly at ``end`` (no torn tail)
 
 
 class Snapshot:
@@ -88,7 +92,7 @@ class Snapshot:
         except BaseException:
             os.close(fd)
             raise
-        return SegmentView(path, end, first_seq, fd)
+        return SegmentView(path, end, first_seq, fd, (st.st_dev, st.st_ino), end == st.st_size)
 
     def __enter__(self) -> Snapshot:
         return self
@@ -136,6 +140,21 @@ class Snapshot:
         out.reverse()
         return out
 
+    def recent_view(self, lines: list[bytes], events: list[Event]) -> Recent | None:
+        """A :class:`Recent` of the active segment's newest ``lines`` (decoded as ``events``),
+        if they are exactly its last lines, with nothing torn or skipped: checked against the
+        bytes, since the lines were picked out around blank lines and damage."""
+        active = self.segments[-1] if self.segments else None
+        if active is None or active.ident is None or not active.whole or not lines or len(lines) != len(events):
+            return None
+        lengths = [len(line) + 1 for line in lines]
+        start = active.end - sum(lengths)
+        if start < 0 or (start > 0 and os.pread(self._fd(active), 1, start - 1) != b"\n"):
+            return None
+        if os.pread(self._fd(active), active.end - start, start) != b"\n".join(lines) + b"\n":
+            return None
+        return fresh(active.ident, start, active.end, list(events), lengths)
+
     def first_line(self) -> bytes | None:
         if not self.segments:
             return None
@@ -146,7 +165,7 @@ class Snapshot:
         """The line holding ``seq`` by binary search inside its segment."""
         for seg in reversed(self.segments):
             if seg.first_seq <= seq:
-                return line_with_seq(self._fd(seg), seg.end, seq)
+                return line_with_seq(self._fd(seg), seg.end, seq, seg.first_seq)
         return None
 
     def lines_from(

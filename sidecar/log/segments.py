@@ -173,11 +173,14 @@ def iter_lines(fd: int, start: int, end: int, first_block: int = 16 * 1024) -> I
 
 
 def iter_lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
-    """Complete lines of ``[start, end)``, newest first; a trailing unterminated part is skipped."""
+    """Complete lines of ``[start, end)``, newest first; a trailing unterminated part is skipped.
+
+    Reads start small and double (4 KiB up to 64 KiB): most callers want a few lines, and
+    splitting a big block they never look at costs more than the reads it saves."""
     end = line_end_before(fd, start, end)
     pos = end
     carry = b""
-    block = _BLOCK
+    block = _PROBE
     while pos > start:
         lo = max(start, pos - block)
         data = os.pread(fd, pos - lo, lo) + carry
@@ -187,6 +190,7 @@ def iter_lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
             lines.pop()
         carry = lines[0] if pos > start else b""
         yield from reversed(lines[1:] if pos > start else lines)
+        block = min(2 * block, _BLOCK)
 
 
 def read_line_at(fd: int, offset: int, end: int) -> bytes:
@@ -220,10 +224,15 @@ def _line_start_at_or_after(fd: int, pos: int, start: int, end: int) -> int:
 def bisect_lines(fd: int, start: int, end: int, key: Callable[[bytes], K], target: K) -> int:
     """Offset of the first line in ``[start, end)`` whose ``key`` is ``>= target`` (else ``end``).
 
-    The lines must be sorted by ``key``; the cost is O(log bytes) small reads.
+    The lines must be sorted by ``key``; the cost is O(log bytes) small reads, and once the
+    range is down to ``_WINDOW`` bytes, one read and a search in memory.
     """
     lo, hi, answer = start, end, end
     while lo < hi:
+        if hi - lo <= _WINDOW:
+            found = _bisect_window(fd, lo, hi, end, key, target)
+            if found is not None:
+                return answer if found >= hi else found
         mid = (lo + hi) // 2
         line_start = _line_start_at_or_after(fd, mid, lo, hi)
         if line_start >= hi:
@@ -237,13 +246,85 @@ def bisect_lines(fd: int, start: int, end: int, key: Callable[[bytes], K], targe
     return answer
 
 
-def line_with_seq(fd: int, end: int, seq: int) -> bytes | None:
-    """The line holding ``seq`` in a segment ``[0, end)``, by binary search."""
-    offset = bisect_lines(fd, 0, end, seq_of, seq)
+_WINDOW = 32 * 1024  # a range this small is read at once and searched in memory
+_GUESS = 8 * 1024  # what is read around a seq's guessed place
+
+
+def _bisect_window(fd: int, lo: int, hi: int, end: int, key: Callable[[bytes], K], target: K) -> int | None:
+    """:func:`bisect_lines` over the lines starting in ``[lo, hi)`` (``lo`` a line start),
+    read at once: the first such line with ``key >= target``, else ``hi``; ``None`` when a
+    line runs past what was read (a long one: the caller goes on probing)."""
+    data = os.pread(fd, min(end, hi + _PROBE) - lo, lo)
+    starts: list[int] = []
+    lines: list[bytes] = []
+    at = 0
+    while lo + at < hi:
+        nl = data.find(b"\n", at)
+        if nl < 0:
+            return None
+        starts.append(lo + at)
+        lines.append(data[at:nl])
+        at = nl + 1
+    a, b = 0, len(lines)
+    while a < b:
+        m = (a + b) // 2
+        if key(lines[m]) < target:  # type: ignore[operator]
+            a = m + 1
+        else:
+            b = m
+    return starts[a] if a < len(starts) else hi
+
+
+def line_with_seq(fd: int, end: int, seq: int, first_seq: int | None = None) -> bytes | None:
+    """The line holding ``seq`` in a segment ``[0, end)``.
+
+    Seqs run one per line, so with the segment's ``first_seq`` known the line's place can be
+    guessed from the sizes: a read around the guess (three at most, each guess narrower)
+    usually holds it, for uneven lines too. What the guesses leave, a binary search finds."""
+    lo, hi = 0, end
+    if first_seq is not None and end > _WINDOW:
+        lo, hi, found = _guess_seq(fd, end, seq, first_seq)
+        if found is not None:
+            return found
+    offset = bisect_lines(fd, lo, hi, seq_of, seq)
     if offset >= end:
         return None
     line = read_line_at(fd, offset, end)
     return line if seq_of(line) == seq else None
+
+
+def _guess_seq(fd: int, end: int, seq: int, first_seq: int) -> tuple[int, int, bytes | None]:
+    """Interpolation search for ``seq``: its line, or the ``[lo, hi)`` of line starts that
+    must hold it, for the binary search."""
+    lo, hi = 0, end
+    try:
+        last = next(iter_lines_backward(fd, 0, end), None)
+        last_seq = seq_of(last) if last else None
+        if last_seq is None or not first_seq <= seq <= last_seq:
+            return lo, hi, None
+        lo_seq, hi_seq = first_seq, last_seq + 1  # the seqs of the lines at lo and at hi
+        for _ in range(3):
+            if hi - lo <= _WINDOW:
+                break
+            guess = lo + int((seq - lo_seq) / (hi_seq - lo_seq) * (hi - lo))
+            at = _line_start_at_or_after(fd, max(lo, guess - _GUESS // 2), lo, hi)
+            if at >= hi:
+                break
+            lines = os.pread(fd, min(hi, at + _GUESS) - at, at).split(b"\n")
+            lines.pop()  # what follows the last newline: a line cut short, or nothing
+            if not lines:
+                break
+            first = seq_of(lines[0])
+            i = seq - first
+            if 0 <= i < len(lines):
+                return (lo, hi, lines[i]) if seq_of(lines[i]) == seq else (lo, hi, None)
+            if i < 0:
+                hi, hi_seq = at, first
+            else:
+                lo, lo_seq = at + sum(len(line) + 1 for line in lines), first + len(lines)
+    except DECODE_ERRORS:
+        pass  # damage near a guess, or a blank line: the binary search copes, as it always has
+    return lo, hi, None
 
 
 def seq_of(line: bytes) -> int:

@@ -9,6 +9,7 @@ so they never wait behind a commit.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -49,6 +50,7 @@ from sidecar.log.writer import LogWriter, WriterStats
 DEFAULT_ROTATE_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024
+QUICK_MERGE = 8  # conversations a query with wait=False may merge; more go to a thread
 
 log = structlog.get_logger("sidecar.log")
 
@@ -203,24 +205,38 @@ class EventStore:
                     found.add(entry.name[: -len(SUFFIX)])
         return sorted(cid for cid in found if _CID_RE.match(cid))
 
-    def tail(self, conversation_id: str, limit: int = 20, *, wait: bool = True) -> list[Event]:
+    def tail(self, conversation_id: str, limit: int = 20, *, wait: bool = True, shared: bool = False) -> list[Event]:
         """The newest ``limit`` events, oldest first; costs O(limit) whatever the log's size.
 
         ``wait=False`` raises :class:`BlockingIOError` rather than wait for a writer's lock
-        (for callers on an event loop, who then retry in a thread)."""
+        (for callers on an event loop, who then retry in a thread). ``shared=True`` may answer
+        with the very events this process wrote, from memory, while the file is as it left
+        it (:mod:`sidecar.log.recent`): for a caller that only reads them (encodes a reply)."""
         if not isinstance(limit, int) or limit < 0:
             raise InvalidParams(f"limit must be a non-negative integer, not {limit!r}")
+        conv = self._writer.conversations.get(conversation_id) if shared and limit else None
+        if conv is not None and conv.recent is not None:
+            found = conv.recent.newest(conv.path, limit, self.max_read_bytes)
+            if found is not None:
+                return found
         with self.snapshot(conversation_id, wait=wait) as snap:
-            return decode_lines(snap.newest_lines(limit, self.max_read_bytes), conversation_id) if limit else []
+            lines = snap.newest_lines(limit, self.max_read_bytes) if limit else []
+            events = decode_lines(lines, conversation_id)
+            if conv is not None:  # the next tail is served from memory, while the file stays so
+                view = snap.recent_view(lines, events)
+                if view is not None:
+                    conv.recent = view
+            return events
 
-    def get(self, event_id: str, *, wait: bool = True) -> Event | None:
+    def get(self, event_id: str, *, wait: bool = True, shared: bool = False) -> Event | None:
         """The event with this id (the earliest, should two conversations share it).
 
         ``wait=False`` raises :class:`BlockingIOError` rather than wait for a lock or do
-        slow work (loading, or looking for writes by other processes after a miss)."""
+        slow work (loading, or looking for writes by other processes after a miss);
+        ``shared``: as for :meth:`tail`."""
         event_id = check_event_id(event_id)
         self._ensure_indexed(wait)
-        found = self._find(event_id, wait)
+        found = self._find(event_id, wait, shared)
         if found is None:
             if not wait:
                 raise BlockingIOError("not found in the index: look again, slowly")
@@ -234,9 +250,9 @@ class EventStore:
                 raise BlockingIOError("the id index is not loaded yet")
             self.load()
 
-    def _find(self, event_id: str, wait: bool = True) -> Event | None:
+    def _find(self, event_id: str, wait: bool = True, shared: bool = False) -> Event | None:
         """``event_id`` through the index alone, each hit checked against the log."""
-        found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id, wait)
+        found = self._verified(self._index.locate(event_id), lambda e: e.id == event_id, wait, shared)
         return min(found, key=_order) if found else None
 
     def _catch_up(self) -> None:
@@ -261,11 +277,22 @@ class EventStore:
             self.lookup_stats.reindexed += reindexed
 
     def _verified(
-        self, places: Iterable[tuple[int, int]], check: Callable[[Event], bool], wait: bool = True
+        self,
+        places: Iterable[tuple[int, int]],
+        check: Callable[[Event], bool],
+        wait: bool = True,
+        shared: bool = False,
     ) -> list[Event]:
         out: list[Event] = []
         for no, seq in places:
-            cid = self._writer.by_no[no].cid
+            conv = self._writer.by_no[no]
+            cid = conv.cid
+            recent = conv.recent if shared else None
+            event = recent.event_at_seq(conv.path, seq) if recent is not None else None
+            if event is not None:  # one we wrote, and the file is as we left it
+                if check(event):
+                    out.append(event)
+                continue
             try:
                 with self.snapshot(cid, wait=wait) as snap:
                     line = snap.line_at_seq(seq)  # a binary search: it may step on a damaged line
@@ -279,25 +306,33 @@ class EventStore:
                 out.append(event)
         return out
 
-    def query(self, flt: QueryFilter | dict[str, Any] | None = None, **fields: Any) -> Page:
-        """Events matching a filter (see :class:`QueryFilter`), one page at a time."""
+    def query(self, flt: QueryFilter | dict[str, Any] | None = None, *, wait: bool = True, **fields: Any) -> Page:
+        """Events matching a filter (see :class:`QueryFilter`), one page at a time.
+
+        ``wait=False`` raises :class:`BlockingIOError` rather than wait for a writer's lock,
+        or merge more than ``QUICK_MERGE`` conversations (the caller then asks again from a
+        thread, with ``wait=True``)."""
         merged = dict(fields)
         if isinstance(flt, QueryFilter):
             merged = {**{k: v for k, v in msgspec.structs.asdict(flt).items() if v is not None}, **merged}
         elif flt is not None:
             merged = {**flt, **merged}
+        cids = self.conversation_ids()
+        if not wait and len(cids) > QUICK_MERGE and merged.get("conversation_id") is None:
+            raise BlockingIOError(f"a merge of {len(cids)} conversations is not quick")
         return run_query(
             as_filter(merged),
-            self.conversation_ids(),
-            self.snapshot,
+            cids,
+            functools.partial(self.snapshot, wait=wait),
             self._read_budget,
             self.query_stats,
             self.max_read_bytes,
         )
 
-    def since(self, timestamp: str, *, limit: int | None = None, cursor: str | None = None) -> Page:
-        """Events of every conversation with ``timestamp >=`` the given, in time order."""
-        return self.query(start=timestamp, limit=limit, cursor=cursor)
+    def since(self, timestamp: str, *, limit: int | None = None, cursor: str | None = None, wait: bool = True) -> Page:
+        """Events of every conversation with ``timestamp >=`` the given, in time order
+        (``wait``: as for :meth:`query`)."""
+        return self.query(start=timestamp, limit=limit, cursor=cursor, wait=wait)
 
     def by_type(
         self,

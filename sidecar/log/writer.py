@@ -31,6 +31,7 @@ from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, enco
 from sidecar.log.ids import new_event_id
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal
+from sidecar.log.recent import fresh
 from sidecar.log.request import AppendRequest
 from sidecar.log.segments import ArchiveListing, active_path, line_with_seq, rotate
 from sidecar.log.timestamps import format_timestamp
@@ -509,7 +510,14 @@ class LogWriter:
     def _apply(self, p: _Pending) -> None:
         conv = p.conv
         conv.new_file = False
-        conv.active_size += sum(map(len, p.lines))
+        lengths = list(map(len, p.lines))
+        old_size = conv.active_size
+        conv.active_size += sum(lengths)
+        if conv.active_ident is not None:  # what the readers of recent events are served
+            if conv.recent is None:
+                conv.recent = fresh(conv.active_ident, old_size, conv.active_size, p.events, lengths)
+            else:
+                conv.recent = conv.recent.extended(conv.active_ident, old_size, conv.active_size, p.events, lengths)
         conv.last_seq = p.next_seq - 1
         conv.last_ts = p.last_ts
         if conv.indexed:

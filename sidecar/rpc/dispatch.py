@@ -3,7 +3,8 @@ document generated from the very Structs that validate the params and shape the 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -97,6 +98,15 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
 ERRORS: dict[int, ErrorCode] = {e.code: e for e in ERROR_CODES}
 
 
+class NotNow(Exception):
+    """Raised by an ``inline`` handler, tried in place, that would have to wait: it is
+    started again in a task of its own (see :meth:`Registry.call_now`)."""
+
+
+# True while an inline handler is tried in place, where it must not wait (no task to wait in).
+INLINE: ContextVar[bool] = ContextVar("sidecar_inline", default=False)
+
+
 class BadParams(Exception):
     """Params that do not decode into the method's Struct; ``schema``: msgspec's validation
     refused them (so :func:`~sidecar.rpc.explain.explain` can say where and why)."""
@@ -113,6 +123,12 @@ def _refusal(item: Invalid | Request) -> bytes | None:
     return encode(error_response(item.id, OVERLOADED, "reply too large for max_reply_bytes"))[:-1]
 
 
+def reply_line(reply: dict[str, Any], max_reply_bytes: int) -> bytes:
+    """``reply`` as one line, or -32005 in its place when it would pass ``max_reply_bytes``."""
+    line = encode(reply)
+    return line if len(line) <= max_reply_bytes else encode(_too_large(reply["id"], max_reply_bytes))
+
+
 def _too_large(req_id: Any, limit: int) -> dict[str, Any]:
     why = f"the answer is larger than max_reply_bytes ({limit}); ask for less (a smaller limit, or fewer per batch)"
     return error_response(req_id, OVERLOADED, why, {"max_reply_bytes": limit})
@@ -123,10 +139,11 @@ class Method(Generic[C]):
     name: str
     params: type[msgspec.Struct]
     result: Any
-    handler: Callable[[Any, C], Awaitable[Any]]
+    handler: Callable[[Any, C], Coroutine[Any, Any, Any]]
     summary: str
     errors: Mapping[int, str] = field(default_factory=dict)  # server-defined code -> when
     example: Mapping[str, Any] | None = None  # params of one typical call
+    inline: bool = False  # usually answers without waiting: tried in place, no task (see call_now)
 
 
 @dataclass(frozen=True)
@@ -182,18 +199,23 @@ class Registry(Generic[C]):
         *,
         errors: Mapping[int, str] | None = None,
         example: Mapping[str, Any] | None = None,
-    ) -> Callable[[Callable[[Any, C], Awaitable[Any]]], Callable[[Any, C], Awaitable[Any]]]:
+        inline: bool = False,
+    ) -> Callable[[Callable[[Any, C], Coroutine[Any, Any, Any]]], Callable[[Any, C], Coroutine[Any, Any, Any]]]:
         """Register a handler. ``errors`` maps each server-defined code it can answer with to
         when (the standard -32600..-32603 apply to every method and are not listed);
-        ``example`` is the params of one typical call, for the reference."""
+        ``example`` is the params of one typical call, for the reference. ``inline``: the
+        handler changes nothing before it first waits (a read), and usually does not wait at
+        all, so :meth:`call_now` may try it in place and give up."""
         for code in errors or {}:
             if code not in ERRORS or not -32099 <= code <= -32000:
                 raise ValueError(f"{name}: {code} is not a server-defined error code of ERROR_CODES")
         if example is not None:
             msgspec.convert(example, params)  # an example that does not validate is a bug
 
-        def register(handler: Callable[[Any, C], Awaitable[Any]]) -> Callable[[Any, C], Awaitable[Any]]:
-            self.methods[name] = Method(name, params, result, handler, summary, dict(errors or {}), example)
+        def register(
+            handler: Callable[[Any, C], Coroutine[Any, Any, Any]],
+        ) -> Callable[[Any, C], Coroutine[Any, Any, Any]]:
+            self.methods[name] = Method(name, params, result, handler, summary, dict(errors or {}), example, inline)
             return handler
 
         return register
@@ -225,10 +247,7 @@ class Registry(Generic[C]):
         at a time, for the same reason."""
         if not message.batch:
             reply = await self._one(message.items[0], ctx)
-            if reply is None:
-                return None
-            line = encode(reply)
-            return line if len(line) <= max_reply_bytes else encode(_too_large(reply["id"], max_reply_bytes))
+            return None if reply is None else reply_line(reply, max_reply_bytes)
         # Every member owing an answer reserves room for its refusal up front, so whatever
         # order answers arrive in, each fits or is refused, and the line stays within bounds.
         refusals = [_refusal(item) for item in message.items]
@@ -263,11 +282,54 @@ class Registry(Generic[C]):
 
     async def call(self, req: Request, ctx: C) -> dict[str, Any]:
         """Run one request; whatever happens inside, the answer is a JSON-RPC reply."""
+        prepared = self._prepare(req)
+        if isinstance(prepared, dict):
+            return prepared
+        method, params = prepared
+        try:
+            result = await method.handler(params, ctx)
+        except Exception as exc:
+            return self._failed(req, method, exc)
+        return result_response(req.id, result)
+
+    def call_now(self, req: Request, ctx: C) -> dict[str, Any] | None:
+        """The reply to ``req`` if it can be had without waiting, else ``None`` (then
+        :meth:`call` it, in a task of its own).
+
+        Errors in the request itself are answered here, and so are ``inline`` methods whose
+        handler finishes without suspending: it runs in place, without a task. One that
+        would wait (a lock held, a read too big for here: it raises :class:`NotNow`, or it
+        simply suspends) is given up and left to :meth:`call`. This is what makes reads
+        such as ``sys.health`` or ``log.get`` cost no more than the parsing."""
+        method = self.methods.get(req.method)
+        if method is not None and not method.inline:
+            return None
+        prepared = self._prepare(req)
+        if isinstance(prepared, dict):
+            return prepared
+        method, params = prepared
+        coro = method.handler(params, ctx)
+        token = INLINE.set(True)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return result_response(req.id, done.value)
+        except NotNow:
+            return None
+        except Exception as exc:
+            return self._failed(req, method, exc)
+        finally:
+            INLINE.reset(token)
+        coro.close()  # it suspended after all: start again where waiting is allowed
+        return None
+
+    def _prepare(self, req: Request) -> tuple[Method[C], Any] | dict[str, Any]:
+        """The method and decoded params of ``req``, or the error reply it has earned."""
         method = self.methods.get(req.method)
         if method is None:
             return self._not_found(req)
         try:
-            params = self.params_of(req, method.params)
+            return method, self.params_of(req, method.params)
         except BadParams as exc:
             if not exc.schema:
                 return error_response(req.id, INVALID_PARAMS, f"Invalid params: {exc}")
@@ -277,17 +339,16 @@ class Registry(Generic[C]):
                 log.exception("rpc.explain_failed", method=req.method)
                 message, data = f"Invalid params: {exc}", None
             return error_response(req.id, INVALID_PARAMS, message, data)
-        try:
-            result = await method.handler(params, ctx)
-        except SidecarError as exc:
+
+    def _failed(self, req: Request, method: Method[C], exc: Exception) -> dict[str, Any]:
+        """The reply for a handler that raised: its own error, or -32603 for a bug."""
+        if isinstance(exc, SidecarError):
             if -32099 <= exc.code <= -32000 and exc.code not in method.errors:
                 log.warning("rpc.undeclared_error", method=req.method, code=exc.code)  # its errors= is stale
             return error_response(req.id, exc.code, exc.message, exc.data)
-        except Exception as exc:
-            log.exception("rpc.internal_error", method=req.method)
-            self.internal_errors += 1
-            return error_response(req.id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
-        return result_response(req.id, result)
+        log.error("rpc.internal_error", method=req.method, exc_info=exc)
+        self.internal_errors += 1
+        return error_response(req.id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
 
     def _not_found(self, req: Request) -> dict[str, Any]:
         """-32601, with the names it may have meant (none: the specification's plain answer)."""

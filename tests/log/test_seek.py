@@ -1,0 +1,79 @@
+"""Finding a line by seq or time inside one segment: the guess from the sizes, the binary
+search, and what they do around uneven lines and damage."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from sidecar.log.segments import DECODE_ERRORS, bisect_lines, line_with_seq, seq_of, timestamp_of
+
+
+def segment(path: Path, first_seq: int, count: int, seed: int = 7) -> list[bytes]:
+    """A segment of ``count`` lines of uneven sizes (10 bytes to 3 KiB of padding)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        seq = first_seq + i
+        ts = f"2026-11-29T10:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z"
+        doc = {"id": f"e{seq}", "seq": seq, "timestamp": ts, "conversation_id": "c", "type": "a.b"}
+        doc["data"] = {"pad": "x" * rng.choice([10, 50, 200, 3000])}
+        lines.append(json.dumps(doc, separators=(",", ":")).encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return lines
+
+
+@pytest.mark.parametrize("first_seq", [1, 501])
+def test_every_seq_is_found_with_and_without_the_guess(tmp_path: Path, first_seq: int) -> None:
+    path = tmp_path / "seg.jsonl"
+    lines = segment(path, first_seq, 600)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        for i, line in enumerate(lines):
+            assert line_with_seq(fd, end, first_seq + i, first_seq) == line
+            assert line_with_seq(fd, end, first_seq + i) == line
+        assert line_with_seq(fd, end, first_seq - 1, first_seq) is None
+        assert line_with_seq(fd, end, first_seq + 600, first_seq) is None
+    finally:
+        os.close(fd)
+
+
+def test_a_damaged_line_near_the_guess_leaves_the_others_findable(tmp_path: Path) -> None:
+    path = tmp_path / "seg.jsonl"
+    lines = segment(path, 1, 400)
+    data = path.read_bytes()
+    at = data.index(lines[200])
+    path.write_bytes(data[:at] + b"#" * len(lines[200]) + data[at + len(lines[200]) :])  # same size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        for seq in (1, 2, 150, 350, 399, 400):
+            assert line_with_seq(fd, end, seq, 1) == lines[seq - 1]
+        with pytest.raises(DECODE_ERRORS):
+            line_with_seq(fd, end, 201, 1)  # the damage itself is reported, as it always was
+    finally:
+        os.close(fd)
+
+
+def test_bisect_by_time_finds_the_first_line_at_or_after(tmp_path: Path) -> None:
+    path = tmp_path / "seg.jsonl"
+    lines = segment(path, 1, 500)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        starts, at = [], 0
+        for line in lines:
+            starts.append(at)
+            at += len(line) + 1
+        for i in (0, 1, 77, 250, 499):
+            ts = timestamp_of(lines[i])
+            assert bisect_lines(fd, 0, end, timestamp_of, ts) == starts[i]
+            assert bisect_lines(fd, 0, end, seq_of, i + 1) == starts[i]
+        assert bisect_lines(fd, 0, end, timestamp_of, "2027") == end
+    finally:
+        os.close(fd)
