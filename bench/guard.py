@@ -1,4 +1,4 @@
-"""The regression guard: does the socket path still run at the speed docs/performance.md shows?
+"""The speed guard: does the socket path still run at the speed docs/performance.md shows?
 
     python bench/guard.py                # about 20 s; exit 1 when a figure falls below its floor
     python bench/guard.py --self-check   # the same against a daemon slowed 2x: it must trip
@@ -26,7 +26,7 @@ from bench_appends import append_request, plain_loop
 from bench_daemon import Daemon, EchoServer, Spawned, clean_env, event_loop, load, placed, request, round_trips
 
 # name -> (floor, what this guard measured on the code of docs/performance.md's run, on a
-# quiet machine); see docs/performance.md, "The regression guard"
+# quiet machine); see docs/performance.md, "The speed guard"
 FLOORS: dict[str, tuple[float, float]] = {
     "16x8 appends / plain loop at 16 threads": (0.6 * 7.5, 7.5),
     "plain loop p50 / one client's append p50": (0.6 * 0.37, 0.37),

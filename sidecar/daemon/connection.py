@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
         self._paused = False  # the transport is told to stop reading (back-pressure)
         self._last_data = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        self._timing_line = False  # the timer is a line's (else an idle connection's)
         self._outbox: list[bytes] = []  # lines for the next write
         self._flush_soon = False
         self._writable = True  # the transport's buffer is below its high-water mark
@@ -225,8 +226,8 @@ class Connection(asyncio.Protocol):
             self._pump()
             if self._outbox:
                 self._flush()  # what was answered in place leaves now, in one write
-        if self._timer is None:
-            self._arm_timer()
+        if self._timer is None or (self._framer.pending and not self._timing_line):
+            self._arm_timer()  # (an idle connection's timer gives way to a line's shorter one)
 
     def eof_received(self) -> bool:
         self.stop_reading()
@@ -340,9 +341,13 @@ class Connection(asyncio.Protocol):
         ``line_timeout_s``; with ``idle_timeout_s`` set, a connection with nothing in flight
         and nothing subscribed is closed after that long without a line."""
         server = self.daemon.config.server
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._reading:
             return
-        timeout = server.line_timeout_s if self._framer.pending else server.idle_timeout_s
+        self._timing_line = bool(self._framer.pending)
+        timeout = server.line_timeout_s if self._timing_line else server.idle_timeout_s
         if timeout:
             self._timer = self._loop.call_later(self._last_data + timeout - time.monotonic(), self._timed_out)
 

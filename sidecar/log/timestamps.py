@@ -6,6 +6,7 @@ for binary search and merging.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from sidecar.errors import InvalidParams
@@ -16,7 +17,13 @@ _FORMAT = "%Y-%m-%dT%H:%M:%S"
 def format_timestamp(ns: int) -> str:
     """``ns`` since the epoch as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    return f"{datetime.fromtimestamp(seconds, UTC).strftime(_FORMAT)}.{rest // 1000:06d}Z"
+    return f"{_second(seconds)}.{rest // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    """The part down to the second: every commit within one second shares it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime(_FORMAT)
 
 
 def normalize_timestamp(value: str | datetime) -> str:

@@ -299,7 +299,9 @@ class Registry(Generic[C]):
         Errors in the request itself are answered here, and so are ``inline`` methods whose
         handler finishes without suspending: it runs in place, without a task. One that
         would wait (a lock held, a read too big for here: it raises :class:`NotNow`, or it
-        simply suspends) is given up and left to :meth:`call`. This is what makes reads
+        simply suspends) is given up and left to :meth:`call`; so is one that fails with
+        anything but its own error (say, it needed a task): the task path runs it again, and
+        answers, logs and counts a bug the one way. This is what makes reads
         such as ``sys.health`` or ``log.get`` cost no more than the parsing."""
         method = self.methods.get(req.method)
         if method is not None and not method.inline:
@@ -314,10 +316,10 @@ class Registry(Generic[C]):
             coro.send(None)
         except StopIteration as done:
             return result_response(req.id, done.value)
-        except NotNow:
-            return None
-        except Exception as exc:
+        except SidecarError as exc:
             return self._failed(req, method, exc)
+        except Exception:  # NotNow; or it reached for a task it does not have here
+            return None
         finally:
             INLINE.reset(token)
         coro.close()  # it suspended after all: start again where waiting is allowed

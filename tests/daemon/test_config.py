@@ -70,3 +70,19 @@ def test_a_config_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> 
 def test_a_bad_choice_lists_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"log_level.*expected one of 'debug', 'info', 'warning', 'error'"):
         load_config(write(tmp_path, '[server]\nlog_level = "verbose"\n'), env={})
+
+
+def test_the_event_loop_is_uvloop_where_installed_and_a_missing_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sidecar.daemon.server import use_uvloop
+
+    assert load_config(write(tmp_path, ""), env={}).server.event_loop == "auto"
+    assert use_uvloop("asyncio") is False
+    assert use_uvloop("auto") is True and use_uvloop("uvloop") is True  # a dependency here
+    monkeypatch.setitem(__import__("sys").modules, "uvloop", None)  # as where it is not installed
+    assert use_uvloop("auto") is False
+    with pytest.raises(ConfigError, match="event_loop = 'uvloop', but uvloop is not installed"):
+        use_uvloop("uvloop")
+    with pytest.raises(ConfigError, match="event_loop"):
+        load_config(write(tmp_path, '[server]\nevent_loop = "trio"\n'), env={})

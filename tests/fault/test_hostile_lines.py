@@ -195,6 +195,16 @@ def test_a_half_sent_line_times_out_and_nobody_waits_for_it(start_daemon) -> Non
     assert call(patient, HEALTH)["result"]["status"] == "ok"
 
 
+def test_a_half_sent_line_is_held_to_the_line_timeout_not_the_idle_one(start_daemon) -> None:
+    d = start_daemon("[server]\nline_timeout_s = 0.5\nidle_timeout_s = 3600\n")
+    slow = Raw(d.socket_path)
+    assert call(slow, HEALTH)["result"]["status"] == "ok"  # now idle: an hour's timer runs
+    slow.send(b'{"jsonrpc":"2.0","id":2,"method":"sys.he')
+    reply = slow.recv()  # within the socket's 20 s read timeout, not the idle hour
+    assert reply["error"]["code"] == -32600 and "not finished" in reply["error"]["message"]
+    assert slow.closed()
+
+
 def test_idle_connections_time_out_only_when_asked_to(start_daemon) -> None:
     d = start_daemon("[server]\nidle_timeout_s = 0.3\n")
     idle = Raw(d.socket_path)
