@@ -71,6 +71,7 @@ class Host(Protocol):
 
 
 SEND_QUEUE_BYTES = 1024 * 1024  # per connection: past this, replies and notifications wait
+FLUSH_BYTES = 64 * 1024  # queued in one turn past this, replies are handed to the transport at once
 
 
 class Connection(asyncio.Protocol):
@@ -103,6 +104,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timing_line = False  # the timer is a line's (else an idle connection's)
         self._outbox: list[bytes] = []  # lines for the next write
+        self._outbox_bytes = 0
         self._flush_soon = False
         self._writable = True  # the transport's buffer is below its high-water mark
         self._room: anyio.Event | None = None  # exists only while a sender waits for room
@@ -161,7 +163,10 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         self._outbox.append(data)
-        if not self._flush_soon:
+        self._outbox_bytes += len(data)
+        if self._outbox_bytes >= FLUSH_BYTES:
+            self._flush()  # a big turn: the transport's buffer (and its back-pressure) takes over
+        elif not self._flush_soon:
             self._flush_soon = True
             self._loop.call_soon(self._flush)
 
@@ -176,7 +181,7 @@ class Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_soon = False
         if self._outbox and not self.closed and self._transport is not None:
-            out, self._outbox = self._outbox, []
+            out, self._outbox, self._outbox_bytes = self._outbox, [], 0
             self._transport.writelines(out)
 
     def pause_writing(self) -> None:
@@ -185,6 +190,8 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writable = True
         self._wake_senders()
+        if self._held is not None or self._lines:
+            self._pump()
 
     def _wake_senders(self) -> None:
         if self._room is not None:
@@ -256,12 +263,14 @@ class Connection(asyncio.Protocol):
         self._done_reading.set()
 
     def _pump(self) -> None:
-        """Take waiting lines while there are free slots; stop reading when there are none."""
+        """Take waiting lines while there are free slots and the send buffer has room; stop
+        reading while there are not (answers given in place would otherwise pile up unsent
+        for a client that does not read them)."""
         if self._pumping:
             return  # an answer given while taking a line: the loop below goes on
         self._pumping = True
         try:
-            while self._reading and (self._held is not None or self._lines):
+            while self._reading and self._writable and (self._held is not None or self._lines):
                 if self._held is None:
                     self._held = self._parse(self._lines.popleft())
                 message, weight = self._held

@@ -8,16 +8,27 @@ edit that changes the size sends the reader to the file as before. The writer re
 view after each commit (one attribute store, so a reader on another thread sees the old
 view or the new one, never half of one); the list behind it is only ever appended to, and
 a view reads no further than its own ``count``.
+
+Memory is bounded whatever clients write: a view keeps at most ``2 * KEEP`` events and
+``2 * KEEP_BYTES`` bytes of lines (trimmed back to ``KEEP`` and ``KEEP_BYTES`` when it
+passes either), and only the ``VIEWS`` conversations most recently written or read hold
+one (:class:`Views`).
 """
 
 from __future__ import annotations
 
+import bisect
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 from sidecar.log.events import Event
 
-KEEP = 256  # events a view holds at least (when the file has them); tail limits above go to the file
+KEEP = 256  # events a view keeps, when they fit in KEEP_BYTES; tail limits above go to the file
+KEEP_BYTES = 256 * 1024  # bytes of lines a view keeps
+VIEWS = 32  # conversations that hold a view at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +46,13 @@ class Recent:
         """The view after appending ``added`` (lines of ``lengths`` bytes) to a file that was
         ``old_size`` bytes: this view grown, when it ended that very file; else a new one."""
         if ident == self.ident and old_size == self.size and self.count == len(self.events):
-            events, starts, whole = self.events, self.starts, self.whole
-            if len(events) >= 2 * KEEP:  # start a fresh list; readers of this view keep theirs
-                events, starts, whole = events[-KEEP:], starts[-KEEP:], False
-            return _grow(ident, new_size, events, starts, whole, old_size, added, lengths)
+            return _grow(ident, new_size, self.events, self.starts, self.whole, old_size, added, lengths)
         return fresh(ident, old_size, new_size, added, lengths)
 
     def newest(self, path: str, limit: int, max_bytes: int | None) -> list[Event] | None:
         """The newest ``limit`` events, oldest first, if this view can answer for the file at
         ``path`` as it is now; ``None`` when only the file can (read it then)."""
-        if limit > self.count and not self.whole:
+        if not self.count or (limit > self.count and not self.whole):
             return None
         first = max(0, self.count - limit)
         if max_bytes is not None and self.size - self.starts[first] > max_bytes:
@@ -92,4 +100,34 @@ def _grow(
         starts.append(at)
         at += length
     events.extend(added)
+    n = len(events)
+    if n > 2 * KEEP or new_size - starts[0] > 2 * KEEP_BYTES:  # fresh lists: older views keep theirs
+        cut = max(n - KEEP, bisect.bisect_left(starts, new_size - KEEP_BYTES))
+        events, starts, whole = events[cut:], starts[cut:], False
     return Recent(ident, new_size, events, starts, len(events), whole)
+
+
+class Holder(Protocol):
+    """What holds a view: the writer's state of one conversation."""
+
+    cid: str
+    recent: Recent | None
+
+
+class Views:
+    """Which conversations hold a view: the ``limit`` most recently written or read. The
+    writer's thread and readers' threads both set views, so the order is kept under a lock."""
+
+    def __init__(self, limit: int = VIEWS) -> None:
+        self.limit = limit
+        self._held: OrderedDict[str, Holder] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, holder: Holder, view: Recent) -> None:
+        with self._lock:
+            holder.recent = view
+            self._held[holder.cid] = holder
+            self._held.move_to_end(holder.cid)
+            while len(self._held) > self.limit:
+                _, dropped = self._held.popitem(last=False)
+                dropped.recent = None

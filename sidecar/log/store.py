@@ -225,7 +225,7 @@ class EventStore:
             if conv is not None:  # the next tail is served from memory, while the file stays so
                 view = snap.recent_view(lines, events)
                 if view is not None:
-                    conv.recent = view
+                    self._writer.views.keep(conv, view)
             return events
 
     def get(self, event_id: str, *, wait: bool = True, shared: bool = False) -> Event | None:

@@ -31,7 +31,7 @@ from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, enco
 from sidecar.log.ids import new_event_id
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal
-from sidecar.log.recent import fresh
+from sidecar.log.recent import Views, fresh
 from sidecar.log.request import AppendRequest
 from sidecar.log.segments import ArchiveListing, active_path, line_with_seq, rotate
 from sidecar.log.timestamps import format_timestamp
@@ -85,6 +85,7 @@ class LogWriter:
         self.max_event_bytes = max_event_bytes
         self.rotate_bytes = rotate_bytes
         self.conversations: dict[str, Conversation] = {}
+        self.views = Views()  # which conversations keep their newest events in memory
         self.by_no: list[Conversation] = []
         self._fds: OrderedDict[str, int] = OrderedDict()
         self.max_open_files = files.open_files_budget()  # also the most one commit holds
@@ -514,10 +515,12 @@ class LogWriter:
         old_size = conv.active_size
         conv.active_size += sum(lengths)
         if conv.active_ident is not None:  # what the readers of recent events are served
-            if conv.recent is None:
-                conv.recent = fresh(conv.active_ident, old_size, conv.active_size, p.events, lengths)
+            view = conv.recent
+            if view is None:
+                view = fresh(conv.active_ident, old_size, conv.active_size, p.events, lengths)
             else:
-                conv.recent = conv.recent.extended(conv.active_ident, old_size, conv.active_size, p.events, lengths)
+                view = view.extended(conv.active_ident, old_size, conv.active_size, p.events, lengths)
+            self.views.keep(conv, view)
         conv.last_seq = p.next_seq - 1
         conv.last_ts = p.last_ts
         if conv.indexed:

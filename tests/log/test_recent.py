@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 
 from sidecar.log import EventStore
-from sidecar.log.recent import KEEP
+from sidecar.log.recent import KEEP, KEEP_BYTES, VIEWS
 
 
 def ev(cid: str = "c1", n: int = 0) -> dict:
@@ -112,3 +112,23 @@ def test_a_tail_read_from_the_file_is_kept_for_the_next(data_dir: Path) -> None:
         assert not served_from_memory(store, "c1")
         assert [e.data["n"] for e in store.tail("c1", 2, shared=True)] == [38, 39]
         assert not served_from_memory(store, "c1")  # blank lines in the way: no view is made
+
+
+def test_memory_is_bounded_in_events_bytes_and_conversations(data_dir: Path) -> None:
+    with EventStore(data_dir) as store:
+        for i in range(3 * KEEP):
+            store.append(ev(n=i))
+        view = store._writer.conversations["c1"].recent
+        assert view is not None and view.count <= 2 * KEEP
+        big = {"conversation_id": "big", "type": "a.b", "data": {"pad": "y" * (KEEP_BYTES // 4)}}
+        for _ in range(12):
+            store.append(big)
+        view = store._writer.conversations["big"].recent
+        assert view is not None and view.size - view.starts[0] <= 2 * KEEP_BYTES
+        assert as_dicts(store.tail("big", 12, shared=True)) == as_dicts(store.tail("big", 12))  # the file
+        for i in range(VIEWS + 5):
+            store.append(ev(cid=f"x{i}"))
+        holding = [cid for cid, conv in store._writer.conversations.items() if conv.recent is not None]
+        assert len(holding) == VIEWS and "c1" not in holding  # the least recently used gave theirs up
+        assert [e.data["n"] for e in store.tail("c1", 2, shared=True)] == [3 * KEEP - 2, 3 * KEEP - 1]
+        assert served_from_memory(store, "c1")  # read again: it holds a view again
