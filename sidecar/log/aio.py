@@ -3,11 +3,12 @@
 Requests gather in the loop while the commit thread writes the previous hand-over; at the
 end of the turn in which it is answered, they go to the thread together. When their batch
 is durable, the thread hands them back, with the batch's events for ``on_commit``, in one
-wake-up of the loop (:meth:`AsyncAppender.deliver`), and each is answered there. One hand-over in flight at a
-time lets the loop and the thread take turns on the GIL instead of contending for it, and
-makes the next batch as big as the wait for the disk allows. Many coroutines appending at
-once thus cost one wakeup of the loop per *batch*, where threads blocking in
-:meth:`EventStore.append` cost a switch per *event*. This is how the daemon writes.
+wake-up of the loop (:meth:`AsyncAppender.deliver`), and each is answered there. One
+hand-over in flight at a time lets the loop and the thread take turns on the GIL instead
+of contending for it, and makes the next batch as big as the wait for the disk allows.
+Many coroutines appending at once thus cost one wakeup of the loop per *batch*, where
+threads blocking in :meth:`EventStore.append` cost a switch per *event*. This is how the
+daemon writes. (asyncio only, uvloop included: anyio's trio backend has no such loop.)
 """
 
 from __future__ import annotations

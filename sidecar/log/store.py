@@ -215,8 +215,9 @@ class EventStore:
         if not isinstance(limit, int) or limit < 0:
             raise InvalidParams(f"limit must be a non-negative integer, not {limit!r}")
         conv = self._writer.conversations.get(conversation_id) if shared and limit else None
-        if conv is not None and conv.recent is not None:
-            found = conv.recent.newest(conv.path, limit, self.max_read_bytes)
+        recent = conv.recent if conv is not None else None  # read once: another thread may drop it
+        if conv is not None and recent is not None:
+            found = recent.newest(conv.path, limit, self.max_read_bytes)
             if found is not None:
                 return found
         with self.snapshot(conversation_id, wait=wait) as snap:
