@@ -1,12 +1,15 @@
 """Coverage-guided fuzzing of everything a stranger's bytes reach: ``./dev fuzz [SECONDS]``.
 
-One input is split by its first byte between five targets, each of which must answer bad
+One input is split by its first byte between six targets, each of which must answer bad
 input with the project's own errors and nothing else:
 
 - the wire: a line through ``parse_message``, then every request's params through every
   method's params Struct (what the daemon does before a handler runs);
-- a log file: the bytes as a conversation's log on disk, opened and read (tail, query, get,
-  conversations), where damage must be refused as a :class:`~sidecar.errors.SidecarError`;
+- a log file: the bytes as a conversation's log on disk, opened and read (tail, from the
+  file and from memory, query, since, get of the ids found, conversations), where damage
+  must be refused as a :class:`~sidecar.errors.SidecarError`;
+- a segment searched directly: a seq by its guessed place and by binary search, a time by
+  binary search, where a damaged line may only raise the decoder's own errors;
 - the task graph file, read as the daemon reads it;
 - the config file, loaded as ``sidecar serve`` loads it;
 - the Python client's codec, fed a peer's bytes split anywhere.
@@ -30,9 +33,10 @@ with atheris.instrument_imports(include=["sidecar", "sidecar_client", "msgspec"]
     from sidecar_client.codec import Codec, Reply
     from sidecar_client.errors import ProtocolError, RpcError
 
-    from sidecar.daemon.config import ConfigError, load_config
     from sidecar.api import registry
+    from sidecar.daemon.config import ConfigError, load_config
     from sidecar.errors import SidecarError
+    from sidecar.log.segments import DECODE_ERRORS, bisect_lines, line_with_seq, timestamp_of
     from sidecar.log.store import EventStore
     from sidecar.rpc.dispatch import BadParams
     from sidecar.rpc.protocol import Invalid, Limits, Message, encode, error_response, parse_message
@@ -68,6 +72,10 @@ def log_file(data: bytes) -> None:
         for step in (
             lambda: store.load(),
             lambda: store.tail("c1", 5),
+            lambda: store.tail("c1", 5, shared=True),
+            lambda: store.tail("c1", 3, shared=True),  # from the view the one before made
+            lambda: [store.get(e.id, shared=True) for e in store.tail("c1", 5)],
+            lambda: store.since("2026-01-01T00:00:00Z", limit=5),
             lambda: store.query(conversation_id="c1", limit=10),
             lambda: store.query(limit=10),
             lambda: store.get("0195a3c2-0000-7000-8000-000000000001"),
@@ -82,6 +90,27 @@ def log_file(data: bytes) -> None:
     finally:
         store.close()
         _remove(root)
+
+
+def segment_seek(data: bytes) -> None:
+    path = os.path.join(SCRATCH, "segment.jsonl")
+    with open(path, "wb") as f:
+        f.write(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = len(data)
+        for seq in (1, 2, 7, data[0] if data else 3, 10_000):
+            for first in (1, None, seq):
+                try:
+                    line_with_seq(fd, end, seq, first)
+                except DECODE_ERRORS:
+                    pass
+        try:
+            bisect_lines(fd, 0, end, timestamp_of, "2026-11-29T10:00:00.000000Z")
+        except DECODE_ERRORS:
+            pass
+    finally:
+        os.close(fd)
 
 
 def graph_file(data: bytes) -> None:
@@ -130,7 +159,9 @@ def client_codec(data: bytes) -> None:
         pass
 
 
-TARGETS = (wire, wire, log_file, graph_file, config_file, client_codec)  # the wire gets the most time
+# The wire gets the most time; a seed's first byte picks its target (fuzz/seeds/), so new
+# targets go at the end.
+TARGETS = (wire, wire, log_file, graph_file, config_file, client_codec, segment_seek)
 
 
 def one_input(data: bytes) -> None:

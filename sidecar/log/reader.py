@@ -177,13 +177,20 @@ class Snapshot:
             if seq is not None and i + 1 < len(self.segments) and self.segments[i + 1].first_seq <= seq:
                 continue  # the whole segment is before ``seq``
             fd = self._fd(seg)
-            start = bisect_lines(fd, 0, seg.end, timestamp_of, timestamp) if timestamp else 0
-            if seq is not None and seq > seg.first_seq:
-                start = max(start, bisect_lines(fd, 0, seg.end, seq_of, seq))
-            stop = seg.end
-            if until is not None:
-                # "~" sorts after every character of a timestamp: the first line past ``until``
-                stop = bisect_lines(fd, start, seg.end, timestamp_of, until + "~")
+            try:
+                start = bisect_lines(fd, 0, seg.end, timestamp_of, timestamp) if timestamp else 0
+                if seq is not None and seq > seg.first_seq:
+                    start = max(start, bisect_lines(fd, 0, seg.end, seq_of, seq))
+                stop = seg.end
+                if until is not None:
+                    # "~" sorts after every character of a timestamp: the first line past ``until``
+                    stop = bisect_lines(fd, start, seg.end, timestamp_of, until + "~")
+            except DECODE_ERRORS as exc:  # the search stepped on a blank or damaged line
+                raise CorruptLogError(
+                    f"conversation {self.cid!r} has a damaged line where a search by time or seq "
+                    "looked; it is refused until repaired",
+                    {"conversation_id": self.cid, "reason": str(exc)},
+                ) from None
             for _, line in iter_lines(fd, start, stop):
                 if line.strip():
                     yield line

@@ -77,3 +77,21 @@ def test_bisect_by_time_finds_the_first_line_at_or_after(tmp_path: Path) -> None
         assert bisect_lines(fd, 0, end, timestamp_of, "2027") == end
     finally:
         os.close(fd)
+
+
+def test_a_search_by_time_that_meets_damage_refuses_that_conversation_only(tmp_path: Path) -> None:
+    """Found by ./dev fuzz: a blank line where the binary search looked escaped as msgspec's
+    DecodeError (-32603 through the daemon); now the conversation is refused, the others read."""
+    from sidecar.errors import CorruptLogError
+    from sidecar.log import EventStore
+
+    data = tmp_path / "data"
+    with EventStore(data) as store:
+        store.append({"conversation_id": "ok", "type": "a.b"})
+    good = segment(tmp_path / "c1.jsonl", 1, 3)
+    (data / "logs" / "c1.jsonl").write_bytes(good[0] + b"\n\n" + good[1] + b"\n" + good[2] + b"\n")
+    with EventStore(data) as store:
+        page = store.since("2000-01-01T00:00:00Z", limit=10)
+        assert [e.conversation_id for e in page.events] == ["ok"]
+        with pytest.raises(CorruptLogError, match="damaged line"):
+            store.query(conversation_id="c1", start="2026-11-29T10:00:01Z")
