@@ -9,6 +9,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sidecar.log.segments import DECODE_ERRORS, bisect_lines, line_with_seq, seq_of, timestamp_of
 
@@ -95,3 +97,40 @@ def test_a_search_by_time_that_meets_damage_refuses_that_conversation_only(tmp_p
         assert [e.conversation_id for e in page.events] == ["ok"]
         with pytest.raises(CorruptLogError, match="damaged line"):
             store.query(conversation_id="c1", start="2026-11-29T10:00:01Z")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.sampled_from([0, 5, 60, 400, 2500, 9000]), min_size=1, max_size=120),
+    first_seq=st.integers(1, 5000),
+    probe=st.integers(-3, 130),
+    blank=st.none() | st.integers(0, 130),
+)
+def test_the_guess_finds_what_a_scan_finds(
+    tmp_path: Path, sizes: list[int], first_seq: int, probe: int, blank: int | None
+) -> None:
+    """Whatever the line sizes (uneven, some far past a guess's read), a seq is found
+    exactly when a scan of the lines finds it, with the guess and without. With a blank
+    line in the way (damage), the answer is still never another line: it is the right one,
+    or the decoder's error, as the binary search alone always gave."""
+    lines = []
+    for i, n in enumerate(sizes):
+        seq = first_seq + i
+        doc = {"id": f"e{seq}", "seq": seq, "timestamp": f"2026-11-29T10:00:00.{i:06d}Z", "conversation_id": "c"}
+        lines.append(json.dumps({**doc, "type": "a.b", "data": {"pad": "x" * n}}).encode())
+    seq = first_seq + probe
+    expected = next((line for line in lines if json.loads(line)["seq"] == seq), None)
+    if blank is not None:
+        lines.insert(min(blank, len(lines)), b"")
+    path = tmp_path / f"seg-{len(sizes)}-{first_seq}-{probe}-{blank}.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        for first in (first_seq, None):
+            try:
+                assert line_with_seq(fd, end, seq, first) == expected
+            except DECODE_ERRORS:
+                assert blank is not None  # only damage may stop the search
+    finally:
+        os.close(fd)
