@@ -17,7 +17,7 @@ EXAMPLES = """\
 examples:
   sidecar serve                                   run on ./data, socket at the default path
   sidecar serve --data-dir /var/lib/sidecar --socket /run/sidecar/sidecar.sock
-  sidecar health && echo up                       exit 0 only when the daemon answers healthy
+  sidecar health && echo up                       exit 0 healthy, 2 degraded (LLM unreachable), 1 down
   sidecar call sys.stats
   sidecar call log.append '{"conversation_id": "c1", "type": "agent.progress", "data": {"pct": 40}}'
   sidecar call log.tail '{"conversation_id": "c1", "limit": 5}'
@@ -59,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("params", nargs="?", default="{}", help="named params as a JSON object")
     call.add_argument("--socket", help="Unix socket path")
 
-    health = sub.add_parser("health", help="exit 0 only when the daemon answers healthy")
+    health = sub.add_parser(
+        "health",
+        help="exit 0 when the daemon answers healthy, 2 when degraded (its LLM server unreachable), 1 when down",
+    )
     health.add_argument("--socket", help="Unix socket path")
+    health.add_argument(
+        "--degraded-ok",
+        action="store_true",
+        help="exit 0 when degraded too (for healthchecks that must not wait on the LLM server)",
+    )
 
     sub.add_parser(
         "demo",
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "call":
                 return _call(client, args)
             if args.command == "health":
-                return _health(client)
+                return _health(client, args.degraded_ok)
             return _tail(client, args)
     except RpcError as exc:
         print(json.dumps({"code": exc.code, "message": exc.message, "data": exc.data}), file=sys.stderr)
@@ -147,11 +155,15 @@ def _call(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(client: Client) -> int:
+def _health(client: Client, degraded_ok: bool) -> int:
+    """0 healthy; 2 degraded (a configured LLM server unreachable), unless ``degraded_ok``;
+    1 anything else (the caller turns no answer at all into 1 too)."""
     result = client.call("sys.health")
-    ok = isinstance(result, dict) and result.get("status") == "ok"
+    status = result.get("status") if isinstance(result, dict) else None
     print(json.dumps(result))
-    return 0 if ok else 1
+    if status == "ok" or (status == "degraded" and degraded_ok):
+        return 0
+    return 2 if status == "degraded" else 1
 
 
 def _methods(args: argparse.Namespace) -> int:

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from sidecar import __version__
 from sidecar.api.common import TOO_BIG, registry
 from sidecar.api.session import Session
+from sidecar.narrator.health import LLMHealth
 from sidecar.rpc.dispatch import NoParams
 
 
 class Health(msgspec.Struct, kw_only=True):
-    status: str
+    # degraded: a configured LLM server is unreachable (the daemon serves; nobody narrates)
+    status: Literal["ok", "degraded"]
     version: str
     uptime_s: float
     data_dir: str
     socket: str
     pid: int
+    llm: LLMHealth
 
 
 class Stats(msgspec.Struct, kw_only=True):
@@ -43,7 +46,13 @@ class Stats(msgspec.Struct, kw_only=True):
 
 
 @registry.method(
-    "sys.health", NoParams, Health, "Liveness: answers ok while the daemon serves.", errors={}, example={}, inline=True
+    "sys.health",
+    NoParams,
+    Health,
+    "Liveness: ok while the daemon serves; degraded while a configured LLM server is unreachable.",
+    errors={},
+    example={},
+    inline=True,
 )
 async def sys_health(p: NoParams, s: Session) -> Health:
     return s.services.health()

@@ -88,6 +88,7 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         | None
     ) = None
     timeout_s: Seconds = 10.0  # a whole reply, streamed or not (/tokenize gets at most 2 s)
+    health_every_s: Seconds = 5.0  # how often GET /health asks whether the server is up (sys.health's llm)
     max_tokens: Positive = 512  # the longest reply asked for
     narrator: bool = False  # the daemon speaks itself when a grant is issued
     narrator_budget_tokens: Positive = 3000  # the prompt; less when the server's context is smaller

@@ -37,6 +37,7 @@ from sidecar.errors import ForbiddenError, OverloadedError, SidecarError
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.store import EventStore
+from sidecar.narrator.health import LLMWatch
 from sidecar.narrator.llm import api_key_from_env
 from sidecar.narrator.service import Narrator, chat_client
 from sidecar.narrator.templates import PromptLibrary
@@ -91,13 +92,15 @@ class Daemon:
         self.faults[where] = self.faults.get(where, 0) + 1
 
     def health(self) -> Health:
+        llm = self.llm_watch.status()
         return Health(
-            status="ok",
+            status="degraded" if llm.reachable is False else "ok",
             version=__version__,
             uptime_s=round(self.uptime(), 3),
             data_dir=self.store.data_dir,
             socket=self.config.socket_path,
             pid=self.pid,
+            llm=llm,
         )
 
     def stats(self) -> Stats:
@@ -193,6 +196,7 @@ class Daemon:
 
             cc, lc = self.config.controller, self.config.llm
             self.chat = chat_client(lc, self.clock)
+            self.llm_watch = LLMWatch(self.chat, lc.health_every_s)
             grants = GrantBook(self.clock, cc.grant_ttl_s)
             self.narrator = Narrator(
                 llm=lc,
@@ -244,6 +248,7 @@ class Daemon:
                 await tg.start(supervise, "tasks", self.tasks.run, self.fault)
                 await tg.start(supervise, "controller", self.controller.run, self.fault)
                 await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
+                await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
                 await tg.start(self._signals)  # handlers in place before READY=1
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)

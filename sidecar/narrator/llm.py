@@ -293,6 +293,25 @@ class ChatClient:
 
     # --- the server's context size -------------------------------------------------------------
 
+    async def probe(self) -> float:
+        """Seconds the server took to answer ``GET /health`` (llama.cpp's and vLLM's; a 404
+        from a server without one is an answer too), within ``PROPS_TIMEOUT_S``; LLMError when
+        it cannot be reached, fails (llama.cpp says 503 while it loads its model) or is late."""
+        timeout_s = min(self.timeout_s, PROPS_TIMEOUT_S)
+        start = anyio.current_time()
+        deadline = start + timeout_s
+
+        def late() -> LLMError:
+            return self._late(timeout_s)
+
+        try:
+            async with self._exchange("GET", "/health", None, deadline, late, absent=True) as response:
+                await _read_capped(response, MAX_ERROR_BYTES, deadline, late, truncate=True)
+        except LLMError as exc:
+            if exc.status not in (404, 405, 501):
+                raise
+        return anyio.current_time() - start
+
     async def context_size(self) -> int | None:
         """Tokens of context one request gets: llama.cpp's ``GET /props``
         (``default_generation_settings.n_ctx``, or ``n_ctx`` at the top level in some versions),

@@ -13,6 +13,7 @@ from sidecar.clock import ManualClock
 from sidecar.narrator.llm import (
     ERROR_TEXT_CHARS,
     MIN_PROMPT_TOKENS,
+    PROPS_TIMEOUT_S,
     ChatClient,
     LLMError,
     api_key_from_env,
@@ -236,3 +237,16 @@ async def test_without_props_the_budget_stands_and_is_not_asked_again(llm: FakeL
     llm.n_ctx = 1000
     assert await hung.context_size() == 1000
     await hung.aclose()
+
+
+@pytest.mark.anyio
+async def test_probe_times_an_answer_and_names_what_went_wrong(llm: FakeLLM, client: ChatClient) -> None:
+    assert 0 <= await client.probe() < 2  # the fake has no /health: its 404 is an answer
+    assert llm.hits["/health"] == 1
+    llm.hang.add("/health")
+    started = time.monotonic()
+    assert f"within {PROPS_TIMEOUT_S:g} s" in str(await failure(client.probe))
+    assert time.monotonic() - started < PROPS_TIMEOUT_S + 2  # bounded by its own deadline, not the reply's
+    llm.hang.discard("/health")
+    llm.api_key = "other"
+    assert "401" in str(await failure(client.probe))  # answered, but refused: not usable

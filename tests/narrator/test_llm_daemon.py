@@ -50,7 +50,7 @@ def spoken(notes: Iterator[dict[str, Any]]) -> dict[str, Any]:
 def test_a_hung_llm_server_delays_no_call_that_does_not_need_it(start_daemon, llm: FakeLLM) -> None:  # noqa: F811
     llm.hang |= {"/tokenize", "/props", "/v1/models", "/v1/chat/completions"}
     d = start_daemon(config_text=f'[llm]\nurl = "{llm.url}"\nnarrator = true\ntimeout_s = 30.0\n')
-    assert sum(llm.hits.values()) == 0  # start-up asked the LLM server nothing
+    assert set(llm.hits) <= {"/health"}  # start-up asked the LLM server nothing but, on the side, whether it is up
     with Client(d.socket_path) as c:
         for i in range(20):
             c.call("log.append", {"conversation_id": "c1", "type": "agent.progress", "data": {"msg": f"step {i}"}})
@@ -146,3 +146,45 @@ def test_narrator_prompt_pays_for_the_chat_template(daemon) -> None:  # noqa: F8
             markers = len(prompt["messages"]) * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
             assert len(prompt["messages"]) == 2 and prompt["tokens"] == content + markers
             assert prompt["tokens"] <= budget, (budget, prompt["tokens"])
+
+
+def test_health_says_degraded_while_the_llm_server_is_unreachable(start_daemon, llm: FakeLLM) -> None:  # noqa: F811
+    """sys.health carries llm (configured, reachable, latency_ms, error); `sidecar health`
+    exits 0 healthy, 2 degraded (0 with --degraded-ok), 1 when nothing answers."""
+    from tests.daemon.test_cli import sidecar
+
+    d = start_daemon(config_text=f'[llm]\nurl = "{llm.url}"\nhealth_every_s = 0.2\n')
+    with Client(d.socket_path) as c:
+        assert llm.arrived("/health").wait(20)
+        health = wait_for(c, lambda h: h["llm"]["reachable"] is True)
+        assert health["status"] == "ok" and health["llm"]["configured"] is True
+        assert health["llm"]["latency_ms"] >= 0 and health["llm"]["error"] is None
+        assert sidecar("health", "--socket", d.socket_path).returncode == 0
+
+        llm.hang.add("/health")  # it stops answering (a restart, a model loading...)
+        health = wait_for(c, lambda h: h["status"] == "degraded")
+        assert health["llm"]["reachable"] is False and "LLM server" in health["llm"]["error"]
+        assert c.call("log.append", {"conversation_id": "c1", "type": "a.b"})["seq"] == 1  # it still serves
+        run = sidecar("health", "--socket", d.socket_path)
+        assert run.returncode == 2 and '"degraded"' in run.stdout
+        assert sidecar("health", "--degraded-ok", "--socket", d.socket_path).returncode == 0
+
+        llm.hang.discard("/health")
+        llm.release.set()  # the hung probes give up; the next ones are answered
+        assert wait_for(c, lambda h: h["status"] == "ok")["llm"]["reachable"] is True
+    assert "llm.unreachable" in d.stderr() and "llm.reachable" in d.stderr()
+
+
+def test_without_an_llm_server_health_is_ok_and_says_none_is_configured(daemon: DaemonProc) -> None:  # noqa: F811
+    with Client(daemon.socket_path) as c:
+        health = c.call("sys.health")
+    assert health["status"] == "ok"
+    assert health["llm"] == {"configured": False, "reachable": None, "latency_ms": None, "error": None}
+
+
+def wait_for(c: Client, done: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """``sys.health`` once ``done(it)`` holds (each look is one round trip)."""
+    deadline = time.monotonic() + timeout
+    while not done(health := c.call("sys.health")):
+        assert time.monotonic() < deadline, f"never: {health}"
+    return health

@@ -34,6 +34,7 @@ __all__ = [
     "Group",
     "Health",
     "Heartbeat",
+    "LLMHealth",
     "LastDecision",
     "Layer",
     "ListActive",
@@ -188,18 +189,28 @@ class Group(TypedDict):
 
 
 class Health(TypedDict):
-    status: str
+    status: Literal["degraded", "ok"]
     version: str
     uptime_s: float
     data_dir: str
     socket: str
     pid: int
+    llm: "LLMHealth"
 
 
 class Heartbeat(TypedDict):
     conversation_id: str
     agent_id: NotRequired[str | None]
     task_id: NotRequired[str | None]
+
+
+class LLMHealth(TypedDict):
+    """What the daemon last learned of the LLM server."""
+
+    configured: bool
+    reachable: NotRequired[bool | None]
+    latency_ms: NotRequired[float | None]
+    error: NotRequired[str | None]
 
 
 class LastDecision(TypedDict):
@@ -567,7 +578,7 @@ class SyncMethods:
         return cast("Snapshot", self.call("summary.snapshot", _given(conversation_id=conversation_id, summary_ref=summary_ref)))
 
     def sys_health(self) -> Health:
-        """Liveness: answers ok while the daemon serves."""
+        """Liveness: ok while the daemon serves; degraded while a configured LLM server is unreachable."""
         return cast("Health", self.call("sys.health", _given()))
 
     def sys_stats(self) -> Stats:
@@ -689,7 +700,7 @@ class AsyncMethods:
         return cast("Snapshot", await self.call("summary.snapshot", _given(conversation_id=conversation_id, summary_ref=summary_ref)))
 
     async def sys_health(self) -> Health:
-        """Liveness: answers ok while the daemon serves."""
+        """Liveness: ok while the daemon serves; degraded while a configured LLM server is unreachable."""
         return cast("Health", await self.call("sys.health", _given()))
 
     async def sys_stats(self) -> Stats:

@@ -134,9 +134,10 @@ export interface Group {
 
 export interface Health {
   data_dir: string;
+  llm: LLMHealth;
   pid: number;
   socket: string;
-  status: string;
+  status: "degraded" | "ok";
   uptime_s: number;
   version: string;
 }
@@ -148,6 +149,17 @@ export interface Heartbeat {
   conversation_id: string;
   /** @default null */
   task_id?: string | null;
+}
+
+/** What the daemon last learned of the LLM server. */
+export interface LLMHealth {
+  configured: boolean;
+  /** @default null */
+  error?: string | null;
+  /** @default null */
+  latency_ms?: number | null;
+  /** @default null */
+  reachable?: boolean | null;
 }
 
 export interface LastDecision {
@@ -621,7 +633,7 @@ export interface Methods {
     params: SnapshotRef;
     result: Snapshot;
   };
-  /** Liveness: answers ok while the daemon serves. */
+  /** Liveness: ok while the daemon serves; degraded while a configured LLM server is unreachable. */
   "sys.health": {
     params: NoParams;
     result: Health;
