@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of everything a stranger's bytes reach: ``./dev fuzz [SECONDS]``.
 
-One input is split by its first byte between six targets, each of which must answer bad
+One input is split by its first byte between seven targets, each of which must answer bad
 input with the project's own errors and nothing else:
 
 - the wire: a line through ``parse_message``, then every request's params through every
@@ -10,6 +10,8 @@ input with the project's own errors and nothing else:
   must be refused as a :class:`~sidecar.errors.SidecarError`;
 - a segment searched directly: a seq by its guessed place and by binary search, a time by
   binary search, where a damaged line may only raise the decoder's own errors;
+- a playbook file from ``data/playbooks/``, parsed (front matter in TOML or YAML), where
+  anything wrong must be a :class:`~sidecar.playbooks.library.PlaybookError`;
 - the task graph file, read as the daemon reads it;
 - the config file, loaded as ``sidecar serve`` loads it;
 - the Python client's codec, fed a peer's bytes split anywhere.
@@ -38,6 +40,7 @@ with atheris.instrument_imports(include=["sidecar", "sidecar_client", "msgspec"]
     from sidecar.errors import SidecarError
     from sidecar.log.segments import DECODE_ERRORS, bisect_lines, line_with_seq, timestamp_of
     from sidecar.log.store import EventStore
+    from sidecar.playbooks.library import PlaybookError, parse
     from sidecar.rpc.dispatch import BadParams
     from sidecar.rpc.protocol import Invalid, Limits, Message, encode, error_response, parse_message
     from sidecar.tasks.store import read_graph
@@ -113,6 +116,14 @@ def segment_seek(data: bytes) -> None:
         os.close(fd)
 
 
+def playbook_file(data: bytes) -> None:
+    try:
+        playbook = parse(data.decode("utf-8"), "fuzz.md")
+    except (UnicodeDecodeError, PlaybookError):
+        return
+    msgspec.json.encode(playbook)  # what playbooks.match answers must encode as a reply
+
+
 def graph_file(data: bytes) -> None:
     path = os.path.join(SCRATCH, "tasks.graph.json")
     with open(path, "wb") as f:
@@ -161,7 +172,7 @@ def client_codec(data: bytes) -> None:
 
 # The wire gets the most time; a seed's first byte picks its target (fuzz/seeds/), so new
 # targets go at the end.
-TARGETS = (wire, wire, log_file, graph_file, config_file, client_codec, segment_seek)
+TARGETS = (wire, wire, log_file, graph_file, config_file, client_codec, segment_seek, playbook_file)
 
 
 def one_input(data: bytes) -> None:

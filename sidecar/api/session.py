@@ -16,6 +16,7 @@ from sidecar.controller.loop import Controller
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.store import EventStore
 from sidecar.narrator.service import Narrator
+from sidecar.playbooks.library import PlaybookLibrary
 from sidecar.summary.cache import SummaryCache
 from sidecar.tasks.service import TaskService
 from sidecar.tokens import TokenCounter
@@ -37,6 +38,7 @@ class Services:
     counter: TokenCounter
     controller: Controller
     narrator: Narrator
+    playbooks: PlaybookLibrary
     health: Callable[[], Health]
     stats: Callable[[], Stats]
 

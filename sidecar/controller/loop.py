@@ -22,9 +22,10 @@ import structlog
 
 from sidecar.clock import Clock
 from sidecar.controller.grants import Grant, GrantBook
-from sidecar.controller.policy import ConversationState, Decision, RulePolicy
+from sidecar.controller.policy import OWN_TYPES, ConversationState, Decision, RulePolicy
 from sidecar.errors import SidecarError
 from sidecar.log.events import Event, NewEvent
+from sidecar.playbooks.library import PlaybookLibrary
 
 log = structlog.get_logger("sidecar.controller")
 
@@ -42,6 +43,7 @@ MAX_LISTED_TASKS = 100  # task ids named in one watchdog.idle: it must fit in on
 class LastDecision(msgspec.Struct, kw_only=True):
     speak_now: bool
     reason: str
+    playbook: str | None = None  # the error playbook it carried (playbooks.list)
 
 
 class ControllerStatus(msgspec.Struct, kw_only=True):
@@ -97,6 +99,7 @@ class Controller:
         summary_ref: SummaryRef | None = None,
         advisor: Advisor | None = None,
         on_grant: Callable[[Grant], None] | None = None,
+        playbooks: PlaybookLibrary | None = None,
         *,
         fault_backoff_s: float = 0.05,
         max_fault_backoff_s: float = 2.0,
@@ -109,6 +112,7 @@ class Controller:
         self.summary_ref = summary_ref
         self.advisor = advisor
         self.on_grant = on_grant
+        self.playbooks = playbooks
         self.fault_backoff_s = fault_backoff_s
         self.max_fault_backoff_s = max_fault_backoff_s
         self._sleep = sleep
@@ -124,9 +128,28 @@ class Controller:
         for event in events:
             try:
                 self.policy.observe(event, now)
+                if self.playbooks is not None:
+                    self._note_playbook(event, now)
             except Exception as exc:  # a bug: lose this event, never the ones after it
                 self.faults.report("controller.observe_failed", exc, conversation_id=event.conversation_id)
         self._wakeup.set()
+
+    def _note_playbook(self, event: Event, now: float) -> None:
+        """A failure with a playbook: a decision follows (the controller's own events, such as
+        ``task.stalled``, excepted: they come with one), and the next one carries it."""
+        assert self.playbooks is not None
+        playbook = self.playbooks.match(event)
+        if playbook is None:
+            return
+        cid = event.conversation_id
+        st = self.policy.conversations.get(cid) if event.type.startswith(OWN_TYPES) else self.policy.failure(cid, now)
+        if st is not None:
+            st.playbook = playbook.id
+
+    def last_playbook(self, cid: str) -> str | None:
+        """The playbook the last decision about ``cid`` carried, if any."""
+        st = self.policy.conversations.get(cid)
+        return st.last_playbook if st is not None else None
 
     def heartbeat(self, cid: str, task_id: str | None) -> None:
         self.policy.heartbeat(cid, task_id, self.clock.monotonic())
@@ -194,6 +217,9 @@ class Controller:
         """One decision as grants and events."""
         events: list[NewEvent] = []
         data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason, "policy": "rules", **advice}
+        st.last_playbook, st.playbook = st.playbook, None
+        if st.last_playbook is not None:
+            data["playbook"] = st.last_playbook
         if d.speak_now:
             grant = self.grants.issue(d.conversation_id, d.reason)
             if grant is None:  # one outstanding grant per conversation, never two
@@ -320,5 +346,9 @@ class Controller:
             user_waiting=bool(st and st.user_waiting_since is not None),
             open_tasks=sorted(st.open_tasks) if st else [],
             stalled_tasks=sorted(st.stalled) if st else [],
-            last_decision=LastDecision(speak_now=last.speak_now, reason=last.reason) if last else None,
+            last_decision=(
+                LastDecision(speak_now=last.speak_now, reason=last.reason, playbook=st.last_playbook)
+                if st is not None and last is not None
+                else None
+            ),
         )

@@ -65,6 +65,8 @@ class ConversationState:
     last_trigger: float = 0.0
     idle_strikes: int = 0
     last_decision: Decision | None = None
+    playbook: str | None = None  # the playbook of the latest error or failure since the last decision
+    last_playbook: str | None = None  # the one the last decision carried
     # Scheduling (see RulePolicy.due): the time of this state's live entry in the policy's
     # heap, when it was last decided, and a min-heap of (seen, task) for the stall check, with
     # at most one entry per task in ``queued`` (stale entries are repaired when they surface).
@@ -181,6 +183,15 @@ class RulePolicy:
                     self._trigger(st, f"task_{status}", now)
         elif "error" in kind.rpartition(".")[2]:
             self._trigger(st, "error", now)
+
+    def failure(self, cid: str, now: float) -> ConversationState:
+        """A failure an error playbook names (a timeout, a rate limit, a lost lease...), of
+        whatever event type: a decision is due, as after an error. One already pending (a
+        task failed, the user asked) keeps its reason."""
+        st = self.state(cid, now)
+        if not st.pending:
+            self._trigger(st, "error", now)
+        return st
 
     def seed_task(self, cid: str, task_id: str, owner: str | None, now: float) -> None:
         """An active task known from before (the task graph at start-up): open work to watch."""

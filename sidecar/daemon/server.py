@@ -41,6 +41,7 @@ from sidecar.narrator.health import LLMWatch
 from sidecar.narrator.llm import api_key_from_env
 from sidecar.narrator.service import Narrator, chat_client
 from sidecar.narrator.templates import PromptLibrary
+from sidecar.playbooks.library import PlaybookLibrary
 from sidecar.rpc.protocol import (
     Limits,
     encode,
@@ -188,6 +189,9 @@ class Daemon:
             self.appender = AsyncAppender(self.store, on_commit=self._fan_out)
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
+            self.playbooks = await anyio.to_thread.run_sync(
+                PlaybookLibrary, os.path.join(self.store.data_dir, "playbooks")
+            )
             self.tasks = TaskService(self.store.data_dir, audit=self.appender.append_valid, clock=self.clock)
             await anyio.to_thread.run_sync(self.tasks.load)
 
@@ -205,6 +209,7 @@ class Daemon:
                 grants=grants,
                 context=self.context.build,
                 last_reason=self._last_reason,
+                last_playbook=self._last_playbook,
                 counter=self.counter,
                 prompts=self.prompts,
                 notify=self.hub.notify,
@@ -218,6 +223,7 @@ class Daemon:
                 summary_ref=self._summary_ref,
                 advisor=self.narrator.advise if self.chat is not None else None,
                 on_grant=self._on_grant if self.chat is not None and lc.narrator else None,
+                playbooks=self.playbooks,
             )
 
             self.services = Services(
@@ -229,6 +235,7 @@ class Daemon:
                 counter=self.counter,
                 controller=self.controller,
                 narrator=self.narrator,
+                playbooks=self.playbooks,
                 health=self.health,
                 stats=self.stats,
             )
@@ -248,6 +255,7 @@ class Daemon:
                 await tg.start(supervise, "tasks", self.tasks.run, self.fault)
                 await tg.start(supervise, "controller", self.controller.run, self.fault)
                 await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
+                await tg.start(supervise, "playbooks", self.playbooks.watch, self.fault)
                 await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
                 await tg.start(self._signals)  # handlers in place before READY=1
                 if notifier.watchdog_interval:
@@ -302,6 +310,12 @@ class Daemon:
         """Why the controller last decided what it did about ``cid``, if it has."""
         last = self.controller.status(cid).last_decision
         return last.reason if last else None
+
+    def _last_playbook(self, cid: str) -> tuple[str, str] | None:
+        """The title and text of the playbook the controller's last decision carried."""
+        playbook_id = self.controller.last_playbook(cid)
+        playbook = self.playbooks.get(playbook_id) if playbook_id is not None else None
+        return (playbook.title, playbook.text) if playbook is not None else None
 
     async def _summary_ref(self, cid: str) -> str | None:
         """The summary a decision was made on: cheap, from the incremental state."""

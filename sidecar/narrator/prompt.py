@@ -19,6 +19,8 @@ from sidecar.tokens import TokenCounter
 ContextBuilder = Callable[[str, int, str], Awaitable[Context]]
 # Why the controller last decided what it did about a conversation, if it has decided.
 LastReason = Callable[[str], "str | None"]
+# The error playbook the controller's last decision carried, as "title" and text, if any.
+LastPlaybook = Callable[[str], "tuple[str, str] | None"]
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
@@ -53,6 +55,7 @@ async def build_narrator_prompt(
     counter: TokenCounter,
     context: ContextBuilder,
     last_reason: LastReason,
+    last_playbook: LastPlaybook | None = None,
 ) -> NarratorPrompt:
     """The narrator template plus the conversation's context, as chat messages, within budget.
 
@@ -62,6 +65,10 @@ async def build_narrator_prompt(
     last = last_reason(cid)
     why = reason or (last if last is not None else "asked to speak")
     system = prompts.render("narrator", conversation_id=cid, reason=why)
+    playbook = last_playbook(cid) if last_playbook is not None else None
+    if playbook is not None:  # what to say about the error this turn is about (docs/playbooks.md)
+        title, text = playbook
+        system += f"\n\n## Playbook: {title}\n{text}"
     headings = await _read(counter.count, "\n\n".join(_HEADINGS.values()))
     template = 2 * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
     ctx = await context(cid, max(1, budget_tokens - headings - template), system)

@@ -18,7 +18,7 @@ from sidecar.controller.grants import Grant, GrantBook
 from sidecar.errors import SidecarError
 from sidecar.log.events import AppendResult
 from sidecar.narrator.llm import ChatClient, LLMError, api_key_from_env, parse_verdict
-from sidecar.narrator.prompt import ContextBuilder, LastReason, NarratorPrompt, build_narrator_prompt
+from sidecar.narrator.prompt import ContextBuilder, LastPlaybook, LastReason, NarratorPrompt, build_narrator_prompt
 from sidecar.narrator.speak import Append, speak
 from sidecar.narrator.templates import PromptLibrary
 from sidecar.notifications import NarratorDeltaParams
@@ -67,6 +67,7 @@ class Narrator:
         prompts: PromptLibrary,
         notify: Notify,
         fault: Callable[[str], None],
+        last_playbook: LastPlaybook | None = None,
     ) -> None:
         self.llm = llm
         self.chat = chat
@@ -74,6 +75,7 @@ class Narrator:
         self.grants = grants
         self.context = context
         self.last_reason = last_reason
+        self.last_playbook = last_playbook
         self.counter = counter
         self.prompts = prompts
         self.notify = notify
@@ -89,6 +91,7 @@ class Narrator:
             counter=self.counter,
             context=self.context,
             last_reason=self.last_reason,
+            last_playbook=self.last_playbook,
         )
 
     async def say(self, cid: str, grant_id: str, text: str) -> AppendResult:

@@ -11,7 +11,6 @@ most :data:`MAX_TEMPLATE_BYTES`, and anything else is refused the same way.
 
 from __future__ import annotations
 
-import errno
 import os
 import string
 from importlib import resources
@@ -20,7 +19,8 @@ import anyio
 import structlog
 import watchfiles
 
-from sidecar.datadir import UnsafePathError, check_dir, open_regular, private_dir
+from sidecar.datadir import private_dir
+from sidecar.overrides import read_text
 
 log = structlog.get_logger("sidecar.prompts")
 
@@ -51,36 +51,7 @@ class PromptLibrary:
         """The override's text, ``None`` when there is none; raises when it is unsafe."""
         if not self.override_dir:
             return None
-        try:
-            dir_fd = os.open(self.override_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(f"{self.override_dir} is not a directory of ours (a symlink?)") from None
-            raise
-        try:
-            check_dir(self.override_dir, os.fstat(dir_fd), "prompts directory", fd=dir_fd)
-            try:
-                fd = open_regular(f"{name}.md", os.O_RDONLY, dir_fd=dir_fd)
-            except FileNotFoundError:
-                return None
-        finally:
-            os.close(dir_fd)
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid():
-                raise UnsafePathError(f"{self._override_path(name)} belongs to uid {st.st_uid}, not to us")
-            if st.st_size > MAX_TEMPLATE_BYTES:
-                raise UnsafePathError(f"{self._override_path(name)} is over {MAX_TEMPLATE_BYTES} bytes")
-            data = b""
-            while len(data) <= MAX_TEMPLATE_BYTES and (chunk := os.read(fd, MAX_TEMPLATE_BYTES + 1 - len(data))):
-                data += chunk
-            if len(data) > MAX_TEMPLATE_BYTES:
-                raise UnsafePathError(f"{self._override_path(name)} grew over {MAX_TEMPLATE_BYTES} bytes")
-            return data.decode("utf-8")
-        finally:
-            os.close(fd)
+        return read_text(self.override_dir, f"{name}.md", MAX_TEMPLATE_BYTES, "prompts directory")
 
     def load(self, name: str) -> bool:
         """(Re)read one template; returns whether it was taken."""

@@ -150,6 +150,9 @@ def test_every_wrapper_but_discover_returns_a_named_record() -> None:
             assert sync == dict[str, Any]
             continue
         record = get_args(sync)[0] if get_origin(sync) is list else sync
+        if get_origin(record) in (Union, types.UnionType):  # a record or null (playbooks.match)
+            record, none = get_args(record)
+            assert none is type(None), (name, sync)
         assert is_typeddict(record), (name, sync)
     assert get_type_hints(methods.SyncMethods.log_append_many)["events"] == list[methods.NewEvent]
     for name in methods.__all__:

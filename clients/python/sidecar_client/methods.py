@@ -49,6 +49,9 @@ __all__ = [
     "NoParams",
     "Ok",
     "Page",
+    "Playbook",
+    "PlaybookInfo",
+    "PlaybookList",
     "QueryFilter",
     "SinceParams",
     "Snapshot",
@@ -216,6 +219,7 @@ class LLMHealth(TypedDict):
 class LastDecision(TypedDict):
     speak_now: bool
     reason: str
+    playbook: NotRequired[str | None]
 
 
 class Layer(TypedDict):
@@ -325,6 +329,29 @@ class Page(TypedDict):
 
     events: list[Event]
     next_cursor: NotRequired[str | None]
+
+
+class Playbook(TypedDict):
+    """A playbook whole: what ``playbooks.match`` answers, and the narrator is given."""
+
+    id: str
+    title: str
+    matches: list[str]
+    retries: NotRequired[Literal["left", "none"] | None]
+    text: str
+    source: str
+
+
+class PlaybookInfo(TypedDict):
+    """A playbook as ``playbooks.list`` shows it."""
+
+    id: str
+    title: str
+    matches: list[str]
+
+
+class PlaybookList(TypedDict):
+    playbooks: list[PlaybookInfo]
 
 
 class QueryFilter(TypedDict):
@@ -557,6 +584,14 @@ class SyncMethods:
         """The narrator speaks, with a valid grant; else -32004."""
         return cast("AppendResult", self.call("narrator.say", _given(conversation_id=conversation_id, grant_id=grant_id, text=text)))
 
+    def playbooks_list(self) -> PlaybookList:
+        """The error playbooks in force: the shipped ones, with data/playbooks/ over them."""
+        return cast("PlaybookList", self.call("playbooks.list", _given()))
+
+    def playbooks_match(self, *, event_id: str) -> Playbook | None:
+        """The playbook that applies to an event (by its type, task outcome or data.code), or null."""
+        return cast("Playbook | None", self.call("playbooks.match", _given(event_id=event_id)))
+
     def rpc_discover(self) -> dict[str, Any]:
         """This document: every method, its errors and every notification, as OpenRPC 1.x."""
         return cast("dict[str, Any]", self.call("rpc.discover", _given()))
@@ -678,6 +713,14 @@ class AsyncMethods:
     async def narrator_say(self, *, conversation_id: str, grant_id: str, text: str) -> AppendResult:
         """The narrator speaks, with a valid grant; else -32004."""
         return cast("AppendResult", await self.call("narrator.say", _given(conversation_id=conversation_id, grant_id=grant_id, text=text)))
+
+    async def playbooks_list(self) -> PlaybookList:
+        """The error playbooks in force: the shipped ones, with data/playbooks/ over them."""
+        return cast("PlaybookList", await self.call("playbooks.list", _given()))
+
+    async def playbooks_match(self, *, event_id: str) -> Playbook | None:
+        """The playbook that applies to an event (by its type, task outcome or data.code), or null."""
+        return cast("Playbook | None", await self.call("playbooks.match", _given(event_id=event_id)))
 
     async def rpc_discover(self) -> dict[str, Any]:
         """This document: every method, its errors and every notification, as OpenRPC 1.x."""

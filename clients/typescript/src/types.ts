@@ -163,6 +163,8 @@ export interface LLMHealth {
 }
 
 export interface LastDecision {
+  /** @default null */
+  playbook?: string | null;
   reason: string;
   speak_now: boolean;
 }
@@ -308,6 +310,28 @@ export interface Page {
   events: Event[];
   /** @default null */
   next_cursor?: string | null;
+}
+
+/** A playbook whole: what ``playbooks.match`` answers, and the narrator is given. */
+export interface Playbook {
+  id: string;
+  matches: string[];
+  /** @default null */
+  retries?: "left" | "none" | null;
+  source: string;
+  text: string;
+  title: string;
+}
+
+/** A playbook as ``playbooks.list`` shows it. */
+export interface PlaybookInfo {
+  id: string;
+  matches: string[];
+  title: string;
+}
+
+export interface PlaybookList {
+  playbooks: PlaybookInfo[];
 }
 
 /** An :class:`EventFilter` with paging (``log.query``): a page size and a cursor. */
@@ -607,6 +631,16 @@ export interface Methods {
   "narrator.say": {
     params: NarratorSay;
     result: AppendResult;
+  };
+  /** The error playbooks in force: the shipped ones, with data/playbooks/ over them. */
+  "playbooks.list": {
+    params: NoParams;
+    result: PlaybookList;
+  };
+  /** The playbook that applies to an event (by its type, task outcome or data.code), or null. */
+  "playbooks.match": {
+    params: EventRef;
+    result: Playbook | null;
   };
   /** This document: every method, its errors and every notification, as OpenRPC 1.x. */
   "rpc.discover": {
