@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Awaitable, Callable
 
-from sidecar.datadir import UnsafePathError, check_dir, open_regular
+import anyio
+import anyio.abc
+import structlog
+import watchfiles
+
+from sidecar.datadir import UnsafePathError, check_dir, open_regular, private_dir
+
+log = structlog.get_logger("sidecar.overrides")
 
 
 def _open_dir(directory: str, what: str) -> int | None:
@@ -73,3 +81,27 @@ def names(directory: str, suffix: str, what: str, limit: int) -> list[str]:
     finally:
         os.close(dir_fd)
     return found[:limit]
+
+
+async def watch(
+    directory: str | None,
+    what: str,
+    changed: Callable[[list[str]], Awaitable[None]],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call ``changed(paths)`` whenever files of ``directory`` change. The directory is made
+    0700 first (and never followed through a symlink); one that cannot be made so is logged
+    and not watched, and what was read from it stays in use."""
+    if not directory:
+        task_status.started()
+        return
+    try:
+        private_dir(directory, what=what)
+    except OSError as exc:
+        log.error("overrides.not_watched", path=directory, what=what, error=str(exc))
+        task_status.started()
+        return
+    task_status.started()
+    async for changes in watchfiles.awatch(directory, recursive=False, rust_timeout=200):
+        await changed([path for _change, path in changes])

@@ -17,10 +17,8 @@ from importlib import resources
 
 import anyio
 import structlog
-import watchfiles
 
-from sidecar.datadir import private_dir
-from sidecar.overrides import read_text
+from sidecar.overrides import read_text, watch
 
 log = structlog.get_logger("sidecar.prompts")
 
@@ -96,18 +94,10 @@ class PromptLibrary:
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Reload templates when their override files change."""
-        if not self.override_dir:
-            task_status.started()
-            return
-        try:
-            private_dir(self.override_dir, what="prompts directory")  # 0700; never a symlink
-        except OSError as exc:
-            log.error("prompts.not_watched", path=self.override_dir, error=str(exc))
-            task_status.started()
-            return
-        task_status.started()
-        async for changes in watchfiles.awatch(self.override_dir, recursive=False, rust_timeout=200):
-            for _change, path in changes:
-                name = os.path.basename(path).removesuffix(".md")
-                if name in PLACEHOLDERS:
-                    self.load(name)
+        await watch(self.override_dir, "prompts directory", self._changed, task_status=task_status)
+
+    async def _changed(self, paths: list[str]) -> None:
+        for path in paths:
+            name = os.path.basename(path).removesuffix(".md")
+            if name in PLACEHOLDERS:
+                self.load(name)

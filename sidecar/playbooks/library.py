@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from importlib import resources
 from typing import Annotated, Any, Literal
 
 import anyio
 import msgspec
 import structlog
-import watchfiles
 from msgspec import Meta
 
-from sidecar.datadir import private_dir
 from sidecar.log.events import EVENT_TYPE_PATTERN, WHOLE, Event
-from sidecar.overrides import names, read_text
+from sidecar.overrides import names, read_text, watch
 
 log = structlog.get_logger("sidecar.playbooks")
 
@@ -214,18 +213,10 @@ class PlaybookLibrary:
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Reload when files of ``override_dir`` change."""
-        if not self.override_dir:
-            task_status.started()
-            return
-        try:
-            private_dir(self.override_dir, what="playbooks directory")  # 0700; never a symlink
-        except OSError as exc:
-            log.error("playbooks.not_watched", path=self.override_dir, error=str(exc))
-            task_status.started()
-            return
-        task_status.started()
-        async for _changes in watchfiles.awatch(self.override_dir, recursive=False, rust_timeout=200):
-            await anyio.to_thread.run_sync(self.reload)
+        await watch(self.override_dir, "playbooks directory", self._changed, task_status=task_status)
+
+    async def _changed(self, paths: Sequence[str]) -> None:
+        await anyio.to_thread.run_sync(self.reload)
 
 
 def _builtins() -> dict[str, Playbook]:
