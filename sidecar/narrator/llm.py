@@ -296,7 +296,11 @@ class ChatClient:
     async def probe(self) -> float:
         """Seconds the server took to answer ``GET /health`` (llama.cpp's and vLLM's; a 404
         from a server without one is an answer too), within ``PROPS_TIMEOUT_S``; LLMError when
-        it cannot be reached, fails (llama.cpp says 503 while it loads its model) or is late."""
+        it cannot be reached, fails (llama.cpp says 503 while it loads its model) or is late.
+
+        Apart from the breaker: watching the server must neither open nor close the circuit
+        that the real calls keep (a server that answers /health but fails every completion
+        still trips it)."""
         timeout_s = min(self.timeout_s, PROPS_TIMEOUT_S)
         start = anyio.current_time()
         deadline = start + timeout_s
@@ -305,11 +309,16 @@ class ChatClient:
             return self._late(timeout_s)
 
         try:
-            async with self._exchange("GET", "/health", None, deadline, late, absent=True) as response:
-                await _read_capped(response, MAX_ERROR_BYTES, deadline, late, truncate=True)
-        except LLMError as exc:
-            if exc.status not in (404, 405, 501):
-                raise
+            with anyio.fail_at(deadline):
+                async with self._http.stream("GET", self._path("/health")) as response:
+                    body = await _read_capped(response, MAX_ERROR_BYTES, deadline, late, truncate=True)
+        except TimeoutError:
+            raise late() from None
+        except httpx.HTTPError as exc:
+            raise LLMError(f"cannot reach the LLM server at {self.shown}: {exc or type(exc).__name__}") from exc
+        status = response.status_code
+        if status >= 400 and status not in (404, 405, 501):
+            raise LLMError(f"the LLM server answered {status} to /health: {error_text(body)}", status=status)
         return anyio.current_time() - start
 
     async def context_size(self) -> int | None:

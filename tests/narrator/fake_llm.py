@@ -54,6 +54,7 @@ class FakeLLM:
         self.trickle: set[str] = set()
         self.api_key: str | None = None
         self.n_ctx: int | None = None  # None: /props answers 404 (not llama.cpp)
+        self.health_status: int | None = None  # None: /health answers 404 (no such endpoint)
         self.n_ctx_top_level = False  # older llama.cpp: n_ctx beside, not inside, the settings
         self.tokenize = True
         self.requests: list[dict] = []  # chat-completions bodies
@@ -98,6 +99,10 @@ class FakeLLM:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if not self._start():
+                    return
+                if self.path == "/health" and fake.health_status is not None:
+                    loading = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+                    reply_json(self, {"status": "ok"} if fake.health_status == 200 else loading, fake.health_status)
                     return
                 if self.path == "/props" and fake.n_ctx is not None:
                     settings = {"n_ctx": fake.n_ctx, "temperature": 0.8}

@@ -250,3 +250,14 @@ async def test_probe_times_an_answer_and_names_what_went_wrong(llm: FakeLLM, cli
     llm.hang.discard("/health")
     llm.api_key = "other"
     assert "401" in str(await failure(client.probe))  # answered, but refused: not usable
+
+
+@pytest.mark.anyio
+async def test_probe_says_why_and_leaves_the_breaker_to_the_real_calls(llm: FakeLLM, client: ChatClient) -> None:
+    llm.health_status = 503  # llama.cpp while it loads its model
+    for _ in range(5):  # more failures in a row than open the breaker
+        assert "503" in str(err := await failure(client.probe)) and "Loading model" in str(err)
+    assert client.breaker.state == "closed"  # watching the server is not calling it
+    assert '"speak_now": true' in await client.complete(HI)
+    llm.health_status = 200
+    assert await client.probe() >= 0
