@@ -127,6 +127,19 @@ def test_a_subscription_opens_only_with_a_successful_subscribe_answer() -> None:
         codec.next_notification(1)
 
 
+def test_a_subscription_that_is_not_an_id_neither_routes_nor_raises_anything_else() -> None:
+    """Found by ./dev fuzz: a peer's notification naming a dict as its subscription raised
+    TypeError (unhashable); a subscribe answer like it does not open a queue either."""
+    codec = Codec()
+    subscribed(codec, 1)
+    note = {"jsonrpc": "2.0", "method": "log.event", "params": {"subscription": {"q": 1}, "event": {}}}
+    [got] = codec.feed(line(note))
+    assert isinstance(got, Notification) and codec.queued(1) == 0
+    asked, _ = codec.subscribe_request()
+    with pytest.raises(ProtocolError, match="without a subscription id"):
+        codec.feed(result(asked, {"subscription": [1]}))
+
+
 def test_overflow_raises_and_other_notifications_do_not_end_a_subscription() -> None:
     delta = Notification("narrator.delta", {"subscription": 1, "text": "x"})
     assert delta.event is None and not delta.ends_subscription()

@@ -184,6 +184,9 @@ class Codec:
         result, error, method = message.get("result"), _error_of(message), self._pending.pop(req_id)
         opened = False
         if req_id in self._subscribing and error is None and isinstance(result, dict):
+            if not _is_id(result.get("subscription")):
+                self._subscribing.discard(req_id)
+                raise ProtocolError(f"the daemon answered log.subscribe without a subscription id: {result!r:.200}")
             # Its events follow this answer at once: their queue must exist from now on.
             self.open_subscription(result.get("subscription"))
             opened = True
@@ -195,7 +198,8 @@ class Codec:
             for queue in self._queues.values():
                 queue.append(note)
             return
-        target = self._queues.get(note.subscription)
+        sub = note.subscription
+        target = self._queues.get(sub) if _is_id(sub) else None  # a dict there must not raise
         if target is not None:
             target.append(note)
 
@@ -233,6 +237,11 @@ def _decode(line: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"the daemon sent a line that is not a JSON object: {line[:80]!r}")
     return message
+
+
+def _is_id(value: Any) -> bool:
+    """A subscription id as the daemon gives them: an integer (a peer's dict or list is not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _error_of(message: dict[str, Any]) -> RpcError | None:
