@@ -220,9 +220,14 @@ async def log_query(p: QueryFilter, s: Session) -> Page:
     inline=True,
 )
 async def log_get(p: EventRef, s: Session) -> Event:
-    event = await quick_read(functools.partial(s.services.store.get, p.event_id, shared=True))
+    return await event_by_id(s, p.event_id)
+
+
+async def event_by_id(s: Session, event_id: str) -> Event:
+    """The event with this id, read in place when it can be; -32002 when there is none."""
+    event = await quick_read(functools.partial(s.services.store.get, event_id, shared=True))
     if event is None:
-        raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
+        raise NotFoundError(f"no event with id {event_id}", {"event_id": event_id})
     return event
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import msgspec
 
-from sidecar.api.common import EVENT_ID, quick_read, registry
-from sidecar.api.log import EventRef
+from sidecar.api.common import EVENT_ID, registry
+from sidecar.api.log import EventRef, event_by_id
 from sidecar.api.session import Session
-from sidecar.errors import NotFoundError
 from sidecar.playbooks.library import Playbook, PlaybookInfo
 from sidecar.rpc.dispatch import NoParams
 
@@ -41,7 +38,4 @@ async def playbooks_list(p: NoParams, s: Session) -> PlaybookList:
     inline=True,
 )
 async def playbooks_match(p: EventRef, s: Session) -> Playbook | None:
-    event = await quick_read(functools.partial(s.services.store.get, p.event_id, shared=True))
-    if event is None:
-        raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
-    return s.services.playbooks.match(event)
+    return s.services.playbooks.match(await event_by_id(s, p.event_id))
