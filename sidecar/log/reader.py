@@ -149,9 +149,11 @@ class Snapshot:
             return None
         lengths = [len(line) + 1 for line in lines]
         start = active.end - sum(lengths)
-        if start < 0 or (start > 0 and os.pread(self._fd(active), 1, start - 1) != b"\n"):
+        if start < 0:
             return None
-        if os.pread(self._fd(active), active.end - start, start) != b"\n".join(lines) + b"\n":
+        before = b"\n" if start > 0 else b""  # the byte before them ends the line before, if any
+        got = os.pread(self._fd(active), active.end - start + len(before), start - len(before))
+        if got != before + b"\n".join(lines) + b"\n":
             return None
         return fresh(active.ident, start, active.end, list(events), lengths)
 
