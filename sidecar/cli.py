@@ -24,7 +24,10 @@ examples:
   sidecar tail c1 -n 50 -f                        the last 50 events of c1, then follow
   sidecar tail c1 --json | jq .type
   sidecar methods                                 every method; `sidecar methods log.append` shows one
+  sidecar web                                     the console: open the URL it prints
   sidecar demo                                    a user, three agents and a narrator, in about 10 seconds
+  sidecar demo --socket                           the same story, played into the running daemon
+                                                  (watch it with `sidecar web`; a new conversation each run)
 
 environment:
   SIDECAR_DATA_DIR, SIDECAR_SOCKET, SIDECAR_CONFIG stand in for --data-dir, --socket, --config.
@@ -70,13 +73,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 when degraded too (for healthchecks that must not wait on the LLM server)",
     )
 
-    sub.add_parser(
+    demo = sub.add_parser(
         "demo",
-        help="watch a user, three agents and a narrator, with the gate and the watchdog",
-        description="Watch a user, three agents and a narrator, with the gate and the watchdog, in about "
-        "10 seconds. The demo runs its own daemon in a new temporary directory, removed at the end: "
-        "your daemon, socket and data are not touched.",
+        help="watch a user, three agents and a narrator, with the gate, the watchdog and a playbook",
+        description="Watch a user, three agents and a narrator, with the gate, the watchdog and an error "
+        "playbook (a tool times out), in about 10 seconds. Without --socket the demo runs its own daemon "
+        "in a new temporary directory, removed at the end: your daemon, socket and data are not touched. "
+        "With --socket it plays into a daemon already running (to watch in `sidecar web`), in a new "
+        "conversation with task ids of its own; that daemon's controller settings pace it, the story "
+        "ends within about 20 seconds, and a watchdog slower than that (idle_timeout_s, 30 s by "
+        "default) does not show in it.",
     )
+    demo.add_argument(
+        "--socket",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="play into the daemon on PATH (no PATH: $SIDECAR_SOCKET or the default socket)",
+    )
+    demo.add_argument(
+        "--conversation",
+        metavar="ID",
+        help="the conversation to play in (default: demo-YYYYMMDD-HHMMSS, UTC, with --socket; else demo)",
+    )
+
+    web = sub.add_parser(
+        "web",
+        help="serve the console in a browser: the chat, the activity rail, tasks and decisions",
+        description="Serve the console for people in a browser, on loopback behind a token. The first "
+        "line on stdout is the URL to open, token included (docs/console.md). Needs the `web` extra "
+        "(pip install 'sidecar[web]'; ./dev serve installs it).",
+    )
+    web.add_argument("--socket", help="the daemon's Unix socket path")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
 
     tail = sub.add_parser("tail", help="show a conversation's newest events, and follow with -f")
     tail.add_argument("conversation", help="conversation id")
@@ -102,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from sidecar.demo import main as demo
 
-        return demo()
+        return demo(socket=args.socket, conversation=args.conversation)
     if args.command == "methods":
         return _methods(args)
+    if args.command == "web":
+        return _web(args)
     from sidecar_client import Client, RpcError
 
     try:
@@ -126,6 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _web(args: argparse.Namespace) -> int:
+    try:
+        from sidecar.web.main import serve
+    except ImportError as exc:
+        print(f"sidecar web: {exc.name} is missing: install the web extra, pip install 'sidecar[web]'", file=sys.stderr)
+        return 1
+    from sidecar_client import default_socket_path
+
+    return serve(args.socket or default_socket_path(), args.host, args.port)
 
 
 def _serve(args: argparse.Namespace) -> int:

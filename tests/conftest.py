@@ -59,6 +59,7 @@ SLOW = (
     "tests/daemon/test_lifecycle.py",
     "tests/daemon/test_cli.py",
     "tests/client/test_python_client.py",
+    "tests/web/test_browser.py",
 )
 
 

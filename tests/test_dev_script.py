@@ -55,6 +55,7 @@ def dev(tmp_path: Path) -> Callable[..., tuple[subprocess.CompletedProcess[str],
         log.write_text("")
         base = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
         base.update(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", PYTHON=sys.executable, DEV_LOG=str(log))
+        base.update(SIDECAR_BROWSER="/nonexistent/chromium")  # no browser install here
         done = subprocess.run(
             ["bash", str(tmp_path / "dev"), *args], env={**base, **env}, capture_output=True, text=True, timeout=60
         )
@@ -63,11 +64,11 @@ def dev(tmp_path: Path) -> Callable[..., tuple[subprocess.CompletedProcess[str],
     return run
 
 
-def test_serve_installs_only_the_package_and_keeps_data_out_of_the_checkout(dev) -> None:
+def test_serve_installs_the_package_and_its_console_and_keeps_data_out_of_the_checkout(dev) -> None:
     run, log = dev("serve", "--socket", "/tmp/s.sock")
     assert run.returncode == 0, run.stderr
     install = [line for line in log if "pip install" in line]
-    assert len(install) == 1 and install[0].endswith(" -e .")  # no test extra
+    assert len(install) == 1 and install[0].endswith(" -e .[web]")  # the console, but no test extra
     assert log[-1] == "sidecar SIDECAR_DATA_DIR=var/data serve --socket /tmp/s.sock"
 
     run, log = dev("serve", SIDECAR_DATA_DIR="/srv/mine")
@@ -78,7 +79,7 @@ def test_serve_installs_only_the_package_and_keeps_data_out_of_the_checkout(dev)
 def test_test_installs_the_test_extra_which_also_serves(dev) -> None:
     dev("serve")
     run, log = dev("test", "tests/x.py")
-    assert [line for line in log if "pip install" in line][0].endswith(" -e .[test]")
+    assert [line for line in log if "pip install" in line][0].endswith(" -e .[test,web]")
     run, log = dev("serve")
     assert not any("pip install" in line for line in log)
 

@@ -211,9 +211,12 @@ def test_the_check_sees_a_cycle() -> None:
 
 def test_only_the_command_line_uses_the_client() -> None:
     """The daemon does not depend on its client (which installs alone and imports no
-    ``sidecar``): only the command line and the demo, which talk to a daemon, import it."""
+    ``sidecar``): only the command line, the demo and the web console, which talk to a
+    daemon, import it; and nothing of the daemon imports the console."""
     users = sorted(m for m in MODULES if "sidecar_client" in imports_of(m))
-    assert users == ["sidecar.cli", "sidecar.demo"]
+    assert users == ["sidecar.cli", "sidecar.demo", "sidecar.web.app", "sidecar.web.link", "sidecar.web.stream"]
+    leaning = [m for m in MODULES if "sidecar.web.main" in imports_of(m) and not m.startswith("sidecar.web")]
+    assert leaning == ["sidecar.cli"], leaning  # `sidecar web` starts it; nothing else reaches in
 
 
 @pytest.mark.parametrize(

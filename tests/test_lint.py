@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TREES = ["sidecar", "tests", "bench", "clients"]
+TREES = ["sidecar", "tests", "bench", "clients", "docs"]
 # Build output is copies of our sources (`pip install ./clients/python` leaves
 # clients/python/build/ behind), not sources: checking it would flag the generated
 # methods.py a second time, under a path the project's exclude does not name.

@@ -64,6 +64,10 @@ NOT_RUN = {
         "test/install.test.ts runs agent.mjs from a fresh install"
     ),
     "sidecar demo": "tests/test_demo.py runs it start to finish and checks what it shows",
+    "sidecar web": (
+        "serves until stopped; tests/web runs it against a real daemon, over HTTP and in a real "
+        "browser, with `sidecar demo --socket` in tests/test_demo.py"
+    ),
     "./dev bench": "minutes of benchmarks on a quiet machine; not part of the test suite",
 }
 

@@ -135,16 +135,15 @@ class Controller:
         self._wakeup.set()
 
     def _note_playbook(self, event: Event, now: float) -> None:
-        """A failure with a playbook: a decision follows (the controller's own events, such as
-        ``task.stalled``, excepted: they come with one), and the next one carries it."""
+        """A failure with a playbook: a decision follows, and the next one carries it. The
+        controller's own events (``watchdog.idle``, ``task.stalled``) are left out: their
+        playbook went on the decision written with them (:meth:`_carry_out`)."""
         assert self.playbooks is not None
-        playbook = self.playbooks.match(event)
-        if playbook is None:
+        if event.type.startswith(OWN_TYPES):
             return
-        cid = event.conversation_id
-        st = self.policy.conversations.get(cid) if event.type.startswith(OWN_TYPES) else self.policy.failure(cid, now)
-        if st is not None:
-            st.playbook = playbook.id
+        playbook = self.playbooks.match(event)
+        if playbook is not None:
+            self.policy.failure(event.conversation_id, now).playbook = playbook.id
 
     def last_playbook(self, cid: str) -> str | None:
         """The playbook the last decision about ``cid`` carried, if any."""
@@ -217,9 +216,7 @@ class Controller:
         """One decision as grants and events."""
         events: list[NewEvent] = []
         data: dict[str, Any] = {"speak_now": d.speak_now, "reason": d.reason, "policy": "rules", **advice}
-        st.last_playbook, st.playbook = st.playbook, None
-        if st.last_playbook is not None:
-            data["playbook"] = st.last_playbook
+        failure_playbook, st.playbook = st.playbook, None  # taken now: a failure seen meanwhile waits its turn
         if d.speak_now:
             grant = self.grants.issue(d.conversation_id, d.reason)
             if grant is None:  # one outstanding grant per conversation, never two
@@ -259,10 +256,21 @@ class Controller:
                     data={"silent_for_s": round(now - st.task_seen.get(task_id, now), 3)},
                 )
             )
+        # A failure's playbook, else the one for what this decision reports (idle, stalled).
+        st.last_playbook = failure_playbook or self._playbook_of(events)
+        if st.last_playbook is not None:
+            data["playbook"] = st.last_playbook
         events.append(
             NewEvent(conversation_id=d.conversation_id, type="controller.decision", level="decision", data=data)
         )
         return events
+
+    def _playbook_of(self, events: list[NewEvent]) -> str | None:
+        for event in events:
+            playbook = self.playbooks.match(event) if self.playbooks is not None else None
+            if playbook is not None:
+                return playbook.id
+        return None
 
     async def _summary_ref(self, cid: str) -> str | None:
         """The summary's ref, or None: a summary that cannot be rendered (say, data nested

@@ -27,7 +27,7 @@ import msgspec
 import structlog
 from msgspec import Meta
 
-from sidecar.log.events import EVENT_TYPE_PATTERN, WHOLE, Event
+from sidecar.log.events import EVENT_TYPE_PATTERN, WHOLE, Event, NewEvent
 from sidecar.overrides import names, read_text, watch
 
 log = structlog.get_logger("sidecar.playbooks")
@@ -104,7 +104,7 @@ def _yaml(text: str) -> Any:
         raise ValueError(f"not valid YAML: {exc}") from None
 
 
-def keys_of(event: Event) -> list[str]:
+def keys_of(event: Event | NewEvent) -> list[str]:
     """What of ``event`` a playbook's ``matches`` can name: its type; for a task event, the
     outcome it records (``task.failed`` for a ``task.updated`` to status failed); and its
     ``data.code``."""
@@ -121,7 +121,7 @@ def keys_of(event: Event) -> list[str]:
     return keys
 
 
-def _retries_left(event: Event) -> bool:
+def _retries_left(event: Event | NewEvent) -> bool:
     """``data.retries_left`` (or the task's own) above 0."""
     data = event.data if isinstance(event.data, dict) else {}
     task = data.get("task")
@@ -192,10 +192,10 @@ class PlaybookLibrary:
     def get(self, playbook_id: str) -> Playbook | None:
         return self._by_id.get(playbook_id)
 
-    def match(self, event: Event) -> Playbook | None:
-        """The playbook for ``event``, if one applies. One that names the event's code wins over
-        one that names its type; among those, one whose ``retries`` condition holds over one
-        without; then the first by id."""
+    def match(self, event: Event | NewEvent) -> Playbook | None:
+        """The playbook for ``event`` (written, or about to be), if one applies. One that names
+        the event's code wins over one that names its type; among those, one whose ``retries``
+        condition holds over one without; then the first by id."""
         by_key = self._by_key
         keys = [k for k in keys_of(event) if k in by_key]
         if not keys:

@@ -13,6 +13,7 @@ from sidecar.clock import ManualClock
 from sidecar.controller import Controller, Decision, GrantBook, RulePolicy
 from sidecar.errors import GateClosedError, InvalidParams
 from sidecar.log.events import Event, NewEvent
+from sidecar.playbooks.library import PlaybookLibrary
 from tests.support import ev
 
 
@@ -100,6 +101,25 @@ async def test_the_watchdog_speaks_up_and_reports_stalls(clock: ManualClock) -> 
     assert decision.data["speak_now"] and decision.data["reason"] == "idle"
     assert ctl.status("c1").stalled_tasks == ["t1"]
     assert ctl.policy.next_deadline() == pytest.approx(clock.monotonic() + 20.0)  # backing off
+
+
+@pytest.mark.anyio
+async def test_the_watchdogs_decision_carries_the_stall_playbook_itself(clock: ManualClock) -> None:
+    """The playbook for what a decision reports (idle, a stalled task) goes on that decision,
+    not on the next one when the controller's own events come back from the log."""
+    ctl, written = make(clock, idle_timeout_s=10.0, stall_timeout_s=10.0)
+    ctl.playbooks = PlaybookLibrary(None)
+    ctl.observe([ev("task.created", task={"id": "t1", "status": "running", "owner": "coder"})])
+    clock.advance(10.0)
+    await ctl.tick()
+    assert [e.type for e in written] == ["watchdog.idle", "task.stalled", "controller.decision"]
+    assert written[-1].data["playbook"] == "task-stalled" and ctl.last_playbook("c1") == "task-stalled"
+    ctl.observe([ev(e.type, data=e.data) for e in written])  # the controller's own events, committed
+    ctl.observe([ev("user.message", data={"text": "and now?"})])
+    written.clear()
+    clock.advance(1.0)  # the burst settles
+    await ctl.tick()
+    assert [e.type for e in written] == ["controller.decision"] and "playbook" not in written[-1].data
 
 
 @pytest.mark.anyio

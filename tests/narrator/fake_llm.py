@@ -58,6 +58,10 @@ class FakeLLM:
         self.n_ctx_top_level = False  # older llama.cpp: n_ctx beside, not inside, the settings
         self.tokenize = True
         self.requests: list[dict] = []  # chat-completions bodies
+        # A streamed reply stops after this many pieces until ``resume`` is set (None: no pause),
+        # so a test can look at a reply while it is still arriving.
+        self.pause_after: int | None = None
+        self.resume = threading.Event()
         self.authorization: list[str | None] = []  # the Authorization header of every request
         self.hits: collections.Counter[str] = collections.Counter()  # requests per path
         self.release = threading.Event()
@@ -140,7 +144,9 @@ class FakeLLM:
                     self.send_header("Content-Type", "text/event-stream")
                     self.send_header("Connection", "close")
                     self.end_headers()
-                    for piece in fake.pieces:
+                    for i, piece in enumerate(fake.pieces):
+                        if i == fake.pause_after:
+                            fake.resume.wait(30)
                         chunk = {"choices": [{"delta": {"content": piece}}]}
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
@@ -189,5 +195,6 @@ def running() -> Iterator[FakeLLM]:
         yield fake
     finally:
         fake.release.set()
+        fake.resume.set()
         fake.server.shutdown()
         fake.server.server_close()
