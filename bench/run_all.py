@@ -1,11 +1,12 @@
 """Every benchmark, into bench/results/: README.md (a table per section), results.json and PNG plots.
 
-    ./dev bench                      # the full run: about 90-110 s on 2 cores
-    ./dev bench --quick              # small sizes, about 15 s: checks that it all works
-    ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks)
+    ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s)
+    ./dev bench --quick              # small sizes, about 25 s: checks that it all works
+    ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims)
 
 Sections: durable appends against clients (sidecar, the plain loop, SQLite, Redis), queries and
-daemon start-up against log size, summaries and context, the task graph's ready(). Every
+daemon start-up against log size, summaries and context, the task graph's ready(), task claims
+(8 agents claim -> done beside SQLite and Redis; claim latency against the graph's size). Every
 figure sits beside a baseline measured in the same run: these machines are noisy, so compare
 ratios, not absolute numbers from different runs. Run it on a quiet machine.
 """
@@ -28,6 +29,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # the sibling modules, and tests/ for the summary's traffic
 
 import bench_appends  # noqa: E402
+import bench_claims  # noqa: E402
 import bench_log  # noqa: E402
 import bench_summary  # noqa: E402
 import bench_tasks  # noqa: E402
@@ -39,6 +41,7 @@ SECTIONS: dict[str, Callable[[Config], list[Section]]] = {
     "log": bench_log.run,
     "summary": bench_summary.run,
     "tasks": bench_tasks.run,
+    "claims": bench_claims.run,
 }
 
 

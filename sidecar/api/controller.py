@@ -32,10 +32,12 @@ async def controller_status(p: ConversationRef, s: Session) -> ControllerStatus:
     "controller.heartbeat",
     Heartbeat,
     Ok,
-    "An agent is alive: keeps the idle watchdog quiet.",
+    "An agent is alive: keeps the idle watchdog quiet, and renews the lease of the task it names if it holds it.",
     errors={},
     example={"conversation_id": CID, "agent_id": "indexer", "task_id": "index-1"},
 )
 async def controller_heartbeat(p: Heartbeat, s: Session) -> Ok:
     s.services.controller.heartbeat(p.conversation_id, p.task_id)
+    if p.task_id is not None and p.agent_id is not None:
+        await s.services.tasks.heartbeat(p.task_id, p.agent_id)
     return Ok()

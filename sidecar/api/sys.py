@@ -40,6 +40,9 @@ class Stats(msgspec.Struct, kw_only=True):
     append_queue: int
     commit_queue: int
     task_graph_writes: int
+    tasks_pending: int  # the queue's depth: pending tasks ([tasks] max_pending bounds it)
+    tasks_claims: int  # tasks.claim calls answered
+    claim_ms_mean: float  # a claim, queued to answered, on average
     summary_full_reads: int
     internal_errors: int = 0  # requests answered -32603: each one is a bug worth reporting
     faults: dict[str, int] = {}  # failures contained (connection, subscription, controller...)

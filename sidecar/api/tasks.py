@@ -1,4 +1,4 @@
-"""``tasks.*``: the task graph: create, update, get, list."""
+"""``tasks.*``: the task graph: create, update, get, list; and claims under leases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import msgspec
 from sidecar.api.common import CID, GRAPH_UNUSABLE, TOO_BIG, registry
 from sidecar.api.session import Session
 from sidecar.rpc.dispatch import NoParams
-from sidecar.tasks.model import NewTask, Status, Task, TaskId, TaskPatch
+from sidecar.tasks.model import Claim, NewTask, Release, Renew, Status, Task, TaskId, TaskPatch
 
 
 class TaskRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -22,12 +22,19 @@ class Tasks(msgspec.Struct, kw_only=True):
     tasks: list[Task]
 
 
+class Claimed(msgspec.Struct, kw_only=True):
+    task: Task | None  # null: no ready task (of those types)
+
+
 @registry.method(
     "tasks.create",
     NewTask,
     Task,
     "Add a task; its links must exist and make no cycle.",
-    errors={-32006: GRAPH_UNUSABLE + ", or it cannot be written; nothing changed"},
+    errors={
+        -32005: "[tasks] max_pending tasks are pending already (back-pressure); nothing changed",
+        -32006: GRAPH_UNUSABLE + ", or it cannot be written; nothing changed",
+    },
     example={"type": "index.repo", "id": "index-1", "inputs": {"repo": "."}, "conversation_id": CID, "priority": 1},
 )
 async def tasks_create(p: NewTask, s: Session) -> Task:
@@ -40,7 +47,8 @@ async def tasks_create(p: NewTask, s: Session) -> Task:
     Task,
     "Change a task; expected_version makes it conditional.",
     errors={
-        -32001: "expected_version is given and the task is at another version",
+        -32001: "expected_version is given and the task is at another version; or its lease is held and "
+        "agent_id is not the holder's (changing status or outputs)",
         -32002: "no task has that id",
         -32006: GRAPH_UNUSABLE + ", or it cannot be written; nothing changed",
     },
@@ -84,3 +92,42 @@ async def tasks_list_active(p: ListActive, s: Session) -> Tasks:
 )
 async def tasks_ready(p: NoParams, s: Session) -> Tasks:
     return Tasks(tasks=s.services.tasks.graph.ready())
+
+
+HOLDER_ONLY = "the task is not held by agent_id (its lease ran out, or another agent holds it)"
+
+
+@registry.method(
+    "tasks.claim",
+    Claim,
+    Claimed,
+    "Take the best ready task (lowest priority number, then oldest) under a lease; null when none.",
+    errors={-32006: GRAPH_UNUSABLE + ", or it cannot be written; nothing changed"},
+    example={"agent_id": "indexer", "types": ["index.repo"], "lease_s": 30},
+)
+async def tasks_claim(p: Claim, s: Session) -> Claimed:
+    return Claimed(task=await s.services.tasks.claim(p))
+
+
+@registry.method(
+    "tasks.renew",
+    Renew,
+    Task,
+    "The holder extends its lease by lease_s from now (no new version, no event).",
+    errors={-32001: HOLDER_ONLY, -32002: "no task has that id", -32006: GRAPH_UNUSABLE},
+    example={"id": "index-1", "agent_id": "indexer", "lease_s": 30},
+)
+async def tasks_renew(p: Renew, s: Session) -> Task:
+    return await s.services.tasks.renew(p)
+
+
+@registry.method(
+    "tasks.release",
+    Release,
+    Task,
+    "The holder gives the task back: pending again, the attempt refunded.",
+    errors={-32001: HOLDER_ONLY, -32002: "no task has that id", -32006: GRAPH_UNUSABLE},
+    example={"id": "index-1", "agent_id": "indexer"},
+)
+async def tasks_release(p: Release, s: Session) -> Task:
+    return await s.services.tasks.release(p)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.log.events import Event
-from sidecar.tasks.model import ACTIVE
+from sidecar.tasks.model import ACTIVE, TASK_EVENT_TYPES
 
 # Triggers, most urgent first: the reason a decision gives is the most urgent one pending.
 URGENCY = ("user_message", "error", "task_failed", "task_done")
@@ -163,7 +163,7 @@ class RulePolicy:
         elif kind == "narrator.message" and chat:
             st.user_waiting_since = None
             st.last_narration = now
-        elif kind in ("task.created", "task.updated"):
+        elif kind in TASK_EVENT_TYPES:
             data = event.data if isinstance(event.data, dict) else {}
             task: Any = data.get("task")
             if not isinstance(task, dict):

@@ -94,6 +94,12 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     narrator_budget_tokens: Positive = 3000  # the prompt; less when the server's context is smaller
 
 
+class TasksConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The task queue (contract section 13)."""
+
+    max_pending: Positive = 10_000  # pending tasks; tasks.create beyond gets -32005 (back-pressure)
+
+
 class Config(msgspec.Struct, kw_only=True):
     """Everything the daemon reads at start (and again on SIGHUP)."""
 
@@ -105,6 +111,7 @@ class Config(msgspec.Struct, kw_only=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     controller: ControllerConfig = msgspec.field(default_factory=ControllerConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
+    tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
 
     @property
     def socket_path(self) -> str:
@@ -140,7 +147,7 @@ def load_config(
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         except OSError as exc:  # a directory, unreadable...
             raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
-    known = {"data_dir", "socket", "server", "log", "controller", "llm"}
+    known = set(Config.__struct_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {unknown}")

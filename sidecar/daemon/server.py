@@ -126,6 +126,9 @@ class Daemon:
             append_queue=self.appender.depth(),
             commit_queue=self.store.commit_queue_depth(),
             task_graph_writes=self.tasks.writes,
+            tasks_pending=self.tasks.pending,
+            tasks_claims=self.tasks.claims,
+            claim_ms_mean=round(1000 * self.tasks.claim_seconds / self.tasks.claims, 3) if self.tasks.claims else 0.0,
             summary_full_reads=self.summaries.full_reads,
             internal_errors=registry.internal_errors,
             faults=self._faults(),
@@ -192,7 +195,12 @@ class Daemon:
             self.playbooks = await anyio.to_thread.run_sync(
                 PlaybookLibrary, os.path.join(self.store.data_dir, "playbooks")
             )
-            self.tasks = TaskService(self.store.data_dir, audit=self.appender.append_valid, clock=self.clock)
+            self.tasks = TaskService(
+                self.store.data_dir,
+                audit=self.appender.append_valid,
+                clock=self.clock,
+                max_pending=self.config.tasks.max_pending,
+            )
             await anyio.to_thread.run_sync(self.tasks.load)
 
             self.summaries = SummaryCache(self.store)

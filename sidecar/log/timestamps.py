@@ -41,3 +41,12 @@ def normalize_timestamp(value: str | datetime) -> str:
         parsed = parsed.replace(tzinfo=UTC)
     p = parsed.astimezone(UTC)
     return f"{p.year:04d}-{p.month:02d}-{p.day:02d}T{p.hour:02d}:{p.minute:02d}:{p.second:02d}.{p.microsecond:06d}Z"
+
+
+def timestamp_ns(value: str) -> int:
+    """A timestamp in the log's spelling as nanoseconds since the epoch (microsecond precision)."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    whole = int(parsed.replace(microsecond=0).timestamp())
+    return whole * 1_000_000_000 + parsed.microsecond * 1000

@@ -29,13 +29,13 @@ from msgspec import Meta
 
 from sidecar.log.events import EVENT_TYPE_PATTERN, WHOLE, Event, NewEvent
 from sidecar.overrides import names, read_text, watch
+from sidecar.tasks.model import TASK_EVENT_TYPES
 
 log = structlog.get_logger("sidecar.playbooks")
 
 MAX_PLAYBOOK_BYTES = 64 * 1024
 MAX_PLAYBOOKS = 256  # files read from data/playbooks/; more are left out, and logged
 SUFFIX = ".md"
-TASK_EVENTS = ("task.created", "task.updated")  # the task graph's audit events
 OUTCOMES = ("failed", "timed_out", "lease_expired")  # task outcomes a playbook can name
 
 PlaybookId = Annotated[str, Meta(pattern=rf"^[a-z0-9][a-z0-9_-]{{0,63}}{WHOLE}")]
@@ -111,7 +111,7 @@ def keys_of(event: Event | NewEvent) -> list[str]:
     keys = [event.type]
     data = event.data if isinstance(event.data, dict) else {}
     task = data.get("task")
-    if event.type in TASK_EVENTS and isinstance(task, dict) and task.get("status") in OUTCOMES:
+    if event.type in TASK_EVENT_TYPES and isinstance(task, dict) and task.get("status") in OUTCOMES:
         keys.append(f"task.{task['status']}")
     code = data.get("code")
     if isinstance(code, int) and not isinstance(code, bool):

@@ -292,9 +292,12 @@ def close_names(given: str, names: Iterable[str], limit: int = 5) -> list[str]:
     names = [n for n in names if n != given]
     scored = sorted(((difflib.SequenceMatcher(None, given, n).ratio(), n) for n in names), reverse=True)
     best = scored[0][0] if scored else 0.0
-    typos = [n for ratio, n in scored if ratio >= 0.75 and ratio >= best - 0.06]
     words = _words(given)
     parts = sorted(n for n in names if _contains_run(_words(n), words))
+    # A name holding all of given's words beats a loose near miss (tasks.list: tasks.list_active,
+    # not tasks.claim); a clear misspelling still comes first.
+    floor = 0.8 if parts else 0.75
+    typos = [n for ratio, n in scored if ratio >= floor and ratio >= best - 0.06]
     out: list[str] = []
     for n in typos + parts:
         if n not in out:

@@ -12,6 +12,8 @@ from sidecar.log.events import WHOLE, ConversationId
 Status = Literal["pending", "running", "blocked", "done", "failed", "cancelled"]
 ACTIVE: frozenset[str] = frozenset({"pending", "running", "blocked"})
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+# The events that record a task change, each with the whole task after it in data.task.
+TASK_EVENT_TYPES = ("task.created", "task.updated", "task.claimed", "task.lease_expired", "task.timed_out")
 
 # Where a status may go. Leaving a terminal state takes an explicit reopen (back to pending).
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -31,6 +33,10 @@ TaskId = Annotated[
     ),
 ]
 Priority = Annotated[int, Meta(ge=0, le=1000)]
+Attempts = Annotated[int, Meta(ge=1, le=1000, description="how many claims a task may have before it fails")]
+TimeoutS = Annotated[float, Meta(gt=0, le=31_536_000, description="seconds a claimed task may run")]
+LeaseS = Annotated[int, Meta(ge=1, le=3600, description="seconds, 1 to 3600")]
+AgentId = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
 class Task(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +55,14 @@ class Task(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     conversation_id: ConversationId | None = None
     priority: Priority = 2
     version: int = 1
+    # Orchestration (tasks.claim): who holds the task and until when, and its attempts.
+    lease_owner: str | None = None
+    lease_expires_at: str | None = None
+    attempts: int = 0
+    max_attempts: Attempts = 3
+    timeout_s: TimeoutS | None = None
+    claimed_at: str | None = None  # when the current claim began: timeout_s counts from it
+    lease_s: LeaseS | None = None  # the holder's last lease: what a heartbeat renews it by
 
 
 class NewTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -65,6 +79,8 @@ class NewTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     conversation_id: ConversationId | None = None
     priority: Priority = 2
     status: Status = "pending"
+    max_attempts: Attempts = 3
+    timeout_s: TimeoutS | None = None
 
 
 class TaskPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -79,7 +95,33 @@ class TaskPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     parent_id: TaskId | None = None
     dependency_ids: list[TaskId] | None = None
     priority: Priority | None = None
+    max_attempts: Attempts | None = None
+    timeout_s: TimeoutS | None = None
     reopen: bool = False
+    agent_id: AgentId | None = None  # the lease holder: needed to change status or outputs while held
+
+
+class Claim(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``tasks.claim``: the best ready task (of ``types``, when given) for ``agent_id``."""
+
+    agent_id: AgentId
+    types: list[Annotated[str, Meta(min_length=1, max_length=128)]] | None = None
+    lease_s: LeaseS = 30
+
+
+class Renew(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``tasks.renew``: the holder extends its lease (by ``lease_s``; absent: by its last)."""
+
+    id: TaskId
+    agent_id: AgentId
+    lease_s: LeaseS | None = None
+
+
+class Release(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``tasks.release``: the holder gives the task back (pending, the attempt refunded)."""
+
+    id: TaskId
+    agent_id: AgentId
 
 
 class GraphFile(msgspec.Struct, kw_only=True):

@@ -20,6 +20,7 @@ as it appears.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,17 +36,20 @@ from anyio.streams.memory import MemoryObjectSendStream
 from sidecar.batcher import Batcher
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.datadir import open_regular, read_regular
-from sidecar.errors import SidecarError, StorageError
+from sidecar.errors import OverloadedError, SidecarError, StorageError
 from sidecar.log.events import NewEvent
 from sidecar.log.files import write_all
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
-from sidecar.log.timestamps import format_timestamp
+from sidecar.log.timestamps import format_timestamp, timestamp_ns
 from sidecar.tasks.graph import TaskGraph
-from sidecar.tasks.model import TERMINAL, NewTask, Task, TaskPatch
+from sidecar.tasks.model import TERMINAL, Claim, NewTask, Release, Renew, Task, TaskPatch
+from sidecar.tasks.queue import ClaimQueue
 from sidecar.tasks.store import (
     GRAPH_FILE,
+    JOURNAL_SUFFIX,
     MAX_GRAPH_BYTES,
     GraphFileError,
+    append_journal,
     locked,
     read_graph,
     remove_stale_temps,
@@ -53,6 +57,15 @@ from sidecar.tasks.store import (
 )
 
 log = structlog.get_logger("sidecar.tasks")
+DEFAULT_MAX_PENDING = 10_000  # [tasks] max_pending
+SYSTEM = "system"  # the conversation of tasks that belong to none, and of back-pressure
+JOURNAL_MIN, JOURNAL_MAX = 1 << 20, 64 << 20  # the journal is folded in past the file's size, within these
+
+
+def _some(task: Task | None) -> Task:
+    assert task is not None  # every request but a claim answers a task
+    return task
+
 
 Outside = tuple[TaskGraph, TaskGraph] | None  # the graph before and after an outside edit
 AuditSink = Callable[[list[NewEvent]], Awaitable[Any]]
@@ -83,38 +96,102 @@ class _BrokenGraph(TaskGraph):
         raise self.error
 
 
+class Sweep:
+    """Expire the leases and timeouts that have run out (queued by the expiry timer)."""
+
+
+Request = NewTask | TaskPatch | Claim | Renew | Release | Sweep
+
+
 class _Change:
-    """One queued create or update, and what became of it."""
+    """One queued request, and what became of it: its answer, and the changes to audit."""
 
-    __slots__ = ("what", "result", "error", "before", "done")
+    __slots__ = ("what", "result", "error", "changes", "done")
 
-    def __init__(self, what: NewTask | TaskPatch) -> None:
+    def __init__(self, what: Request) -> None:
         self.what = what
         self.result: Task | None = None
         self.error: SidecarError | None = None
-        self.before: Task | None = None
+        self.changes: list[tuple[Task, Task | None, str | None]] = []  # after, before, event type
         self.done = anyio.Event()  # set in the event loop once it is written and audited
 
-    def apply(self, graph: TaskGraph, now: str) -> None:
+    def apply(self, graph: TaskGraph, queue: ClaimQueue, now_ns: int, max_pending: int) -> None:
         try:
-            if isinstance(self.what, NewTask):
-                self.result = graph.create(self.what, now)
-            else:
-                self.before = graph.tasks.get(self.what.id)
-                self.result = graph.update(self.what, now)
+            self._apply(graph, queue, now_ns, max_pending)
         except SidecarError as exc:
             self.error = exc
+
+    def _apply(self, graph: TaskGraph, queue: ClaimQueue, now_ns: int, max_pending: int) -> None:
+        what, now = self.what, format_timestamp(now_ns)
+        if isinstance(what, Sweep):
+            for task_id in queue.due(now):
+                before = graph.tasks.get(task_id)
+                expired = graph.expire(task_id, now_ns)
+                if expired is not None:  # else renewed since: its renewal queued the new deadline
+                    self._changed(queue, graph, expired[0], before, expired[1])
+            return
+        if isinstance(what, Renew):
+            self.result = graph.renew(what.id, what.agent_id, what.lease_s, now_ns)
+            queue.hold(self.result)
+            return
+        if isinstance(what, NewTask):
+            if what.status == "pending" and queue.pending >= max_pending:
+                raise OverloadedError(
+                    f"{queue.pending} tasks are pending, the most [tasks] max_pending allows; "
+                    "try again once some are claimed",
+                    {"pending": queue.pending, "max_pending": max_pending},
+                )
+            self._changed(queue, graph, graph.create(what, now), None, None)
+            return
+        if isinstance(what, Claim):
+            chosen = queue.take(graph, what.types)
+            if chosen is not None:
+                self._changed(
+                    queue, graph, graph.claim(chosen.id, what.agent_id, what.lease_s, now_ns), chosen, "task.claimed"
+                )
+            return
+        before = graph.get(what.id)
+        if isinstance(what, Release):
+            after = graph.release(what.id, what.agent_id, now_ns)
+        else:
+            after = graph.update(what, now)
+        self._changed(queue, graph, after, before, None)
+
+    def _changed(self, queue: ClaimQueue, graph: TaskGraph, after: Task, before: Task | None, kind: str | None) -> None:
+        queue.changed(graph, before, after)
+        self.changes.append((after, before, kind))
+        if not isinstance(self.what, Sweep):
+            self.result = after
+
+    @property
+    def writes(self) -> bool:
+        """Whether it changed what must be on disk before it is answered (a renewal does not)."""
+        return bool(self.changes)
 
 
 class TaskService:
     """Owns ``tasks.graph.json`` for the daemon."""
 
-    def __init__(self, data_dir: str, audit: AuditSink | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        audit: AuditSink | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
         self.path = os.path.join(data_dir, GRAPH_FILE)
         self.archive_dir = os.path.join(data_dir, "archive")
         self.audit = audit
         self.clock = clock
+        self.max_pending = max_pending
         self.graph = TaskGraph()
+        self.queue = ClaimQueue()  # the writer thread's: ready tasks and lease deadlines
+        self.pending = 0  # as of the last batch, for the event loop (back-pressure, sys.stats)
+        self.next_deadline: str | None = None  # the earliest lease or timeout, as of the last batch
+        self.pressure = 0  # 0 below 80% of max_pending, 1 from 80%, 2 at 100%
+        self.claims = 0
+        self.claim_seconds = 0.0  # summed over claims, queued to answered
+        self._deadlines_moved = anyio.Event()
         self.broken: GraphFileError | None = None  # the file could not be used at start
         self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES  # lowered when the log says it is less
         self._stamp: tuple[int, int, int] | None = None
@@ -122,7 +199,10 @@ class TaskService:
         self._writer: Batcher[_Change | None] = Batcher(self._write, f"sidecar-tasks:{self.path}")
         self._written: MemoryObjectSendStream[tuple[list[_Change], Outside]] | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
-        self.writes = 0
+        self.writes = 0  # batches made durable
+        self.checkpoints = 0  # of them, whole-file writes
+        self.journal_bytes = 0
+        self.file_bytes = 0
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -135,12 +215,35 @@ class TaskService:
             with locked(self.path, exclusive=True):
                 for tmp in remove_stale_temps(self.path):
                     log.warning("tasks.stale_temp_removed", path=tmp)
-                self._stamp = _stamp(self.path)
                 self.graph = read_graph(self.path)
-        except GraphFileError as exc:
+                if os.path.lexists(self.path + JOURNAL_SUFFIX):  # fold it in: no torn line to append after
+                    write_graph(self.path, self.graph)
+                self._stamp = _stamp(self.path)
+                self.file_bytes = self._stamp[1] if self._stamp else 0
+                self._grace()
+        except (GraphFileError, OSError) as exc:
+            if isinstance(exc, OSError):
+                exc = GraphFileError(f"cannot write {self.path}: {exc.strerror or exc}", {"path": self.path})
             self.broken = exc
             self.graph = TaskGraph()
             log.error("tasks.file_unusable", path=self.path, error=exc.message, until="a valid file is in its place")
+
+    def _grace(self) -> None:
+        """After a restart every held lease gets a fresh ``lease_s`` from now: its holder may
+        have been renewing while we were down. Then the queue is built from the graph."""
+        now_ns = self.clock.now_ns()
+        for task in list(self.graph.tasks.all()):
+            if task.status == "running" and task.lease_owner is not None:
+                self.graph.renew(task.id, task.lease_owner, task.lease_s, now_ns, grace=True)
+        self._index()
+
+    def _index(self) -> None:
+        """Rebuild the queue from the graph (writer thread, or before it starts)."""
+        self.queue.rebuild(self.graph)
+        self._note_queue()
+
+    def _note_queue(self) -> None:
+        self.pending, self.next_deadline = self.queue.pending, self.queue.next_deadline()
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -150,19 +253,43 @@ class TaskService:
     # --- changes ---------------------------------------------------------------------------------
 
     async def create(self, new: NewTask) -> Task:
-        return await self._submit(_Change(new))
+        return _some(await self._submit(_Change(new)))
 
     async def update(self, patch: TaskPatch) -> Task:
-        return await self._submit(_Change(patch))
+        return _some(await self._submit(_Change(patch)))
 
-    async def _submit(self, change: _Change) -> Task:
+    async def claim(self, claim: Claim) -> Task | None:
+        started = anyio.current_time()
+        task = await self._submit(_Change(claim))
+        self.claims += 1
+        self.claim_seconds += anyio.current_time() - started
+        return task
+
+    async def renew(self, renew: Renew) -> Task:
+        return _some(await self._submit(_Change(renew)))
+
+    async def release(self, release: Release) -> Task:
+        return _some(await self._submit(_Change(release)))
+
+    async def heartbeat(self, task_id: str, agent_id: str) -> None:
+        """A ``controller.heartbeat`` from a task's holder renews its lease by its last length;
+        from anyone else it changes nothing (a heartbeat never fails)."""
+        task = self.graph.tasks.get(task_id)
+        if task is not None and task.lease_owner == agent_id and task.status == "running":
+            with contextlib.suppress(SidecarError):
+                await self._submit(_Change(Renew(id=task_id, agent_id=agent_id)))
+
+    async def sweep(self) -> None:
+        """Expire what has run out by now (the expiry timer calls it; so may a test)."""
+        await self._submit(_Change(Sweep()))
+
+    async def _submit(self, change: _Change) -> Task | None:
         if self.broken is not None:
             raise self.broken  # never write over a file we could not read: it may hold every task
         self._writer.put([change])
         await change.done.wait()
         if change.error is not None:
             raise change.error
-        assert change.result is not None
         return change.result
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -176,14 +303,17 @@ class TaskService:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch)
+                tg.start_soon(self._expire)
                 task_status.started()
                 async for batch, outside in receive:
                     with anyio.CancelScope(shield=True):  # written: its callers get their answer
                         if outside is not None:
                             await self._audit_changes(*outside, source="file")
                         await self._audit(batch)
+                        await self._back_pressure()
                     for change in batch:
                         change.done.set()
+                    self._deadlines_moved.set()
         finally:
             self._written = None
             with anyio.CancelScope(shield=True):
@@ -206,7 +336,7 @@ class TaskService:
 
     def _apply_and_write(self, batch: list[_Change]) -> Outside:
         """In the writer thread, under the exclusive lock: rebase on the file, apply, write."""
-        now = format_timestamp(self.clock.now_ns())
+        now_ns = self.clock.now_ns()
         outside = None
         try:
             with locked(self.path, exclusive=True):
@@ -216,17 +346,17 @@ class TaskService:
                         fresh = read_graph(self.path, missing_ok=False)
                         outside = (self.graph, fresh)
                         base = fresh
+                        self.queue.rebuild(fresh)
                     except GraphFileError as exc:
                         self._refuse_file(exc)
                 graph = base.copy()
                 for change in batch:
-                    change.apply(graph, now)
-                if any(c.result is not None for c in batch) or outside is not None:
-                    write_graph(self.path, graph)
-                    self._stamp = _stamp(self.path)
-                    self.writes += 1
+                    change.apply(graph, self.queue, now_ns, self.max_pending)
+                self._persist(graph, batch, whole=outside is not None)
                 self.graph = graph
+                self._note_queue()
         except (OSError, GraphFileError) as exc:  # the lock file or the graph file is unusable
+            self._index()  # the queue took changes the graph did not keep
             reason = exc.message if isinstance(exc, GraphFileError) else str(exc)
             error = StorageError(f"could not write {self.path}: {reason}; nothing changed", {"path": self.path})
             log.error("tasks.write_failed", path=self.path, error=reason)
@@ -235,6 +365,25 @@ class TaskService:
                     change.error, change.result = error, None
             return None
         return outside
+
+    def _persist(self, graph: TaskGraph, batch: list[_Change], *, whole: bool) -> None:
+        """The batch's changed tasks, durably: appended to the journal, or, once the journal
+        has grown past the file (at least 1 MiB, at most 64 MiB), the whole graph written and
+        the journal emptied. So a batch costs what it changed, not the size of the graph."""
+        changed = {after.id: after for c in batch for after, _, _ in c.changes}
+        if not changed and not whole:
+            return  # renewals only: a restart gives every lease fresh time anyway
+        if not whole:
+            self.journal_bytes = append_journal(self.path, graph.version, changed.values())
+            self.writes += 1
+            if self.journal_bytes <= min(JOURNAL_MAX, max(JOURNAL_MIN, self.file_bytes)):
+                return
+        write_graph(self.path, graph)
+        self._stamp = _stamp(self.path)
+        self.file_bytes = self._stamp[1] if self._stamp else 0
+        self.journal_bytes = 0
+        self.writes += whole
+        self.checkpoints += 1
 
     def _reload_if_changed(self) -> tuple[TaskGraph, TaskGraph] | None:
         """Take in a valid outside edit; refuse any other (logged), never failing."""
@@ -259,6 +408,7 @@ class TaskService:
             self.broken = None
             log.warning("tasks.file_usable_again", path=self.path, tasks=len(fresh.tasks))
             self.graph = fresh
+            self._index()
             return None  # no audit: we never knew the tasks before
         try:
             fresh = read_graph(self.path, missing_ok=False)
@@ -266,6 +416,7 @@ class TaskService:
             self._refuse_file(exc)
             return None
         old, self.graph = self.graph, fresh
+        self._index()
         log.info("tasks.file_taken_in", path=self.path, tasks=len(fresh.tasks))
         return old, fresh
 
@@ -314,19 +465,58 @@ class TaskService:
         ):
             self._writer.put([None])
 
+    async def _expire(self) -> None:
+        """Sweep when the earliest lease or timeout comes due (woken when deadlines move)."""
+        while True:
+            moved = self._deadlines_moved = anyio.Event()
+            deadline = self.next_deadline
+            if deadline is None:
+                await moved.wait()
+                continue
+            delay = (timestamp_ns(deadline) - self.clock.now_ns()) / 1e9
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await moved.wait()
+                continue
+            try:
+                await self.sweep()
+            except SidecarError as exc:  # the graph cannot be written: try again in a while
+                log.error("tasks.sweep_failed", error=exc.message)
+                await anyio.sleep(1.0)
+
+    # --- back-pressure -------------------------------------------------------------------------------
+
+    async def _back_pressure(self) -> None:
+        """``backpressure.warning`` at 80% of ``max_pending``, ``backpressure.full`` at 100%,
+        ``backpressure.cleared`` below 80% again: once per crossing, in ``system``."""
+        level = 2 if self.pending >= self.max_pending else 1 if self.pending * 5 >= self.max_pending * 4 else 0
+        if level == self.pressure:
+            return
+        kinds = ["backpressure.cleared"] if level == 0 else ["backpressure.warning", "backpressure.full"]
+        kinds = kinds if level == 0 else kinds[self.pressure : level]
+        self.pressure = level
+        if not kinds or self.audit is None:
+            return
+        data = {"pending": self.pending, "max_pending": self.max_pending}
+        events = [
+            NewEvent(conversation_id=SYSTEM, type=k, visibility="status", level="milestone", data=data) for k in kinds
+        ]
+        try:
+            await self.audit(events)
+        except SidecarError as exc:
+            log.error("tasks.backpressure_event_failed", error=exc.message)
+
     # --- the audit trail ---------------------------------------------------------------------------
 
     async def _audit(self, batch: list[_Change]) -> None:
-        events = [_audit_event(c.result, c.before, source="rpc") for c in batch if c.result is not None]
-        await self._emit([e for e in events if e is not None])
+        await self._emit(
+            [_audit_event(after, before, source="rpc", kind=kind) for c in batch for after, before, kind in c.changes]
+        )
 
     async def _audit_changes(self, old: TaskGraph, new: TaskGraph, *, source: str) -> None:
-        events = []
-        for task_id, task in new.tasks.items():
-            before = old.tasks.get(task_id)
-            if before != task:
-                events.append(_audit_event(task, before, source=source, kind="task.updated"))
-        await self._emit([e for e in events if e is not None])
+        changed = [(task, old.tasks.get(task.id)) for task in new.tasks.all() if old.tasks.get(task.id) != task]
+        changed.sort(key=lambda pair: (pair[0].created_at, pair[0].id))  # in a stable order
+        await self._emit([_audit_event(task, before, source=source, kind="task.updated") for task, before in changed])
 
     async def _emit(self, events: list[NewEvent]) -> None:
         """Write the audit events. Each is made to fit the log's ``max_event_bytes`` (a task
@@ -385,14 +575,12 @@ def fit_audit_event(event: NewEvent, limit: int) -> NewEvent:
     return msgspec.structs.replace(event, data=data)
 
 
-def _audit_event(task: Task, before: Task | None, *, source: str, kind: str | None = None) -> NewEvent | None:
-    """``task.created`` / ``task.updated`` for a task that belongs to a conversation."""
-    if task.conversation_id is None:
-        return None
+def _audit_event(task: Task, before: Task | None, *, source: str, kind: str | None = None) -> NewEvent:
+    """The event that records a task change, in the task's conversation, else ``system``."""
     kind = kind or ("task.created" if before is None else "task.updated")
     changed = sorted(f for f in task.__struct_fields__ if getattr(task, f) != getattr(before, f)) if before else []
     return NewEvent(
-        conversation_id=task.conversation_id,
+        conversation_id=task.conversation_id or SYSTEM,
         type=kind,
         visibility="status",
         level="milestone" if task.status in TERMINAL else "state",

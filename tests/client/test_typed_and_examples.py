@@ -1,11 +1,15 @@
-"""The typed wrappers match the daemon; follow() survives restarts; the examples run."""
+"""The typed wrappers match the daemon; follow() survives restarts; the examples run (the agent
+runtime's too: coder, search and RAG agents in one process)."""
 
 from __future__ import annotations
 
+import json
 import queue
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +99,57 @@ def test_the_examples_work_together(start_daemon, steps: int) -> None:
     spoken = [e for e in events if e["type"] == "narrator.message"]
     assert len(spoken) == 1 and spoken[0]["visibility"] == "user" and spoken[0]["data"]["text"] == said
     assert all(e["visibility"] != "user" for e in events if e["type"] != "narrator.message")
+
+
+def test_the_coder_search_and_rag_agents_example_runs_its_tasks_to_done(daemon) -> None:
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agents.py"), "--socket", daemon.socket_path, "--submit", "ex2", "--beat", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert run.returncode == 0, run.stderr
+    ended = [line.split(" ", 2) for line in run.stdout.splitlines()]  # ID STATUS OUTPUTS-JSON
+    assert [(task_id.split("-")[0], status) for task_id, status, _ in ended] == [
+        ("fix", "done"),
+        ("find", "done"),
+        ("answer", "done"),
+    ]
+    fix, find, answer = (json.loads(outputs) for _, _, outputs in ended)
+    assert fix == {"files": ["auth/session.py"], "tests": "passed"}
+    assert find["results"][0]["url"] == "https://example.com/oauth/refresh"
+    assert answer["sources"] == ["https://example.com/oauth/refresh"] and "refresh token" in answer["answer"]
+    with Client(daemon.socket_path) as c:
+        events = c.log_query(conversation_id="ex2", limit=1000)["events"]
+        tasks = {task_id: c.tasks_get(id=task_id) for task_id, _, _ in ended}
+    by_agent = {(e["agent_id"], e["task_id"]) for e in events if e["type"] == "agent.progress"}
+    assert by_agent == {(agent, task_id) for agent, (task_id, _, _) in zip(["coder", "search", "rag"], ended)}
+    assert all(e["visibility"] == "status" for e in events if e["type"] == "agent.progress")
+    assert all(e["visibility"] != "user" for e in events)  # agents never speak to the user
+    assert [t["owner"] for t in tasks.values()] == ["coder", "search", "rag"]
+
+
+def test_the_agents_example_gives_its_task_back_on_sigterm(daemon) -> None:
+    agents = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "agents.py"), "--socket", daemon.socket_path, "--beat", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        with Client(daemon.socket_path) as c:
+            c.tasks_create(id="slow-fix", type="code.fix", conversation_id="ex3")
+            deadline = time.monotonic() + 20
+            while c.tasks_get(id="slow-fix")["status"] != "running":  # the coder took it and is at work
+                assert time.monotonic() < deadline and agents.poll() is None, agents.stderr
+                time.sleep(0.02)
+            agents.send_signal(signal.SIGTERM)
+            assert agents.wait(timeout=20) == 0, agents.communicate()[1]
+            task = c.tasks_get(id="slow-fix")
+    finally:
+        if agents.poll() is None:
+            agents.kill()
+            agents.wait()
+    assert (task["status"], task["lease_owner"], task["attempts"]) == ("pending", None, 0)

@@ -121,7 +121,7 @@ def test_list_active() -> None:
 
 def test_whole_graph_check_finds_cycles_and_dangling_links() -> None:
     g = graph_with(("a", [], None, 2), ("b", ["a"], None, 2))
-    tasks = list(g.tasks.values())
+    tasks = sorted(g.tasks.values(), key=lambda t: t.id)
     cyclic = [
         tasks[0].__class__(
             **{**{f: getattr(tasks[0], f) for f in tasks[0].__struct_fields__}, "dependency_ids": ["b"]}
@@ -188,9 +188,10 @@ def test_file_api_takes_a_whole_node_with_its_outputs(data_dir: Path) -> None:
 def test_file_api_names_the_fields_only_the_graph_sets(data_dir: Path) -> None:
     made = store.create_task({"type": "t", "id": "a"}, data_dir=data_dir)
     copied = {**made, "id": "b"}  # a node as load_graph gives it: created_at, updated_at, version too
-    with pytest.raises(InvalidParams, match="created_at, updated_at, version are set by the graph") as info:
+    with pytest.raises(InvalidParams, match="created_at, updated_at, version, lease_owner, .* are set by") as info:
         store.create_task(copied, data_dir=data_dir)
-    assert info.value.data == {"reason": "set by the graph", "fields": ["created_at", "updated_at", "version"]}
+    fields = ["created_at", "updated_at", "version", "lease_owner", "lease_expires_at", "attempts", "claimed_at"]
+    assert info.value.data == {"reason": "set by the graph", "fields": [*fields, "lease_s"]}
     with pytest.raises(InvalidParams, match="version is set by the graph"):
         store.create_task({"type": "t", "id": "c", "version": 1}, data_dir=data_dir)
     assert [t["id"] for t in store.load_graph(data_dir=data_dir)["tasks"]] == ["a"]

@@ -3,6 +3,8 @@
     python agent.py CONVERSATION [--socket PATH] [--steps N]
 
 It never writes user-visible text: that is the narrator's job, and the daemon refuses it.
+This one drives a task by hand, call by call; agents.py shows the runtime that claims tasks
+under leases and does the rest (sidecar_client.Agent).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sidecar_client._common import default_socket_path
+from sidecar_client.agent import Agent, AsyncTaskContext, LeaseLost, TaskContext
 from sidecar_client.aio import AsyncClient
 from sidecar_client.client import Client
 from sidecar_client.codec import DEFAULT_MAX_LINE_BYTES
@@ -27,8 +28,10 @@ from sidecar_client.methods import (
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "Agent",
     "AppendResult",
     "AsyncClient",
+    "AsyncTaskContext",
     "Client",
     "ConnectionLost",
     "Context",
@@ -36,6 +39,7 @@ __all__ = [
     "DaemonUnavailable",
     "Event",
     "Health",
+    "LeaseLost",
     "NewEvent",
     "NewTask",
     "Page",
@@ -44,6 +48,7 @@ __all__ = [
     "Stats",
     "Summary",
     "Task",
+    "TaskContext",
     "default_socket_path",
     "follow",
 ]

@@ -22,6 +22,8 @@ __all__ = [
     "Causality",
     "CausalityParams",
     "ChatMessage",
+    "Claim",
+    "Claimed",
     "Context",
     "ContextParams",
     "ControllerStatus",
@@ -53,6 +55,8 @@ __all__ = [
     "PlaybookInfo",
     "PlaybookList",
     "QueryFilter",
+    "Release",
+    "Renew",
     "SinceParams",
     "Snapshot",
     "SnapshotRef",
@@ -111,6 +115,18 @@ class CausalityParams(TypedDict):
 class ChatMessage(TypedDict):
     role: Literal["assistant", "system", "user"]
     content: str
+
+
+class Claim(TypedDict):
+    """``tasks.claim``: the best ready task (of ``types``, when given) for ``agent_id``."""
+
+    agent_id: str
+    types: NotRequired[list[str] | None]
+    lease_s: NotRequired[int]
+
+
+class Claimed(TypedDict):
+    task: "Task | None"
 
 
 class Context(TypedDict):
@@ -313,6 +329,8 @@ class NewTask(TypedDict):
     conversation_id: NotRequired[str | None]
     priority: NotRequired[int]
     status: NotRequired[Literal["blocked", "cancelled", "done", "failed", "pending", "running"]]
+    max_attempts: NotRequired[int]
+    timeout_s: NotRequired[float | None]
 
 
 class NoParams(TypedDict):
@@ -371,6 +389,21 @@ class QueryFilter(TypedDict):
     cursor: NotRequired[str | None]
 
 
+class Release(TypedDict):
+    """``tasks.release``: the holder gives the task back (pending, the attempt refunded)."""
+
+    id: str
+    agent_id: str
+
+
+class Renew(TypedDict):
+    """``tasks.renew``: the holder extends its lease (by ``lease_s``; absent: by its last)."""
+
+    id: str
+    agent_id: str
+    lease_s: NotRequired[int | None]
+
+
 class SinceParams(TypedDict):
     timestamp: str
     limit: NotRequired[int]
@@ -404,6 +437,9 @@ class Stats(TypedDict):
     append_queue: int
     commit_queue: int
     task_graph_writes: int
+    tasks_pending: int
+    tasks_claims: int
+    claim_ms_mean: float
     summary_full_reads: int
     internal_errors: NotRequired[int]
     faults: NotRequired[dict[str, int]]
@@ -476,6 +512,13 @@ class Task(TypedDict):
     conversation_id: NotRequired[str | None]
     priority: NotRequired[int]
     version: NotRequired[int]
+    lease_owner: NotRequired[str | None]
+    lease_expires_at: NotRequired[str | None]
+    attempts: NotRequired[int]
+    max_attempts: NotRequired[int]
+    timeout_s: NotRequired[float | None]
+    claimed_at: NotRequired[str | None]
+    lease_s: NotRequired[int | None]
 
 
 class TaskPatch(TypedDict):
@@ -490,7 +533,10 @@ class TaskPatch(TypedDict):
     parent_id: NotRequired[str | None]
     dependency_ids: NotRequired[list[str] | None]
     priority: NotRequired[int | None]
+    max_attempts: NotRequired[int | None]
+    timeout_s: NotRequired[float | None]
     reopen: NotRequired[bool]
+    agent_id: NotRequired[str | None]
 
 
 class TaskRef(TypedDict):
@@ -525,7 +571,7 @@ class SyncMethods:
         return cast("Context", self.call("context.build", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, system_prompt=system_prompt)))
 
     def controller_heartbeat(self, *, conversation_id: str, agent_id: str | None = None, task_id: str | None = None) -> Ok:
-        """An agent is alive: keeps the idle watchdog quiet."""
+        """An agent is alive: keeps the idle watchdog quiet, and renews the lease of the task it names if it holds it."""
         return cast("Ok", self.call("controller.heartbeat", _given(conversation_id=conversation_id, agent_id=agent_id, task_id=task_id)))
 
     def controller_status(self, *, conversation_id: str) -> ControllerStatus:
@@ -620,9 +666,13 @@ class SyncMethods:
         """Connections, append rate, fsyncs, batch sizes, queue depths."""
         return cast("Stats", self.call("sys.stats", _given()))
 
-    def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Task:
+    def tasks_claim(self, *, agent_id: str, lease_s: int | None = None, types: list[str] | None = None) -> Claimed:
+        """Take the best ready task (lowest priority number, then oldest) under a lease; null when none."""
+        return cast("Claimed", self.call("tasks.claim", _given(agent_id=agent_id, lease_s=lease_s, types=types)))
+
+    def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, max_attempts: int | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None, timeout_s: float | None = None) -> Task:
         """Add a task; its links must exist and make no cycle."""
-        return cast("Task", self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, status=status)))
+        return cast("Task", self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, max_attempts=max_attempts, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, status=status, timeout_s=timeout_s)))
 
     def tasks_get(self, *, id: str) -> Task:
         """One task by id; -32002 when there is none."""
@@ -636,9 +686,17 @@ class SyncMethods:
         """Pending tasks whose dependencies are all done, best first."""
         return cast("Tasks", self.call("tasks.ready", _given()))
 
-    def tasks_update(self, *, id: str, dependency_ids: list[str] | None = None, expected_version: int | None = None, inputs: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, reopen: bool | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Task:
+    def tasks_release(self, *, agent_id: str, id: str) -> Task:
+        """The holder gives the task back: pending again, the attempt refunded."""
+        return cast("Task", self.call("tasks.release", _given(agent_id=agent_id, id=id)))
+
+    def tasks_renew(self, *, agent_id: str, id: str, lease_s: int | None = None) -> Task:
+        """The holder extends its lease by lease_s from now (no new version, no event)."""
+        return cast("Task", self.call("tasks.renew", _given(agent_id=agent_id, id=id, lease_s=lease_s)))
+
+    def tasks_update(self, *, id: str, agent_id: str | None = None, dependency_ids: list[str] | None = None, expected_version: int | None = None, inputs: dict[str, Any] | None = None, max_attempts: int | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, reopen: bool | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None, timeout_s: float | None = None) -> Task:
         """Change a task; expected_version makes it conditional."""
-        return cast("Task", self.call("tasks.update", _given(id=id, dependency_ids=dependency_ids, expected_version=expected_version, inputs=inputs, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, reopen=reopen, status=status)))
+        return cast("Task", self.call("tasks.update", _given(id=id, agent_id=agent_id, dependency_ids=dependency_ids, expected_version=expected_version, inputs=inputs, max_attempts=max_attempts, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, reopen=reopen, status=status, timeout_s=timeout_s)))
 
 
 class AsyncMethods:
@@ -655,7 +713,7 @@ class AsyncMethods:
         return cast("Context", await self.call("context.build", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, system_prompt=system_prompt)))
 
     async def controller_heartbeat(self, *, conversation_id: str, agent_id: str | None = None, task_id: str | None = None) -> Ok:
-        """An agent is alive: keeps the idle watchdog quiet."""
+        """An agent is alive: keeps the idle watchdog quiet, and renews the lease of the task it names if it holds it."""
         return cast("Ok", await self.call("controller.heartbeat", _given(conversation_id=conversation_id, agent_id=agent_id, task_id=task_id)))
 
     async def controller_status(self, *, conversation_id: str) -> ControllerStatus:
@@ -750,9 +808,13 @@ class AsyncMethods:
         """Connections, append rate, fsyncs, batch sizes, queue depths."""
         return cast("Stats", await self.call("sys.stats", _given()))
 
-    async def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Task:
+    async def tasks_claim(self, *, agent_id: str, lease_s: int | None = None, types: list[str] | None = None) -> Claimed:
+        """Take the best ready task (lowest priority number, then oldest) under a lease; null when none."""
+        return cast("Claimed", await self.call("tasks.claim", _given(agent_id=agent_id, lease_s=lease_s, types=types)))
+
+    async def tasks_create(self, *, type: str, conversation_id: str | None = None, dependency_ids: list[str] | None = None, id: str | None = None, inputs: dict[str, Any] | None = None, max_attempts: int | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None, timeout_s: float | None = None) -> Task:
         """Add a task; its links must exist and make no cycle."""
-        return cast("Task", await self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, status=status)))
+        return cast("Task", await self.call("tasks.create", _given(type=type, conversation_id=conversation_id, dependency_ids=dependency_ids, id=id, inputs=inputs, max_attempts=max_attempts, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, status=status, timeout_s=timeout_s)))
 
     async def tasks_get(self, *, id: str) -> Task:
         """One task by id; -32002 when there is none."""
@@ -766,6 +828,14 @@ class AsyncMethods:
         """Pending tasks whose dependencies are all done, best first."""
         return cast("Tasks", await self.call("tasks.ready", _given()))
 
-    async def tasks_update(self, *, id: str, dependency_ids: list[str] | None = None, expected_version: int | None = None, inputs: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, reopen: bool | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None) -> Task:
+    async def tasks_release(self, *, agent_id: str, id: str) -> Task:
+        """The holder gives the task back: pending again, the attempt refunded."""
+        return cast("Task", await self.call("tasks.release", _given(agent_id=agent_id, id=id)))
+
+    async def tasks_renew(self, *, agent_id: str, id: str, lease_s: int | None = None) -> Task:
+        """The holder extends its lease by lease_s from now (no new version, no event)."""
+        return cast("Task", await self.call("tasks.renew", _given(agent_id=agent_id, id=id, lease_s=lease_s)))
+
+    async def tasks_update(self, *, id: str, agent_id: str | None = None, dependency_ids: list[str] | None = None, expected_version: int | None = None, inputs: dict[str, Any] | None = None, max_attempts: int | None = None, outputs: dict[str, Any] | None = None, owner: str | None = None, parent_id: str | None = None, priority: int | None = None, reopen: bool | None = None, status: Literal["blocked", "cancelled", "done", "failed", "pending", "running"] | None = None, timeout_s: float | None = None) -> Task:
         """Change a task; expected_version makes it conditional."""
-        return cast("Task", await self.call("tasks.update", _given(id=id, dependency_ids=dependency_ids, expected_version=expected_version, inputs=inputs, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, reopen=reopen, status=status)))
+        return cast("Task", await self.call("tasks.update", _given(id=id, agent_id=agent_id, dependency_ids=dependency_ids, expected_version=expected_version, inputs=inputs, max_attempts=max_attempts, outputs=outputs, owner=owner, parent_id=parent_id, priority=priority, reopen=reopen, status=status, timeout_s=timeout_s)))

@@ -16,5 +16,18 @@ export {
   type ResultOf,
   type SubscribeOptions,
 } from "./client.js";
+export {
+  LeaseLostError,
+  POLL_MAX_MS,
+  POLL_MIN_MS,
+  RECONNECT_MAX_MS,
+  STOP_GRACE_MS,
+  runAgent,
+  type AgentHandler,
+  type AgentOptions,
+  type AgentSummary,
+  type TaskContext,
+  type TaskOutputs,
+} from "./agent.js";
 export { ConnectionClosedError, DaemonUnavailableError, ErrorCode, RpcError, TimeoutError } from "./errors.js";
 export type * from "./types.js";

@@ -48,6 +48,22 @@ export interface ChatMessage {
   role: "assistant" | "system" | "user";
 }
 
+/** ``tasks.claim``: the best ready task (of ``types``, when given) for ``agent_id``. */
+export interface Claim {
+  agent_id: string;
+  /**
+   * seconds, 1 to 3600
+   * @default 30
+   */
+  lease_s?: number;
+  /** @default null */
+  types?: string[] | null;
+}
+
+export interface Claimed {
+  task: Task | null;
+}
+
 export interface Context {
   budget_tokens: number;
   conversation_id: string;
@@ -284,6 +300,11 @@ export interface NewTask {
   id?: string | null;
   /** @default {} */
   inputs?: Record<string, unknown>;
+  /**
+   * how many claims a task may have before it fails
+   * @default 3
+   */
+  max_attempts?: number;
   /** @default {} */
   outputs?: Record<string, unknown>;
   /** @default null */
@@ -294,6 +315,8 @@ export interface NewTask {
   priority?: number;
   /** @default "pending" */
   status?: "blocked" | "cancelled" | "done" | "failed" | "pending" | "running";
+  /** @default null */
+  timeout_s?: number | null;
   type: string;
 }
 
@@ -362,6 +385,22 @@ export interface QueryFilter {
   visibility?: "internal" | "status" | "user" | ("internal" | "status" | "user")[] | null;
 }
 
+/** ``tasks.release``: the holder gives the task back (pending, the attempt refunded). */
+export interface Release {
+  agent_id: string;
+  /** 1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit */
+  id: string;
+}
+
+/** ``tasks.renew``: the holder extends its lease (by ``lease_s``; absent: by its last). */
+export interface Renew {
+  agent_id: string;
+  /** 1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit */
+  id: string;
+  /** @default null */
+  lease_s?: number | null;
+}
+
 export interface SinceParams {
   /** @default null */
   cursor?: string | null;
@@ -389,6 +428,7 @@ export interface Stats {
   appends_per_s: number;
   batches: number;
   checkpoints: number;
+  claim_ms_mean: number;
   commit_queue: number;
   connections: number;
   connections_total: number;
@@ -403,6 +443,8 @@ export interface Stats {
   subscriptions: number;
   summary_full_reads: number;
   task_graph_writes: number;
+  tasks_claims: number;
+  tasks_pending: number;
   uptime_s: number;
 }
 
@@ -475,6 +517,10 @@ export interface TailParams {
 
 /** A unit of work. Lower ``priority`` comes first; every change bumps ``version``. */
 export interface Task {
+  /** @default 0 */
+  attempts?: number;
+  /** @default null */
+  claimed_at?: string | null;
   /** @default null */
   conversation_id?: string | null;
   created_at: string;
@@ -484,6 +530,17 @@ export interface Task {
   id: string;
   /** @default {} */
   inputs?: Record<string, unknown>;
+  /** @default null */
+  lease_expires_at?: string | null;
+  /** @default null */
+  lease_owner?: string | null;
+  /** @default null */
+  lease_s?: number | null;
+  /**
+   * how many claims a task may have before it fails
+   * @default 3
+   */
+  max_attempts?: number;
   /** @default {} */
   outputs?: Record<string, unknown>;
   /** @default null */
@@ -494,6 +551,8 @@ export interface Task {
   priority?: number;
   /** @default "pending" */
   status?: "blocked" | "cancelled" | "done" | "failed" | "pending" | "running";
+  /** @default null */
+  timeout_s?: number | null;
   type: string;
   updated_at: string;
   /** @default 1 */
@@ -503,6 +562,8 @@ export interface Task {
 /** What ``tasks.update`` may change; ``reopen`` lets a finished task go back to pending. */
 export interface TaskPatch {
   /** @default null */
+  agent_id?: string | null;
+  /** @default null */
   dependency_ids?: string[] | null;
   /** @default null */
   expected_version?: number | null;
@@ -510,6 +571,8 @@ export interface TaskPatch {
   id: string;
   /** @default null */
   inputs?: Record<string, unknown> | null;
+  /** @default null */
+  max_attempts?: number | null;
   /** @default null */
   outputs?: Record<string, unknown> | null;
   /** @default null */
@@ -522,6 +585,8 @@ export interface TaskPatch {
   reopen?: boolean;
   /** @default null */
   status?: "blocked" | "cancelled" | "done" | "failed" | "pending" | "running" | null;
+  /** @default null */
+  timeout_s?: number | null;
 }
 
 export interface TaskRef {
@@ -557,7 +622,7 @@ export interface Methods {
     params: ContextParams;
     result: Context;
   };
-  /** An agent is alive: keeps the idle watchdog quiet. */
+  /** An agent is alive: keeps the idle watchdog quiet, and renews the lease of the task it names if it holds it. */
   "controller.heartbeat": {
     params: Heartbeat;
     result: Ok;
@@ -677,6 +742,11 @@ export interface Methods {
     params: NoParams;
     result: Stats;
   };
+  /** Take the best ready task (lowest priority number, then oldest) under a lease; null when none. */
+  "tasks.claim": {
+    params: Claim;
+    result: Claimed;
+  };
   /** Add a task; its links must exist and make no cycle. */
   "tasks.create": {
     params: NewTask;
@@ -696,6 +766,16 @@ export interface Methods {
   "tasks.ready": {
     params: NoParams;
     result: Tasks;
+  };
+  /** The holder gives the task back: pending again, the attempt refunded. */
+  "tasks.release": {
+    params: Release;
+    result: Task;
+  };
+  /** The holder extends its lease by lease_s from now (no new version, no event). */
+  "tasks.renew": {
+    params: Renew;
+    result: Task;
   };
   /** Change a task; expected_version makes it conditional. */
   "tasks.update": {

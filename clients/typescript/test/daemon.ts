@@ -61,10 +61,12 @@ const INHERITED_SETTINGS = [
 export interface StartOptions {
   /** TOML for `--config`. */
   config?: string;
+  /** The directory of an earlier daemon (stopped): start again on its data and socket. */
+  dir?: string;
 }
 
 export async function startDaemon(options: StartOptions = {}): Promise<Daemon> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), "sidecar-ts-"));
+  const dir = options.dir ?? (await mkdtemp(path.join(os.tmpdir(), "sidecar-ts-")));
   const socket = path.join(dir, "run", "s.sock");
   const args = ["-m", "sidecar", "serve", "--data-dir", path.join(dir, "data"), "--socket", socket];
   if (options.config !== undefined) {

@@ -116,12 +116,49 @@ describe("examples", { timeout: 60_000 }, () => {
     assert.match(spoke.out, new RegExp(`: The example task ${taskId} failed: stopped by SIGINT$`, "m"));
   });
 
+  it("the runAgent worker finishes tasks; on SIGTERM it gives back the one it holds and exits 0", async () => {
+    const type = "ts.ex.runtime";
+    const worker = start("agent-runtime.mjs", [type, daemon.socket]);
+    const agentId = `ts-worker-${worker.child.pid}`;
+    await worker.line(new RegExp(`^${agentId} claiming ${type} tasks, 1 at a time$`));
+
+    // A short task runs to done, with its progress on the activity rail.
+    await client.call("tasks.create", {
+      id: "ts-ex-rt-short", type, conversation_id: "ts-ex-rt", inputs: { steps: 2, step_ms: 10 },
+    });
+    await eventually(async () => (await client.call("tasks.get", { id: "ts-ex-rt-short" })).status === "done", "done", 1000);
+    const short = await client.call("tasks.get", { id: "ts-ex-rt-short" });
+    assert.deepEqual(short.outputs, { counted: 2 });
+    assert.equal(short.owner, agentId);
+    const { events } = await client.call("log.query", { conversation_id: "ts-ex-rt", types: ["agent.progress"] });
+    assert.deepEqual(events.map((e) => [e.agent_id, e.task_id, e.visibility, e.data.msg]), [
+      [agentId, "ts-ex-rt-short", "status", "step 1 of 2"],
+      [agentId, "ts-ex-rt-short", "status", "step 2 of 2"],
+    ]);
+
+    // A long one is held when SIGTERM comes: it goes straight back to pending.
+    await client.call("tasks.create", { id: "ts-ex-rt-long", type, inputs: { steps: 100_000, step_ms: 50 } });
+    await worker.line(/^ts-ex-rt-long claimed \(attempt 1\)$/);
+    const held = await client.call("tasks.get", { id: "ts-ex-rt-long" });
+    assert.equal(held.status, "running");
+    assert.equal(held.lease_owner, agentId);
+    worker.child.kill("SIGTERM");
+    const stopped = await worker.done;
+    assert.deepEqual([stopped.code, stopped.signal], [0, null], stopped.err);
+    assert.match(stopped.out, /^SIGTERM: releasing held tasks$/m);
+    assert.match(stopped.out, new RegExp(`^${agentId} stopped: claimed 2, done 1, failed 0, released 1, dropped 0$`, "m"));
+    const released = await client.call("tasks.get", { id: "ts-ex-rt-long" });
+    assert.equal(released.status, "pending");
+    assert.equal(released.lease_owner, null);
+    assert.equal(released.attempts, 0);
+  });
+
   it("--help prints the usage and creates nothing", async () => {
     const before = (await client.call("tasks.list_active", {})).tasks.length;
-    for (const script of ["agent.mjs", "narrator.mjs"]) {
+    for (const script of ["agent.mjs", "narrator.mjs", "agent-runtime.mjs"]) {
       const run = await start(script, ["--help"], { SIDECAR_SOCKET: path.join(daemon.dir, "nothing-here.sock") }).done;
       assert.equal(run.code, 0, run.err);
-      assert.match(run.out, new RegExp(`^usage: node examples/${script} \\[CONVERSATION\\]`));
+      assert.match(run.out, new RegExp(`^usage: node examples/${script} \\[(CONVERSATION|TYPE)\\]`));
     }
     assert.equal((await client.call("tasks.list_active", {})).tasks.length, before);
   });

@@ -3,7 +3,17 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import type { AppendResult, Client, Event, Health, Page, Subscription } from "../src/index.js";
+import {
+  type AgentSummary,
+  type AppendResult,
+  type Client,
+  type Event,
+  type Health,
+  type Page,
+  type Subscription,
+  type Task,
+  runAgent,
+} from "../src/index.js";
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 function expectType<T extends true>(_: T): void {}
@@ -59,6 +69,31 @@ export async function typed(client: Client): Promise<void> {
   client.subscribe({ conversation: "c" });
 }
 
+// Never called: only type-checked.
+export async function agentTyped(signal: AbortSignal): Promise<void> {
+  const summary = await runAgent({
+    agentId: "a",
+    signal,
+    handler: async (task, ctx) => {
+      expectType<Equal<typeof task, Task>>(true);
+      const ack = await ctx.progress({ pct: 10 });
+      expectType<Equal<typeof ack, AppendResult>>(true);
+      expectType<Equal<typeof ctx.signal, AbortSignal>>(true);
+      return { ok: true };
+    },
+  });
+  expectType<Equal<typeof summary, AgentSummary>>(true);
+  await runAgent({ agentId: "a", handler: () => {} }); // nothing returned: outputs {}
+  await runAgent({ agentId: "a", handler: () => ({ n: 1 }), types: ["t"], leaseS: 5, concurrency: 2, socketPath: "/s" });
+  // @ts-expect-error: outputs are an object
+  await runAgent({ agentId: "a", handler: () => 42 });
+  // @ts-expect-error: the handler is required
+  await runAgent({ agentId: "a" });
+  // @ts-expect-error: progress takes an object
+  await runAgent({ agentId: "a", handler: (_t, ctx) => void ctx.progress("half way") });
+}
+
 test("the typed API compiles (checked by tsc)", () => {
   assert.equal(typeof typed, "function");
+  assert.equal(typeof agentTyped, "function");
 });
