@@ -25,6 +25,7 @@ examples:
   sidecar tail c1 --json | jq .type
   sidecar methods                                 every method; `sidecar methods log.append` shows one
   sidecar web                                     the console: open the URL it prints
+  sidecar mcp                                     an MCP server on stdio, for a model's host (docs/mcp.md)
   sidecar demo                                    a user, three agents and a narrator, in about 10 seconds
   sidecar demo --socket                           the same story, played into the running daemon
                                                   (watch it with `sidecar web`; a new conversation each run)
@@ -108,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     web.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
 
+    mcp = sub.add_parser(
+        "mcp",
+        help="serve the daemon to a model over the Model Context Protocol, on stdio",
+        description="A Model Context Protocol server on stdin/stdout that speaks to the daemon through its "
+        "socket: tools, resources and prompts for a model's host (docs/mcp.md). Needs the `mcp` extra "
+        "(pip install 'sidecar[mcp]').",
+    )
+    mcp.add_argument("--socket", help="the daemon's Unix socket path")
+
     tail = sub.add_parser("tail", help="show a conversation's newest events, and follow with -f")
     tail.add_argument("conversation", help="conversation id")
     tail.add_argument("-n", type=int, default=20, help="how many events to show first (default 20)")
@@ -137,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return _methods(args)
     if args.command == "web":
         return _web(args)
+    if args.command == "mcp":
+        return _mcp(args)
     from sidecar_client import Client, RpcError
 
     try:
@@ -169,6 +181,17 @@ def _web(args: argparse.Namespace) -> int:
     from sidecar_client import default_socket_path
 
     return serve(args.socket or default_socket_path(), args.host, args.port)
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    try:
+        from sidecar.mcp.server import main as serve_mcp
+    except ImportError as exc:
+        print(f"sidecar mcp: {exc.name} is missing: install the mcp extra, pip install 'sidecar[mcp]'", file=sys.stderr)
+        return 1
+    from sidecar_client import default_socket_path
+
+    return serve_mcp(args.socket or default_socket_path())
 
 
 def _serve(args: argparse.Namespace) -> int:

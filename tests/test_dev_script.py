@@ -68,7 +68,7 @@ def test_serve_installs_the_package_and_its_console_and_keeps_data_out_of_the_ch
     run, log = dev("serve", "--socket", "/tmp/s.sock")
     assert run.returncode == 0, run.stderr
     install = [line for line in log if "pip install" in line]
-    assert len(install) == 1 and install[0].endswith(" -e .[web]")  # the console, but no test extra
+    assert len(install) == 1 and install[0].endswith(" -e .[web,mcp]")  # the console, but no test extra
     assert log[-1] == "sidecar SIDECAR_DATA_DIR=var/data serve --socket /tmp/s.sock"
 
     run, log = dev("serve", SIDECAR_DATA_DIR="/srv/mine")
@@ -79,7 +79,7 @@ def test_serve_installs_the_package_and_its_console_and_keeps_data_out_of_the_ch
 def test_test_installs_the_test_extra_which_also_serves(dev) -> None:
     dev("serve")
     run, log = dev("test", "tests/x.py")
-    assert [line for line in log if "pip install" in line][0].endswith(" -e .[test,web]")
+    assert [line for line in log if "pip install" in line][0].endswith(" -e .[test,web,mcp]")
     run, log = dev("serve")
     assert not any("pip install" in line for line in log)
 

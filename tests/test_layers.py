@@ -211,12 +211,23 @@ def test_the_check_sees_a_cycle() -> None:
 
 def test_only_the_command_line_uses_the_client() -> None:
     """The daemon does not depend on its client (which installs alone and imports no
-    ``sidecar``): only the command line, the demo and the web console, which talk to a
+    ``sidecar``): only the command line, the demo, the web console and the MCP server, which talk to a
     daemon, import it; and nothing of the daemon imports the console."""
     users = sorted(m for m in MODULES if "sidecar_client" in imports_of(m))
-    assert users == ["sidecar.cli", "sidecar.demo", "sidecar.web.app", "sidecar.web.link", "sidecar.web.stream"]
+    assert users == [
+        "sidecar.cli",
+        "sidecar.demo",
+        "sidecar.mcp.link",
+        "sidecar.mcp.resources",
+        "sidecar.mcp.server",
+        "sidecar.web.app",
+        "sidecar.web.link",
+        "sidecar.web.stream",
+    ]
     leaning = [m for m in MODULES if "sidecar.web.main" in imports_of(m) and not m.startswith("sidecar.web")]
     assert leaning == ["sidecar.cli"], leaning  # `sidecar web` starts it; nothing else reaches in
+    into_mcp = [m for m in MODULES if "sidecar.mcp.server" in imports_of(m) and not m.startswith("sidecar.mcp")]
+    assert into_mcp == ["sidecar.cli"], into_mcp  # `sidecar mcp` starts it; nothing else reaches in
 
 
 @pytest.mark.parametrize(
