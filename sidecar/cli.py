@@ -24,6 +24,7 @@ examples:
   sidecar tail c1 -n 50 -f                        the last 50 events of c1, then follow
   sidecar tail c1 --json | jq .type
   sidecar methods                                 every method; `sidecar methods log.append` shows one
+  sidecar rebuild-tasks --data-dir /var/lib/sidecar  tasks.graph.json again, from the log alone
   sidecar web                                     the console: open the URL it prints
   sidecar mcp                                     an MCP server on stdio, for a model's host (docs/mcp.md)
   sidecar demo                                    a user, three agents and a narrator, in about 10 seconds
@@ -125,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--socket", help="Unix socket path")
 
+    rebuild = sub.add_parser(
+        "rebuild-tasks",
+        help="rewrite tasks.graph.json from the log alone (every task event carries the whole task)",
+        description="Rewrite DATA_DIR/tasks.graph.json from the task events in the log, under the graph's "
+        "lock: each task at its highest version. A running daemon takes the new file in as an outside "
+        "edit. The daemon also does this by itself at start when the file and its journal are gone.",
+    )
+    rebuild.add_argument("--data-dir", help="data directory (default: $SIDECAR_DATA_DIR or ./data)")
+
     methods = sub.add_parser(
         "methods",
         help="every method (or one, in full: params, result, errors, example); no daemon needed",
@@ -145,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(socket=args.socket, conversation=args.conversation)
     if args.command == "methods":
         return _methods(args)
+    if args.command == "rebuild-tasks":
+        return _rebuild_tasks(args)
     if args.command == "web":
         return _web(args)
     if args.command == "mcp":
@@ -230,6 +242,27 @@ def _health(client: Client, degraded_ok: bool) -> int:
     if status == "ok" or (status == "degraded" and degraded_ok):
         return 0
     return 2 if status == "degraded" else 1
+
+
+def _rebuild_tasks(args: argparse.Namespace) -> int:
+    from sidecar.datadir import resolve_data_dir
+    from sidecar.errors import SidecarError
+    from sidecar.log.store import EventStore
+    from sidecar.tasks.history import rebuild
+    from sidecar.tasks.store import GRAPH_FILE, locked, write_graph
+
+    data_dir = resolve_data_dir(args.data_dir)
+    path = os.path.join(data_dir, GRAPH_FILE)
+    try:
+        with EventStore(data_dir) as store:
+            graph = rebuild(store)
+        with locked(path, exclusive=True):
+            write_graph(path, graph)
+    except (SidecarError, OSError) as exc:
+        print(f"sidecar rebuild-tasks: {exc}", file=sys.stderr)
+        return 1
+    print(f"sidecar rebuild-tasks: {len(graph.tasks)} tasks from {graph.version} task events -> {path}")
+    return 0
 
 
 def _methods(args: argparse.Namespace) -> int:

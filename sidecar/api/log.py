@@ -10,8 +10,9 @@ from msgspec import Meta
 
 from sidecar.api.common import CID, EVENT_ID, STORAGE, TOO_BIG, UNREADABLE, Ok, in_thread, quick_read, registry
 from sidecar.api.session import Session
-from sidecar.errors import ForbiddenError, NotFoundError
+from sidecar.errors import ForbiddenError, InvalidParams, NotFoundError
 from sidecar.log.events import (
+    WHOLE,
     AppendResult,
     Causality,
     ConversationId,
@@ -74,8 +75,43 @@ class Conversations(msgspec.Struct, kw_only=True):
     conversations: list[ConversationInfo]
 
 
+GroupName = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}" + WHOLE,
+        description="1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+    ),
+]
+
+
 class SubscribeParams(EventFilter, kw_only=True, forbid_unknown_fields=True):
-    """The filter of ``log.query`` without paging; ``from_seq`` replays history first."""
+    """The filter of ``log.query`` without paging; ``from_seq`` replays history first. With a
+    ``group`` (and a ``conversation_id``), it replays from just after the group's acked seq."""
+
+    group: GroupName | None = None
+
+
+class AckParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    group: GroupName
+    conversation_id: ConversationId
+    seq: Annotated[int, Meta(ge=1)]
+
+
+class Acked(msgspec.Struct, kw_only=True):
+    group: str
+    conversation_id: str
+    acked_seq: int  # the group's position after the ack (never lower than before)
+
+
+class GroupInfo(msgspec.Struct, kw_only=True):
+    group: str
+    conversation_id: str
+    acked_seq: int
+    lag: int  # events after the acked one: last_seq - acked_seq
+
+
+class Groups(msgspec.Struct, kw_only=True):
+    groups: list[GroupInfo]
 
 
 class Subscribed(msgspec.Struct, kw_only=True):
@@ -263,8 +299,11 @@ async def log_conversations(p: NoParams, s: Session) -> Conversations:
     "log.subscribe",
     SubscribeParams,
     Subscribed,
-    "Replay from from_seq, then live log.event notifications.",
-    errors={-32005: "this connection already has [server] max_subscriptions subscriptions"},
+    "Replay from from_seq (or, with a group, from after its acked seq), then live log.event notifications.",
+    errors={
+        -32001: "another connection is the live subscriber of this group and conversation",
+        -32005: "this connection already has [server] max_subscriptions subscriptions",
+    },
     example={"conversation_id": CID, "from_seq": 1, "types": ["narrator.message"]},
 )
 async def log_subscribe(p: SubscribeParams, s: Session) -> Subscribed:
@@ -283,3 +322,44 @@ async def log_unsubscribe(p: Unsubscribe, s: Session) -> Ok:
     if not s.unsubscribe(p.subscription):
         raise NotFoundError(f"no subscription {p.subscription} on this connection", {"subscription": p.subscription})
     return Ok()
+
+
+async def _last_seq(s: Session, cid: str) -> int:
+    newest = await quick_read(functools.partial(s.services.store.tail, cid, 1, shared=True))
+    return newest[-1].seq if newest else 0
+
+
+@registry.method(
+    "log.ack",
+    AckParams,
+    Acked,
+    "A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its "
+    "position moves forward, never back, and is on disk within a second.",
+    errors={},
+    example={"group": "indexer", "conversation_id": CID, "seq": 1},
+)
+async def log_ack(p: AckParams, s: Session) -> Acked:
+    last = await _last_seq(s, p.conversation_id)
+    if p.seq > last:
+        raise InvalidParams(
+            f"seq {p.seq} is beyond the last seq of {p.conversation_id!r} ({last})",
+            {"field": "seq", "seq": p.seq, "last_seq": last},
+        )
+    acked = s.services.groups.ack(p.group, p.conversation_id, p.seq)
+    return Acked(group=p.group, conversation_id=p.conversation_id, acked_seq=acked)
+
+
+@registry.method(
+    "log.groups",
+    NoParams,
+    Groups,
+    "Every consumer group's position in each conversation, and how far behind it is.",
+    errors={},
+    example={},
+)
+async def log_groups(p: NoParams, s: Session) -> Groups:
+    out = []
+    for (group, cid), acked in sorted(s.services.groups.acked.items()):
+        lag = max(0, await _last_seq(s, cid) - acked)
+        out.append(GroupInfo(group=group, conversation_id=cid, acked_seq=acked, lag=lag))
+    return Groups(groups=out)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from sidecar.context.service import ContextService
 from sidecar.controller.loop import Controller
 from sidecar.log.aio import AsyncAppender
+from sidecar.log.groups import Positions
 from sidecar.log.store import EventStore
 from sidecar.narrator.service import Narrator
 from sidecar.playbooks.library import PlaybookLibrary
@@ -39,6 +40,7 @@ class Services:
     controller: Controller
     narrator: Narrator
     playbooks: PlaybookLibrary
+    groups: Positions  # consumer groups' acked positions
     health: Callable[[], Health]
     stats: Callable[[], Stats]
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import msgspec
 
-from sidecar.api.common import CID, GRAPH_UNUSABLE, TOO_BIG, registry
+from sidecar.api.common import CID, GRAPH_UNUSABLE, TOO_BIG, in_thread, registry
 from sidecar.api.session import Session
+from sidecar.errors import NotFoundError
+from sidecar.log.timestamps import normalize_timestamp
 from sidecar.rpc.dispatch import NoParams
+from sidecar.tasks import history
+from sidecar.tasks.history import TaskVersion
 from sidecar.tasks.model import Claim, NewTask, Release, Renew, Status, Task, TaskId, TaskPatch
 
 
@@ -131,3 +135,40 @@ async def tasks_renew(p: Renew, s: Session) -> Task:
 )
 async def tasks_release(p: Release, s: Session) -> Task:
     return await s.services.tasks.release(p)
+
+
+class History(msgspec.Struct, kw_only=True):
+    versions: list[TaskVersion]
+
+
+class AtParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    timestamp: str  # RFC 3339; a naive time is UTC
+
+
+@registry.method(
+    "tasks.history",
+    TaskRef,
+    History,
+    "Every recorded version of a task, oldest first, each with the seq and timestamp of its event.",
+    errors={-32002: "no task event names that id"},
+    example={"id": "index-1"},
+)
+async def tasks_history(p: TaskRef, s: Session) -> History:
+    known = s.services.tasks.graph.tasks.get(p.id)
+    where = (known.conversation_id or "system") if known is not None else None
+    versions = await in_thread(history.history, s.services.store, p.id, where)
+    if not versions:
+        raise NotFoundError(f"no task event names task {p.id!r}", {"id": p.id})
+    return History(versions=versions)
+
+
+@registry.method(
+    "tasks.at",
+    AtParams,
+    Tasks,
+    "Every task as it stood at a time: the log's task events up to it, replayed.",
+    errors={},
+    example={"timestamp": "2026-11-23T10:00:00Z"},
+)
+async def tasks_at(p: AtParams, s: Session) -> Tasks:
+    return Tasks(tasks=await in_thread(history.at, s.services.store, normalize_timestamp(p.timestamp)))

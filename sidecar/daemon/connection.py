@@ -34,7 +34,7 @@ from sidecar.api.log import SubscribeParams
 from sidecar.api.session import Services
 from sidecar.daemon.config import Config
 from sidecar.daemon.subscriptions import Hub, Subscription
-from sidecar.errors import OverloadedError
+from sidecar.errors import ConflictError, InvalidParams, OverloadedError
 from sidecar.log.filter import as_filter
 from sidecar.notifications import SysShutdownParams
 from sidecar.rpc.dispatch import BATCH_CONCURRENCY, reply_line
@@ -90,6 +90,7 @@ class Connection(asyncio.Protocol):
         self.peer = peer
         self.number = number
         self.subscriptions: dict[int, Subscription] = {}
+        self._held_groups: dict[int, tuple[str, str]] = {}  # subscription -> (group, conversation) it holds
         self.closed = False
         self._sock: socket.socket | None = sock  # until the transport takes it
         self._transport: asyncio.Transport | None = None
@@ -135,17 +136,42 @@ class Connection(asyncio.Protocol):
                 f"this connection has {len(self.subscriptions)} subscriptions, the most max_subscriptions allows",
                 {"max_subscriptions": limit},
             )
-        fields = {k: v for k, v in msgspec.structs.asdict(params).items() if v is not None}
+        fields = {k: v for k, v in msgspec.structs.asdict(params).items() if v is not None and k != "group"}
+        held = None
+        if params.group is not None:
+            held = self._group_start(params, fields)
         flt = as_filter(fields)
         hub = self.daemon.hub
         sub = Subscription(
             hub.new_id(), flt, self.send, self.daemon.config.server.subscriber_queue, self._ended, self.send_now
         )
+        if held is not None:
+            self._held_groups[sub.id] = held
+            self.services.groups.hold(*held, sub)
         hub.add(sub)
         self.subscriptions[sub.id] = sub
         assert self._subs is not None, "subscribe is answered only while serve() runs"
         self._subs.start_soon(self._run_subscription, sub)
         return sub.id
+
+    def _group_start(self, params: SubscribeParams, fields: dict[str, object]) -> tuple[str, str]:
+        """A group's subscription: one conversation, one live subscriber, from after its ack."""
+        assert params.group is not None
+        if params.conversation_id is None:
+            raise InvalidParams(
+                "a group's subscription names its conversation_id", {"field": "conversation_id", "group": params.group}
+            )
+        key = (params.group, params.conversation_id)
+        groups = self.services.groups
+        if groups.holders.get(key) is not None:
+            raise ConflictError(
+                f"group {params.group!r} already has a live subscriber for {params.conversation_id!r}; "
+                "one at a time, until its connection closes",
+                {"group": params.group, "conversation_id": params.conversation_id},
+            )
+        acked = groups.get(*key)
+        fields["from_seq"] = acked + 1 if acked is not None else params.from_seq or 1
+        return key
 
     def unsubscribe(self, sub_id: int) -> bool:
         sub = self.subscriptions.get(sub_id)
@@ -437,3 +463,6 @@ class Connection(asyncio.Protocol):
     def _ended(self, sub: Subscription) -> None:
         self.daemon.hub.remove(sub)
         self.subscriptions.pop(sub.id, None)
+        held = self._held_groups.pop(sub.id, None)
+        if held is not None:
+            self.services.groups.let_go(*held, sub)

@@ -36,6 +36,7 @@ from sidecar.datadir import ensure_layout
 from sidecar.errors import ForbiddenError, OverloadedError, SidecarError
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
+from sidecar.log.groups import Positions
 from sidecar.log.store import EventStore
 from sidecar.narrator.health import LLMWatch
 from sidecar.narrator.llm import api_key_from_env
@@ -48,12 +49,14 @@ from sidecar.rpc.protocol import (
     error_response,
 )
 from sidecar.summary.cache import SummaryCache
+from sidecar.tasks.history import rebuild_missing
 from sidecar.tasks.service import TaskService
 from sidecar.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 
 log = structlog.get_logger("sidecar.daemon")
 
 DRAIN_SECONDS = 4.0
+GROUPS_FLUSH_S = 0.5  # consumer groups' acks reach the disk at least this often (contract: within 1 s)
 
 
 _OUT_OF_FDS = encode(error_response(None, OverloadedError.code, "out of file descriptors; try again later"))
@@ -195,12 +198,15 @@ class Daemon:
             self.playbooks = await anyio.to_thread.run_sync(
                 PlaybookLibrary, os.path.join(self.store.data_dir, "playbooks")
             )
+            self.groups = Positions(self.store.data_dir)
+            await anyio.to_thread.run_sync(self.groups.load)
             self.tasks = TaskService(
                 self.store.data_dir,
                 audit=self.appender.append_valid,
                 clock=self.clock,
                 max_pending=self.config.tasks.max_pending,
             )
+            await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
             await anyio.to_thread.run_sync(self.tasks.load)
 
             self.summaries = SummaryCache(self.store)
@@ -244,6 +250,7 @@ class Daemon:
                 controller=self.controller,
                 narrator=self.narrator,
                 playbooks=self.playbooks,
+                groups=self.groups,
                 health=self.health,
                 stats=self.stats,
             )
@@ -265,6 +272,7 @@ class Daemon:
                 await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
                 await tg.start(supervise, "playbooks", self.playbooks.watch, self.fault)
                 await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
+                await tg.start(supervise, "groups", self._flush_groups, self.fault)
                 await tg.start(self._signals)  # handlers in place before READY=1
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
@@ -294,10 +302,27 @@ class Daemon:
             if chat is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await chat.aclose()  # its pooled connections to the LLM server
+            groups = getattr(self, "groups", None)
+            if groups is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await anyio.to_thread.run_sync(groups.flush)  # the last acks, on disk
+                    except OSError as exc:
+                        log.error("daemon.groups_flush_failed", error=str(exc))
             if hasattr(self, "store"):
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()
             log.info("daemon.stopped")
+
+    async def _flush_groups(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Consumer groups' acks on disk within a second, batched: never an fsync per ack."""
+        task_status.started()
+        while True:
+            await anyio.sleep(GROUPS_FLUSH_S)
+            try:
+                await anyio.to_thread.run_sync(self.groups.flush)
+            except OSError as exc:  # the disk refuses: kept dirty, tried again next time
+                log.error("daemon.groups_flush_failed", error=str(exc))
 
     def _fan_out(self, events: list[Event]) -> None:
         """Every durable batch, in the event loop, in commit order, to each consumer on its

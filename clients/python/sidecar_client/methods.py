@@ -15,9 +15,12 @@ def _given(**params: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "AckParams",
+    "Acked",
     "AppendMany",
     "AppendResult",
     "AsyncMethods",
+    "AtParams",
     "ByTypeParams",
     "Causality",
     "CausalityParams",
@@ -34,8 +37,11 @@ __all__ = [
     "EventRef",
     "Events",
     "Group",
+    "GroupInfo",
+    "Groups",
     "Health",
     "Heartbeat",
+    "History",
     "LLMHealth",
     "LastDecision",
     "Layer",
@@ -71,10 +77,23 @@ __all__ = [
     "Task",
     "TaskPatch",
     "TaskRef",
+    "TaskVersion",
     "Tasks",
     "Unsubscribe",
     "UserMessage",
 ]
+
+
+class AckParams(TypedDict):
+    group: str
+    conversation_id: str
+    seq: int
+
+
+class Acked(TypedDict):
+    group: str
+    conversation_id: str
+    acked_seq: int
 
 
 class AppendMany(TypedDict):
@@ -88,6 +107,10 @@ class AppendResult(TypedDict):
     seq: int
     timestamp: str
     duplicate: NotRequired[bool]
+
+
+class AtParams(TypedDict):
+    timestamp: str
 
 
 class ByTypeParams(TypedDict):
@@ -207,6 +230,17 @@ class Group(TypedDict):
     errors: int
 
 
+class GroupInfo(TypedDict):
+    group: str
+    conversation_id: str
+    acked_seq: int
+    lag: int
+
+
+class Groups(TypedDict):
+    groups: list[GroupInfo]
+
+
 class Health(TypedDict):
     status: Literal["degraded", "ok"]
     version: str
@@ -221,6 +255,10 @@ class Heartbeat(TypedDict):
     conversation_id: str
     agent_id: NotRequired[str | None]
     task_id: NotRequired[str | None]
+
+
+class History(TypedDict):
+    versions: "list[TaskVersion]"
 
 
 class LLMHealth(TypedDict):
@@ -446,7 +484,8 @@ class Stats(TypedDict):
 
 
 class SubscribeParams(TypedDict):
-    """The filter of ``log.query`` without paging; ``from_seq`` replays history first."""
+    """The filter of ``log.query`` without paging; ``from_seq`` replays history first. With a
+    ``group`` (and a ``conversation_id``), it replays from just after the group's acked seq."""
 
     conversation_id: NotRequired[str | None]
     start: NotRequired[str | None]
@@ -458,6 +497,7 @@ class SubscribeParams(TypedDict):
     visibility: NotRequired[Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None]
     levels: NotRequired[list[Literal["action", "decision", "detail", "milestone", "state"]] | None]
     from_seq: NotRequired[int | None]
+    group: NotRequired[str | None]
 
 
 class Subscribed(TypedDict):
@@ -543,6 +583,34 @@ class TaskRef(TypedDict):
     id: str
 
 
+class TaskVersion(TypedDict):
+    """A task as it stood after one change, and the event that recorded it."""
+
+    id: str
+    type: str
+    status: NotRequired[Literal["blocked", "cancelled", "done", "failed", "pending", "running"]]
+    owner: NotRequired[str | None]
+    inputs: NotRequired[dict[str, Any]]
+    outputs: NotRequired[dict[str, Any]]
+    created_at: str
+    updated_at: str
+    parent_id: NotRequired[str | None]
+    dependency_ids: NotRequired[list[str]]
+    conversation_id: NotRequired[str | None]
+    priority: NotRequired[int]
+    version: NotRequired[int]
+    lease_owner: NotRequired[str | None]
+    lease_expires_at: NotRequired[str | None]
+    attempts: NotRequired[int]
+    max_attempts: NotRequired[int]
+    timeout_s: NotRequired[float | None]
+    claimed_at: NotRequired[str | None]
+    lease_s: NotRequired[int | None]
+    seq: int
+    timestamp: str
+    event_type: str
+
+
 class Tasks(TypedDict):
     tasks: list[Task]
 
@@ -578,6 +646,10 @@ class SyncMethods:
         """The gate, and why it is open or closed."""
         return cast("ControllerStatus", self.call("controller.status", _given(conversation_id=conversation_id)))
 
+    def log_ack(self, *, conversation_id: str, group: str, seq: int) -> Acked:
+        """A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its position moves forward, never back, and is on disk within a second."""
+        return cast("Acked", self.call("log.ack", _given(conversation_id=conversation_id, group=group, seq=seq)))
+
     def log_append(self, *, conversation_id: str, type: str, agent_id: str | None = None, caused_by: list[str] | None = None, data: dict[str, Any] | None = None, expected_seq: int | None = None, id: str | None = None, level: Literal["action", "decision", "detail", "milestone", "state"] | None = None, task_id: str | None = None, turn: int | None = None, visibility: Literal["internal", "status", "user"] | None = None) -> AppendResult:
         """Durably append one event; answers once it is on disk."""
         return cast("AppendResult", self.call("log.append", _given(conversation_id=conversation_id, type=type, agent_id=agent_id, caused_by=caused_by, data=data, expected_seq=expected_seq, id=id, level=level, task_id=task_id, turn=turn, visibility=visibility)))
@@ -602,6 +674,10 @@ class SyncMethods:
         """One event by id; -32002 when there is none."""
         return cast("Event", self.call("log.get", _given(event_id=event_id)))
 
+    def log_groups(self) -> Groups:
+        """Every consumer group's position in each conversation, and how far behind it is."""
+        return cast("Groups", self.call("log.groups", _given()))
+
     def log_query(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, cursor: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, limit: int | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Page:
         """Events matching a filter, one page at a time."""
         return cast("Page", self.call("log.query", _given(agent_ids=agent_ids, conversation_id=conversation_id, cursor=cursor, end=end, from_seq=from_seq, levels=levels, limit=limit, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
@@ -610,9 +686,9 @@ class SyncMethods:
         """Events of every conversation from a time on, in time order."""
         return cast("Page", self.call("log.since", _given(timestamp=timestamp, cursor=cursor, limit=limit)))
 
-    def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Subscribed:
-        """Replay from from_seq, then live log.event notifications."""
-        return cast("Subscribed", self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, end=end, from_seq=from_seq, levels=levels, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
+    def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, from_seq: int | None = None, group: str | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Subscribed:
+        """Replay from from_seq (or, with a group, from after its acked seq), then live log.event notifications."""
+        return cast("Subscribed", self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, end=end, from_seq=from_seq, group=group, levels=levels, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
 
     def log_tail(self, *, conversation_id: str, limit: int | None = None) -> Events:
         """The newest events of a conversation, oldest first."""
@@ -666,6 +742,10 @@ class SyncMethods:
         """Connections, append rate, fsyncs, batch sizes, queue depths."""
         return cast("Stats", self.call("sys.stats", _given()))
 
+    def tasks_at(self, *, timestamp: str) -> Tasks:
+        """Every task as it stood at a time: the log's task events up to it, replayed."""
+        return cast("Tasks", self.call("tasks.at", _given(timestamp=timestamp)))
+
     def tasks_claim(self, *, agent_id: str, lease_s: int | None = None, types: list[str] | None = None) -> Claimed:
         """Take the best ready task (lowest priority number, then oldest) under a lease; null when none."""
         return cast("Claimed", self.call("tasks.claim", _given(agent_id=agent_id, lease_s=lease_s, types=types)))
@@ -677,6 +757,10 @@ class SyncMethods:
     def tasks_get(self, *, id: str) -> Task:
         """One task by id; -32002 when there is none."""
         return cast("Task", self.call("tasks.get", _given(id=id)))
+
+    def tasks_history(self, *, id: str) -> History:
+        """Every recorded version of a task, oldest first, each with the seq and timestamp of its event."""
+        return cast("History", self.call("tasks.history", _given(id=id)))
 
     def tasks_list_active(self, *, statuses: list[Literal["blocked", "cancelled", "done", "failed", "pending", "running"]] | None = None) -> Tasks:
         """Tasks in the given statuses (default: the active ones)."""
@@ -720,6 +804,10 @@ class AsyncMethods:
         """The gate, and why it is open or closed."""
         return cast("ControllerStatus", await self.call("controller.status", _given(conversation_id=conversation_id)))
 
+    async def log_ack(self, *, conversation_id: str, group: str, seq: int) -> Acked:
+        """A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its position moves forward, never back, and is on disk within a second."""
+        return cast("Acked", await self.call("log.ack", _given(conversation_id=conversation_id, group=group, seq=seq)))
+
     async def log_append(self, *, conversation_id: str, type: str, agent_id: str | None = None, caused_by: list[str] | None = None, data: dict[str, Any] | None = None, expected_seq: int | None = None, id: str | None = None, level: Literal["action", "decision", "detail", "milestone", "state"] | None = None, task_id: str | None = None, turn: int | None = None, visibility: Literal["internal", "status", "user"] | None = None) -> AppendResult:
         """Durably append one event; answers once it is on disk."""
         return cast("AppendResult", await self.call("log.append", _given(conversation_id=conversation_id, type=type, agent_id=agent_id, caused_by=caused_by, data=data, expected_seq=expected_seq, id=id, level=level, task_id=task_id, turn=turn, visibility=visibility)))
@@ -744,6 +832,10 @@ class AsyncMethods:
         """One event by id; -32002 when there is none."""
         return cast("Event", await self.call("log.get", _given(event_id=event_id)))
 
+    async def log_groups(self) -> Groups:
+        """Every consumer group's position in each conversation, and how far behind it is."""
+        return cast("Groups", await self.call("log.groups", _given()))
+
     async def log_query(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, cursor: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, limit: int | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Page:
         """Events matching a filter, one page at a time."""
         return cast("Page", await self.call("log.query", _given(agent_ids=agent_ids, conversation_id=conversation_id, cursor=cursor, end=end, from_seq=from_seq, levels=levels, limit=limit, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
@@ -752,9 +844,9 @@ class AsyncMethods:
         """Events of every conversation from a time on, in time order."""
         return cast("Page", await self.call("log.since", _given(timestamp=timestamp, cursor=cursor, limit=limit)))
 
-    async def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, from_seq: int | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Subscribed:
-        """Replay from from_seq, then live log.event notifications."""
-        return cast("Subscribed", await self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, end=end, from_seq=from_seq, levels=levels, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
+    async def log_subscribe(self, *, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, from_seq: int | None = None, group: str | None = None, levels: list[Literal["action", "decision", "detail", "milestone", "state"]] | None = None, start: str | None = None, turn_end: int | None = None, turn_start: int | None = None, types: list[str] | None = None, visibility: Literal["internal", "status", "user"] | list[Literal["internal", "status", "user"]] | None = None) -> Subscribed:
+        """Replay from from_seq (or, with a group, from after its acked seq), then live log.event notifications."""
+        return cast("Subscribed", await self.call("log.subscribe", _given(agent_ids=agent_ids, conversation_id=conversation_id, end=end, from_seq=from_seq, group=group, levels=levels, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
 
     async def log_tail(self, *, conversation_id: str, limit: int | None = None) -> Events:
         """The newest events of a conversation, oldest first."""
@@ -808,6 +900,10 @@ class AsyncMethods:
         """Connections, append rate, fsyncs, batch sizes, queue depths."""
         return cast("Stats", await self.call("sys.stats", _given()))
 
+    async def tasks_at(self, *, timestamp: str) -> Tasks:
+        """Every task as it stood at a time: the log's task events up to it, replayed."""
+        return cast("Tasks", await self.call("tasks.at", _given(timestamp=timestamp)))
+
     async def tasks_claim(self, *, agent_id: str, lease_s: int | None = None, types: list[str] | None = None) -> Claimed:
         """Take the best ready task (lowest priority number, then oldest) under a lease; null when none."""
         return cast("Claimed", await self.call("tasks.claim", _given(agent_id=agent_id, lease_s=lease_s, types=types)))
@@ -819,6 +915,10 @@ class AsyncMethods:
     async def tasks_get(self, *, id: str) -> Task:
         """One task by id; -32002 when there is none."""
         return cast("Task", await self.call("tasks.get", _given(id=id)))
+
+    async def tasks_history(self, *, id: str) -> History:
+        """Every recorded version of a task, oldest first, each with the seq and timestamp of its event."""
+        return cast("History", await self.call("tasks.history", _given(id=id)))
 
     async def tasks_list_active(self, *, statuses: list[Literal["blocked", "cancelled", "done", "failed", "pending", "running"]] | None = None) -> Tasks:
         """Tasks in the given statuses (default: the active ones)."""

@@ -29,5 +29,11 @@ export {
   type TaskContext,
   type TaskOutputs,
 } from "./agent.js";
+export {
+  FOLLOW_BACKOFF_MAX_MS,
+  FOLLOW_BACKOFF_MIN_MS,
+  follow,
+  type FollowOptions,
+} from "./follow.js";
 export { ConnectionClosedError, DaemonUnavailableError, ErrorCode, RpcError, TimeoutError } from "./errors.js";
 export type * from "./types.js";

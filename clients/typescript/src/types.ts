@@ -2,6 +2,20 @@
 // (rpc.discover). Do not edit by hand: run `npm run gen -- --socket PATH` to regenerate.
 // test/types.test.ts fails when this file and the daemon disagree.
 
+export interface AckParams {
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
+  conversation_id: string;
+  /** 1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit */
+  group: string;
+  seq: number;
+}
+
+export interface Acked {
+  acked_seq: number;
+  conversation_id: string;
+  group: string;
+}
+
 export interface AppendMany {
   events: NewEvent[];
 }
@@ -12,6 +26,10 @@ export interface AppendResult {
   duplicate?: boolean;
   id: string;
   seq: number;
+  timestamp: string;
+}
+
+export interface AtParams {
   timestamp: string;
 }
 
@@ -148,6 +166,17 @@ export interface Group {
   type: string;
 }
 
+export interface GroupInfo {
+  acked_seq: number;
+  conversation_id: string;
+  group: string;
+  lag: number;
+}
+
+export interface Groups {
+  groups: GroupInfo[];
+}
+
 export interface Health {
   data_dir: string;
   llm: LLMHealth;
@@ -165,6 +194,10 @@ export interface Heartbeat {
   conversation_id: string;
   /** @default null */
   task_id?: string | null;
+}
+
+export interface History {
+  versions: TaskVersion[];
 }
 
 /** What the daemon last learned of the LLM server. */
@@ -448,7 +481,10 @@ export interface Stats {
   uptime_s: number;
 }
 
-/** The filter of ``log.query`` without paging; ``from_seq`` replays history first. */
+/**
+ * The filter of ``log.query`` without paging; ``from_seq`` replays history first. With a
+ * ``group`` (and a ``conversation_id``), it replays from just after the group's acked seq.
+ */
 export interface SubscribeParams {
   /** @default null */
   agent_ids?: string[] | null;
@@ -458,6 +494,8 @@ export interface SubscribeParams {
   end?: string | null;
   /** @default null */
   from_seq?: number | null;
+  /** @default null */
+  group?: string | null;
   /** @default null */
   levels?: ("action" | "decision" | "detail" | "milestone" | "state")[] | null;
   /** @default null */
@@ -594,6 +632,53 @@ export interface TaskRef {
   id: string;
 }
 
+/** A task as it stood after one change, and the event that recorded it. */
+export interface TaskVersion {
+  /** @default 0 */
+  attempts?: number;
+  /** @default null */
+  claimed_at?: string | null;
+  /** @default null */
+  conversation_id?: string | null;
+  created_at: string;
+  /** @default [] */
+  dependency_ids?: string[];
+  event_type: string;
+  /** 1 to 128 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit */
+  id: string;
+  /** @default {} */
+  inputs?: Record<string, unknown>;
+  /** @default null */
+  lease_expires_at?: string | null;
+  /** @default null */
+  lease_owner?: string | null;
+  /** @default null */
+  lease_s?: number | null;
+  /**
+   * how many claims a task may have before it fails
+   * @default 3
+   */
+  max_attempts?: number;
+  /** @default {} */
+  outputs?: Record<string, unknown>;
+  /** @default null */
+  owner?: string | null;
+  /** @default null */
+  parent_id?: string | null;
+  /** @default 2 */
+  priority?: number;
+  seq: number;
+  /** @default "pending" */
+  status?: "blocked" | "cancelled" | "done" | "failed" | "pending" | "running";
+  /** @default null */
+  timeout_s?: number | null;
+  timestamp: string;
+  type: string;
+  updated_at: string;
+  /** @default 1 */
+  version?: number;
+}
+
 export interface Tasks {
   tasks: Task[];
 }
@@ -632,6 +717,11 @@ export interface Methods {
     params: ConversationRef;
     result: ControllerStatus;
   };
+  /** A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its position moves forward, never back, and is on disk within a second. */
+  "log.ack": {
+    params: AckParams;
+    result: Acked;
+  };
   /** Durably append one event; answers once it is on disk. */
   "log.append": {
     params: NewEvent;
@@ -662,6 +752,11 @@ export interface Methods {
     params: EventRef;
     result: Event;
   };
+  /** Every consumer group's position in each conversation, and how far behind it is. */
+  "log.groups": {
+    params: NoParams;
+    result: Groups;
+  };
   /** Events matching a filter, one page at a time. */
   "log.query": {
     params: QueryFilter;
@@ -672,7 +767,7 @@ export interface Methods {
     params: SinceParams;
     result: Page;
   };
-  /** Replay from from_seq, then live log.event notifications. */
+  /** Replay from from_seq (or, with a group, from after its acked seq), then live log.event notifications. */
   "log.subscribe": {
     params: SubscribeParams;
     result: Subscribed;
@@ -742,6 +837,11 @@ export interface Methods {
     params: NoParams;
     result: Stats;
   };
+  /** Every task as it stood at a time: the log's task events up to it, replayed. */
+  "tasks.at": {
+    params: AtParams;
+    result: Tasks;
+  };
   /** Take the best ready task (lowest priority number, then oldest) under a lease; null when none. */
   "tasks.claim": {
     params: Claim;
@@ -756,6 +856,11 @@ export interface Methods {
   "tasks.get": {
     params: TaskRef;
     result: Task;
+  };
+  /** Every recorded version of a task, oldest first, each with the seq and timestamp of its event. */
+  "tasks.history": {
+    params: TaskRef;
+    result: History;
   };
   /** Tasks in the given statuses (default: the active ones). */
   "tasks.list_active": {
