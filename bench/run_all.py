@@ -2,11 +2,12 @@
 
     ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s)
     ./dev bench --quick              # small sizes, about 25 s: checks that it all works
-    ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims)
+    ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims, groups)
 
 Sections: durable appends against clients (sidecar, the plain loop, SQLite, Redis), queries and
 daemon start-up against log size, summaries and context, the task graph's ready(), task claims
-(8 agents claim -> done beside SQLite and Redis; claim latency against the graph's size). Every
+(8 agents claim -> done beside SQLite and Redis; claim latency against the graph's size), consumer
+groups (one consumer drains a conversation and acks, beside Redis Streams with a group). Every
 figure sits beside a baseline measured in the same run: these machines are noisy, so compare
 ratios, not absolute numbers from different runs. Run it on a quiet machine.
 """
@@ -30,6 +31,7 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # the sibling modules, and tests
 
 import bench_appends  # noqa: E402
 import bench_claims  # noqa: E402
+import bench_groups  # noqa: E402
 import bench_log  # noqa: E402
 import bench_summary  # noqa: E402
 import bench_tasks  # noqa: E402
@@ -42,6 +44,7 @@ SECTIONS: dict[str, Callable[[Config], list[Section]]] = {
     "summary": bench_summary.run,
     "tasks": bench_tasks.run,
     "claims": bench_claims.run,
+    "groups": bench_groups.run,
 }
 
 

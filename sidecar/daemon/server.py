@@ -205,6 +205,7 @@ class Daemon:
                 audit=self.appender.append_valid,
                 clock=self.clock,
                 max_pending=self.config.tasks.max_pending,
+                max_event_bytes=self.config.log.max_event_bytes,
             )
             await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
             await anyio.to_thread.run_sync(self.tasks.load)

@@ -228,6 +228,14 @@ class TaskGraph:
         )
         return self._put(task), kind
 
+    def restore(self, before: Task | None, after: Task) -> None:
+        """Undo the change that made ``after`` (the service refused it after the fact)."""
+        if before is None:
+            del self.tasks[after.id]
+        else:
+            self.tasks[after.id] = before
+        self.version -= 1
+
     def _put(self, task: Task, bump: bool = True) -> Task:
         self.tasks[task.id] = task
         self.version += bump

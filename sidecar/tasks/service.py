@@ -36,7 +36,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from sidecar.batcher import Batcher
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.datadir import open_regular, read_regular
-from sidecar.errors import OverloadedError, SidecarError, StorageError
+from sidecar.errors import InvalidParams, OverloadedError, SidecarError, StorageError
 from sidecar.log.events import NewEvent
 from sidecar.log.files import write_all
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
@@ -106,16 +106,18 @@ Request = NewTask | TaskPatch | Claim | Renew | Release | Sweep
 class _Change:
     """One queued request, and what became of it: its answer, and the changes to audit."""
 
-    __slots__ = ("what", "result", "error", "changes", "done")
+    __slots__ = ("what", "result", "error", "changes", "done", "max_event_bytes")
 
     def __init__(self, what: Request) -> None:
         self.what = what
         self.result: Task | None = None
         self.error: SidecarError | None = None
         self.changes: list[tuple[Task, Task | None, str | None]] = []  # after, before, event type
+        self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES
         self.done = anyio.Event()  # set in the event loop once it is written and audited
 
-    def apply(self, graph: TaskGraph, queue: ClaimQueue, now_ns: int, max_pending: int) -> None:
+    def apply(self, graph: TaskGraph, queue: ClaimQueue, now_ns: int, max_pending: int, max_event_bytes: int) -> None:
+        self.max_event_bytes = max_event_bytes
         try:
             self._apply(graph, queue, now_ns, max_pending)
         except SidecarError as exc:
@@ -158,10 +160,27 @@ class _Change:
         self._changed(queue, graph, after, before, None)
 
     def _changed(self, queue: ClaimQueue, graph: TaskGraph, after: Task, before: Task | None, kind: str | None) -> None:
+        if not isinstance(self.what, Sweep):
+            self._fits(queue, graph, after, before, kind)
         queue.changed(graph, before, after)
         self.changes.append((after, before, kind))
         if not isinstance(self.what, Sweep):
             self.result = after
+
+    def _fits(self, queue: ClaimQueue, graph: TaskGraph, after: Task, before: Task | None, kind: str | None) -> None:
+        """The log records every change with the whole task (the graph is its projection): a
+        change whose event would not fit in the log is undone and refused, naming the sizes."""
+        size = len(_audit_encoder.encode(_audit_event(after, before, source="rpc", kind=kind))) + _AUDIT_MARGIN
+        if size <= self.max_event_bytes:
+            return
+        graph.restore(before, after)
+        if kind == "task.claimed" and before is not None:
+            queue.changed(graph, before, before)  # the claim took it off the queue: back on
+        raise InvalidParams(
+            f"task {after.id!r} would take {size} bytes as the event that records it, over the log's "
+            f"max_event_bytes ({self.max_event_bytes}): keep big inputs and outputs elsewhere and pass a reference",
+            {"field": "inputs/outputs", "id": after.id, "bytes": size, "max_event_bytes": self.max_event_bytes},
+        )
 
     @property
     def writes(self) -> bool:
@@ -178,6 +197,7 @@ class TaskService:
         audit: AuditSink | None = None,
         clock: Clock = SYSTEM_CLOCK,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.path = os.path.join(data_dir, GRAPH_FILE)
         self.archive_dir = os.path.join(data_dir, "archive")
@@ -193,7 +213,7 @@ class TaskService:
         self.claim_seconds = 0.0  # summed over claims, queued to answered
         self._deadlines_moved = anyio.Event()
         self.broken: GraphFileError | None = None  # the file could not be used at start
-        self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES  # lowered when the log says it is less
+        self.max_event_bytes = max_event_bytes  # the log's ([log] max_event_bytes); lowered if it says less
         self._stamp: tuple[int, int, int] | None = None
         # None asks the writer to look at the file (an outside edit), a change to apply it.
         self._writer: Batcher[_Change | None] = Batcher(self._write, f"sidecar-tasks:{self.path}")
@@ -351,7 +371,7 @@ class TaskService:
                         self._refuse_file(exc)
                 graph = base.copy()
                 for change in batch:
-                    change.apply(graph, self.queue, now_ns, self.max_pending)
+                    change.apply(graph, self.queue, now_ns, self.max_pending, self.max_event_bytes)
                 self._persist(graph, batch, whole=outside is not None)
                 self.graph = graph
                 self._note_queue()

@@ -394,18 +394,33 @@ def test_stale_graph_temp_files_are_removed_at_start(start_daemon, tmp_path: Pat
     assert not stale.exists()
 
 
-def test_an_audit_event_over_max_event_bytes_is_shrunk_not_lost(start_daemon) -> None:
+def test_a_task_whose_event_would_not_fit_the_log_is_refused_whole(start_daemon) -> None:
+    """The log records every change with the whole task (the graph is its projection), so a
+    change the log could not hold is refused, and nothing of it is kept."""
     d = start_daemon(config_text="[log]\nmax_event_bytes = 4096\n")
     with Client(d.socket_path) as c:
-        c.call("tasks.create", {"type": "t", "id": "big", "conversation_id": "ops", "inputs": {"blob": "x" * 8000}})
-        c.call("tasks.update", {"id": "big", "status": "running"})
-        c.call("tasks.update", {"id": "big", "status": "done", "outputs": {"log": "y" * 8000}})
+        big = {"type": "t", "id": "big", "conversation_id": "ops", "inputs": {"blob": "x" * 8000}}
+        try:
+            c.call("tasks.create", big)
+            raise AssertionError("a task the log cannot hold was taken")
+        except RpcError as exc:
+            assert exc.code == -32602 and exc.data["max_event_bytes"] == 4096 and exc.data["bytes"] > 8000
+        assert c.call("tasks.list_active")["tasks"] == []
+        c.call("tasks.create", {**big, "inputs": {"blob": "x" * 100}})
+        c.call("tasks.claim", {"agent_id": "a"})
+        try:
+            c.call("tasks.update", {"id": "big", "status": "done", "agent_id": "a", "outputs": {"log": "y" * 8000}})
+            raise AssertionError("outputs the log cannot hold were taken")
+        except RpcError as exc:
+            assert exc.code == -32602 and "max_event_bytes" in exc.message
+        kept = c.call("tasks.get", {"id": "big"})
+        assert kept["status"] == "running" and kept["outputs"] == {} and kept["version"] == 2  # as it was
+        done = c.call("tasks.update", {"id": "big", "status": "done", "agent_id": "a", "outputs": {"log": "short"}})
+        assert done["version"] == 3
         events = c.call("log.tail", {"conversation_id": "ops"})["events"]
         assert [e["type"] for e in events if e["type"].startswith("task.")] == [
             "task.created",
-            "task.updated",
+            "task.claimed",
             "task.updated",
         ]
-        last = events[-1]["data"]
-        assert last["task"]["status"] == "done" and "outputs" in last["omitted"]
-        assert c.call("tasks.get", {"id": "big"})["outputs"] == {"log": "y" * 8000}  # the task keeps them
+        assert all("omitted" not in e["data"] for e in events if e["type"].startswith("task."))

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import anyio
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sidecar.clock import ManualClock
-from sidecar.errors import ConflictError, OverloadedError
+from sidecar.errors import ConflictError, InvalidParams, OverloadedError
 from sidecar.log.events import NewEvent
 from sidecar.log.timestamps import format_timestamp
 from sidecar.tasks.graph import TaskGraph
@@ -317,3 +318,20 @@ def test_a_dependency_done_frees_the_children_of_its_dependents_too() -> None:
     put(before, graph.update(TaskPatch(id="t0", status="done", agent_id="x"), format_timestamp(now + 3)))
     assert [t.id for t in graph.ready()] == ["t2", "t1"]
     assert [queue.take(graph, None).id, queue.take(graph, None).id] == ["t2", "t1"]  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_claim_the_log_could_not_record_leaves_the_task_pending_and_queued(tmp_path: Path) -> None:
+    async for h in _harness(tmp_path, max_pending=10):
+        s = h.service
+        probe = await s.create(new("probe"))
+        base = len(msgspec.json.encode(probe))
+        s.max_event_bytes = base + 1500  # room for a bigger task, not for its lease fields too
+        await s.create(new("t1", inputs={"pad": "x" * 1000}))
+        await s.claim(Claim(agent_id="a", types=["other"]))  # nothing of that type: no change
+        await s.update(TaskPatch(id="probe", status="cancelled"))
+        with pytest.raises(InvalidParams, match="max_event_bytes"):
+            await s.claim(Claim(agent_id="a-very-long-agent-name-" + "z" * 200, lease_s=3600))
+        task = s.get("t1")
+        assert task.status == "pending" and task.version == 1 and task.lease_owner is None
+        assert s.pending == 1 and s.queue.take(s.graph, None) is not None  # still queued
