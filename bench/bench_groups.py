@@ -345,6 +345,12 @@ def acking_label(window: int, every: int) -> str:
     return "one ack per event, waiting for each" if every == 1 else f"one ack per {every} events, waiting for each"
 
 
+def xack_label(window: int, every: int) -> str:
+    if window > 1 or every == 1:
+        return acking_label(window, every).replace("ack", "XACK", 1)
+    return f"one XACK of {every} ids, waiting for each"
+
+
 def run(cfg: Config) -> list[Section]:
     n = size(cfg)
     sec = Section(
@@ -473,7 +479,7 @@ def run(cfg: Config) -> list[Section]:
                 for window, every in [(1, 1), (WINDOW, 1), *((1, k) for k in EVERY[1:])]:
                     got = redis_consume(server.socket, n, f"g-{window}x{every}", window, every)
                     check(got, n, True)
-                    acking = acking_label(window, every).replace("ack", "XACK", 1)
+                    acking = xack_label(window, every)
                     row(name, durability, acking, got, base)
                     if window == 1:
                         latencies[f"{name} every {every}"] = got.acks
@@ -533,8 +539,8 @@ def run(cfg: Config) -> list[Section]:
     }
 
     def curve(system: str) -> list[float]:
-        verb = (lambda a: a.replace("ack", "XACK", 1)) if system.startswith("Redis") else (lambda a: a)
-        return [rows[f"{system}: {verb(acking_label(1, k))}"]["rate"] for k in EVERY]
+        label = xack_label if system.startswith("Redis") else acking_label
+        return [rows[f"{system}: {label(1, k)}"]["rate"] for k in EVERY]
 
     series = [Series("sidecar", list(EVERY), curve("sidecar"))]
     series += [

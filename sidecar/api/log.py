@@ -335,7 +335,7 @@ async def _last_seq(s: Session, cid: str) -> int:
     Acked,
     "A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its "
     "position moves forward, never back, and is on disk within a second.",
-    errors={},
+    errors={-32005: "the daemon keeps as many group positions as it may (100,000): reuse a group name"},
     example={"group": "indexer", "conversation_id": CID, "seq": 1},
 )
 async def log_ack(p: AckParams, s: Session) -> Acked:

@@ -23,6 +23,7 @@ import msgspec
 import structlog
 
 from sidecar.datadir import read_regular
+from sidecar.errors import OverloadedError
 from sidecar.fs import atomic_write
 from sidecar.log.segments import DECODE_ERRORS
 
@@ -30,6 +31,7 @@ log = structlog.get_logger("sidecar.log")
 
 GROUPS_FILE = "groups.json"
 MAX_GROUPS_BYTES = 64 << 20
+MAX_POSITIONS = 100_000  # (group, conversation) pairs kept: a client cannot make us hold more
 Key = tuple[str, str]  # group, conversation
 
 
@@ -85,6 +87,11 @@ class Positions:
         with self._lock:
             key = (group, cid)
             old = self.acked.get(key)
+            if old is None and len(self.acked) >= MAX_POSITIONS:
+                raise OverloadedError(
+                    f"{len(self.acked)} group positions are kept already, the most there may be; reuse a group name",
+                    {"max_positions": MAX_POSITIONS},
+                )
             if old is None or seq > old:
                 self.acked[key] = seq
                 self._dirty = True
