@@ -71,7 +71,7 @@ class Sample:
 # --- the systems -----------------------------------------------------------------------------
 
 
-def _threads(prepare: Callable[[int], Callable[[], list[float]]], count: int) -> Sample:
+def in_threads(prepare: Callable[[int], Callable[[], list[float]]], count: int) -> Sample:
     """``count`` threads, each set up by ``prepare(i)`` untimed, then released together."""
     start = threading.Barrier(count + 1)
     latencies: list[list[float]] = [[] for _ in range(count)]
@@ -123,7 +123,7 @@ def plain_loop(path: Path, clients: int, per_client: int) -> Sample:
 
         return work
 
-    return _threads(prepare, clients)
+    return in_threads(prepare, clients)
 
 
 def sqlite_create(path: Path) -> None:
@@ -154,7 +154,7 @@ def sqlite_appends(path: Path, clients: int, per_client: int) -> Sample:
         return work
 
     try:
-        return _threads(prepare, clients)
+        return in_threads(prepare, clients)
     finally:
         for db in opened:
             db.close()

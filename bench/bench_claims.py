@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
+from bench_appends import in_threads
 from bench_daemon import REDIS, Daemon, RedisServer, call, load, redis_version, request, resp_command
 from plots import Panel, Series, figure
 from report import Config, Section, count, ms, pct
@@ -286,51 +287,34 @@ def agents_in_threads(
 ) -> Drained:
     """``agents`` threads, each set up by ``prepare(i)`` untimed, then released together; each
     loops claim -> done until a claim answers None (or ``limit`` tasks are done in all)."""
-    start = threading.Barrier(agents + 1)
     lock = threading.Lock()
     out = Drained(0.0)
-    errors: list[BaseException] = []
     taken = [0]
 
-    def run(i: int) -> None:
-        try:
-            claim, done = prepare(i)
-            start.wait()
+    def setup(i: int) -> Callable[[], list[float]]:
+        claim, done = prepare(i)
+
+        def work() -> list[float]:
             while True:
                 with lock:
                     if limit is not None and taken[0] >= limit:
-                        return
+                        return []
                     taken[0] += 1
                 t = time.perf_counter()
                 task = claim(i)
                 t1 = time.perf_counter()
                 if task is None:
-                    return
+                    return []
                 done(i, task)
                 t2 = time.perf_counter()
                 with lock:
                     out.claims.append(t1 - t)
                     out.dones.append(t2 - t1)
                     out.ids.append(task)
-        except threading.BrokenBarrierError:
-            pass
-        except BaseException as e:
-            errors.append(e)
-            start.abort()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(agents)]
-    for th in threads:
-        th.start()
-    try:
-        start.wait()
-    except threading.BrokenBarrierError:
-        pass
-    t0 = time.perf_counter()
-    for th in threads:
-        th.join()
-    out.seconds = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
+        return work
+
+    out.seconds = in_threads(setup, agents).seconds
     return out
 
 

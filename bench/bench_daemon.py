@@ -116,9 +116,10 @@ def redis_version() -> str:
 class RedisServer(Spawned):
     """A private redis-server on a Unix socket: AOF on, fsync'd before every reply (or, with
     ``fsync=False``, never: a server that costs the load generator next to nothing, so its
-    figures are the generator's own ceiling), no snapshots."""
+    figures are the generator's own ceiling), no snapshots. ``appendfsync`` chooses another
+    AOF policy (``everysec``)."""
 
-    def __init__(self, run_dir: Path, *, fsync: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, fsync: bool = True, appendfsync: str = "always") -> None:
         if REDIS is None:
             raise FileNotFoundError("redis-server is not installed")
         self.socket = str(run_dir / "redis.sock")
@@ -129,7 +130,7 @@ class RedisServer(Spawned):
             "--unixsocketperm", "700",
             "--dir", str(run_dir),
             "--appendonly", "yes" if fsync else "no",
-            "--appendfsync", "always",
+            "--appendfsync", appendfsync,
             "--save", "",
             "--supervised", "systemd",
             "--logfile", str(run_dir / "redis.log"),

@@ -17,7 +17,6 @@ must hold it within a second while the daemon runs, and after a SIGTERM.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import msgspec
 from bench_claims import sidecar_calls
-from bench_daemon import REDIS, Daemon, Spawned, call, redis_version, request, resp_command
+from bench_daemon import REDIS, Daemon, RedisServer, call, redis_version, request, resp_command
 from plots import Panel, Series, figure
 from report import Config, Section, ms, pct
 
@@ -144,27 +143,9 @@ def sidecar_consume(path: str, n: int, group: str | None, window: int = 1, every
 # --- Redis Streams: XREADGROUP pulls, XACK per entry (or per batch of ids) ----------------------
 
 
-class StreamRedis(Spawned):
-    """A private redis-server on a Unix socket with ``appendfsync`` as given (None: no AOF),
-    no snapshots."""
-
-    def __init__(self, run_dir: Path, fsync: str | None) -> None:
-        if REDIS is None:
-            raise FileNotFoundError("redis-server is not installed")
-        self.socket = str(run_dir / "redis.sock")
-        argv = [
-            REDIS,
-            "--port", "0",
-            "--unixsocket", self.socket,
-            "--unixsocketperm", "700",
-            "--dir", str(run_dir),
-            "--appendonly", "no" if fsync is None else "yes",
-            "--appendfsync", fsync or "always",
-            "--save", "",
-            "--supervised", "systemd",
-            "--logfile", str(run_dir / "redis.log"),
-        ]  # fmt: skip
-        super().__init__(argv, run_dir, dict(os.environ), timeout=30)
+def stream_redis(run_dir: Path, fsync: str | None) -> RedisServer:
+    """A private redis-server with ``appendfsync`` as given (None: no AOF), no snapshots."""
+    return RedisServer(run_dir, fsync=fsync is not None, appendfsync=fsync or "always")
 
 
 def resp_parse(buf: bytes, pos: int) -> tuple[Any, int] | None:
@@ -465,7 +446,7 @@ def run(cfg: Config) -> list[Section]:
             )
         for fsync, name, durability in REDIS_CONFIGS if REDIS else ():
             try:
-                server = StreamRedis(tmp / f"redis-{fsync or 'none'}", fsync)
+                server = stream_redis(tmp / f"redis-{fsync or 'none'}", fsync)
             except (OSError, RuntimeError, TimeoutError) as e:
                 sec.note(f"{name} was skipped: {e}")
                 continue
