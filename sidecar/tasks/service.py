@@ -106,13 +106,14 @@ Request = NewTask | TaskPatch | Claim | Renew | Release | Sweep
 class _Change:
     """One queued request, and what became of it: its answer, and the changes to audit."""
 
-    __slots__ = ("what", "result", "error", "changes", "done", "max_event_bytes")
+    __slots__ = ("what", "result", "error", "changes", "events", "done", "max_event_bytes")
 
     def __init__(self, what: Request) -> None:
         self.what = what
         self.result: Task | None = None
         self.error: SidecarError | None = None
-        self.changes: list[tuple[Task, Task | None, str | None]] = []  # after, before, event type
+        self.changes: list[Task] = []  # the tasks as changed, in order
+        self.events: list[NewEvent] = []  # the events that record them
         self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES
         self.done = anyio.Event()  # set in the event loop once it is written and audited
 
@@ -160,17 +161,21 @@ class _Change:
         self._changed(queue, graph, after, before, None)
 
     def _changed(self, queue: ClaimQueue, graph: TaskGraph, after: Task, before: Task | None, kind: str | None) -> None:
+        event = _audit_event(after, before, source="rpc", kind=kind)  # made once: checked here, written after
         if not isinstance(self.what, Sweep):
-            self._fits(queue, graph, after, before, kind)
+            self._fits(queue, graph, after, before, kind, event)
         queue.changed(graph, before, after)
-        self.changes.append((after, before, kind))
+        self.changes.append(after)
+        self.events.append(event)
         if not isinstance(self.what, Sweep):
             self.result = after
 
-    def _fits(self, queue: ClaimQueue, graph: TaskGraph, after: Task, before: Task | None, kind: str | None) -> None:
+    def _fits(
+        self, queue: ClaimQueue, graph: TaskGraph, after: Task, before: Task | None, kind: str | None, event: NewEvent
+    ) -> None:
         """The log records every change with the whole task (the graph is its projection): a
         change whose event would not fit in the log is undone and refused, naming the sizes."""
-        size = len(_audit_encoder.encode(_audit_event(after, before, source="rpc", kind=kind))) + _AUDIT_MARGIN
+        size = len(_audit_encoder.encode(event)) + _AUDIT_MARGIN
         if size <= self.max_event_bytes:
             return
         graph.restore(before, after)
@@ -390,7 +395,7 @@ class TaskService:
         """The batch's changed tasks, durably: appended to the journal, or, once the journal
         has grown past the file (at least 1 MiB, at most 64 MiB), the whole graph written and
         the journal emptied. So a batch costs what it changed, not the size of the graph."""
-        changed = {after.id: after for c in batch for after, _, _ in c.changes}
+        changed = {after.id: after for c in batch for after in c.changes}
         if not changed and not whole:
             return  # renewals only: a restart gives every lease fresh time anyway
         if not whole:
@@ -529,9 +534,7 @@ class TaskService:
     # --- the audit trail ---------------------------------------------------------------------------
 
     async def _audit(self, batch: list[_Change]) -> None:
-        await self._emit(
-            [_audit_event(after, before, source="rpc", kind=kind) for c in batch for after, before, kind in c.changes]
-        )
+        await self._emit([event for c in batch for event in c.events])
 
     async def _audit_changes(self, old: TaskGraph, new: TaskGraph, *, source: str) -> None:
         changed = [(task, old.tasks.get(task.id)) for task in new.tasks.all() if old.tasks.get(task.id) != task]
