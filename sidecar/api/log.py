@@ -11,6 +11,7 @@ from msgspec import Meta
 from sidecar.api.common import CID, EVENT_ID, STORAGE, TOO_BIG, UNREADABLE, Ok, in_thread, quick_read, registry
 from sidecar.api.session import Session
 from sidecar.errors import ForbiddenError, InvalidParams, NotFoundError
+from sidecar.log.clocks import Order
 from sidecar.log.events import (
     WHOLE,
     AppendResult,
@@ -28,6 +29,9 @@ from sidecar.log.filter import EventFilter, Limit, QueryFilter
 from sidecar.log.request import AppendRequest
 from sidecar.rpc.dispatch import BadParams, NoParams
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
+from sidecar.summary.files import delete_summaries
+from sidecar.tasks.retention import carry_forward
+from sidecar.tasks.service import SYSTEM
 
 APPEND_ERRORS = {
     -32001: "expected_seq is given and the conversation's last seq is another",
@@ -69,6 +73,32 @@ class EventRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class CausalityParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     event_id: EventId
     max_depth: Annotated[int, Meta(ge=1, le=256)] = 16
+
+
+class CompareParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    a: EventId
+    b: EventId
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    """``before``: ``a`` happened before ``b`` (``b`` knew of it); ``concurrent``: neither knew of the other."""
+
+    order: Order
+
+
+class DeleteParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    conversation_id: ConversationId
+    confirm: Annotated[str, Meta(description="the conversation_id again: a deletion cannot be undone")]
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    """What went: ``last_seq`` is the last seq the conversation had (0: it had no log)."""
+
+    conversation_id: str
+    last_seq: int
+    summaries: int  # summary files deleted
+    groups: int  # consumer-group positions dropped
+    tasks_carried: int  # tasks of the conversation whose newest version was written again in system
 
 
 class Conversations(msgspec.Struct, kw_only=True):
@@ -281,6 +311,58 @@ async def log_causality(p: CausalityParams, s: Session) -> Causality:
     if found is None:
         raise NotFoundError(f"no event with id {p.event_id}", {"event_id": p.event_id})
     return found
+
+
+@registry.method(
+    "log.delete_conversation",
+    DeleteParams,
+    Deleted,
+    "Delete a conversation for good (the right to be forgotten): its logs, summaries and group "
+    "positions, not its tasks. conversation.deleted is written in system; the id, used again, "
+    "starts at seq 1.",
+    errors={-32003: "system cannot be deleted", -32006: STORAGE},
+    example={"conversation_id": "old-chat", "confirm": "old-chat"},
+)
+async def log_delete_conversation(p: DeleteParams, s: Session) -> Deleted:
+    cid = p.conversation_id
+    if p.confirm != cid:
+        raise InvalidParams(
+            f"confirm must repeat the conversation_id ({cid!r}) exactly: a deletion cannot be undone",
+            {"field": "confirm", "expected": cid},
+        )
+    if cid == SYSTEM:
+        raise ForbiddenError("system cannot be deleted: the daemon's own record is kept", {"conversation_id": cid})
+    svc = s.services
+    store = svc.store
+    # The tasks stay (contract §14), so their newest versions go to system first: the log alone
+    # still gives every task once this conversation's events are gone.
+    carried = await in_thread(lambda: carry_forward(store, cid, 2**62, into=SYSTEM))
+    last_seq = await in_thread(store.delete_conversation, cid)
+    summaries = await in_thread(lambda: delete_summaries(cid, data_dir=store.data_dir))
+    svc.summaries.forget(cid)
+    groups = svc.groups.forget(cid)
+    await in_thread(svc.groups.flush)
+    deleted = NewEvent(
+        conversation_id=SYSTEM,
+        type="conversation.deleted",
+        visibility="status",
+        level="milestone",
+        data={"conversation_id": cid, "last_seq": last_seq, "summaries": summaries, "groups": groups},
+    )
+    await svc.appender.append_valid([deleted])
+    return Deleted(conversation_id=cid, last_seq=last_seq, summaries=summaries, groups=groups, tasks_carried=carried)
+
+
+@registry.method(
+    "log.compare",
+    CompareParams,
+    Comparison,
+    "How two events of one conversation are ordered, by their vector clocks.",
+    errors={-32002: "no event has one of the ids"},
+    example={"a": EVENT_ID, "b": EVENT_ID},
+)
+async def log_compare(p: CompareParams, s: Session) -> Comparison:
+    return Comparison(order=await in_thread(s.services.store.compare, p.a, p.b))
 
 
 @registry.method(

@@ -44,6 +44,9 @@ class Stats(msgspec.Struct, kw_only=True):
     tasks_claims: int  # tasks.claim calls answered
     claim_ms_mean: float  # a claim, queued to answered, on average
     summary_full_reads: int
+    retention_dropped_segments: int = 0  # sealed segments retention dropped since start
+    compressed_segments: int = 0  # sealed segments compressed since start
+    compression_ratio: float = 0.0  # plain bytes / compressed bytes of those (0: none yet)
     internal_errors: int = 0  # requests answered -32603: each one is a bug worth reporting
     faults: dict[str, int] = {}  # failures contained (connection, subscription, controller...)
 

@@ -7,7 +7,9 @@ graceful drain) and the connections.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import os
 import signal
 import socket
@@ -37,6 +39,7 @@ from sidecar.errors import ForbiddenError, OverloadedError, SidecarError
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.groups import Positions
+from sidecar.log.keeper import ArchiveKeeper, RetentionPolicy
 from sidecar.log.store import EventStore
 from sidecar.narrator.health import LLMWatch
 from sidecar.narrator.llm import api_key_from_env
@@ -50,12 +53,14 @@ from sidecar.rpc.protocol import (
 )
 from sidecar.summary.cache import SummaryCache
 from sidecar.tasks.history import rebuild_missing
+from sidecar.tasks.retention import carry_forward
 from sidecar.tasks.service import TaskService
 from sidecar.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 
 log = structlog.get_logger("sidecar.daemon")
 
 DRAIN_SECONDS = 4.0
+KEEPER_EVERY_S = 60.0  # a retention pass at least this often (and soon after each sealed segment)
 GROUPS_FLUSH_S = 0.5  # consumer groups' acks reach the disk at least this often (contract: within 1 s)
 
 
@@ -109,6 +114,7 @@ class Daemon:
 
     def stats(self) -> Stats:
         w = self.store.writer_stats
+        k = self.keeper.stats
         now = time.monotonic()
         then, events_then = self._rate
         rate = (w.events - events_then) / (now - then) if now > then else 0.0
@@ -133,6 +139,9 @@ class Daemon:
             tasks_claims=self.tasks.claims,
             claim_ms_mean=round(1000 * self.tasks.claim_seconds / self.tasks.claims, 3) if self.tasks.claims else 0.0,
             summary_full_reads=self.summaries.full_reads,
+            retention_dropped_segments=k.dropped_segments,
+            compressed_segments=k.compressed_segments,
+            compression_ratio=round(k.plain_bytes / k.compressed_bytes, 2) if k.compressed_bytes else 0.0,
             internal_errors=registry.internal_errors,
             faults=self._faults(),
         )
@@ -209,6 +218,12 @@ class Daemon:
             )
             await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
             await anyio.to_thread.run_sync(self.tasks.load)
+            self.keeper = ArchiveKeeper(
+                self.store.paths,
+                _retention(self.config),
+                clock=self.clock,
+                before_drop=functools.partial(carry_forward, self.store),
+            )
 
             self.summaries = SummaryCache(self.store)
             self.context = ContextService(self.tasks, self.summaries, self.counter)
@@ -274,6 +289,7 @@ class Daemon:
                 await tg.start(supervise, "playbooks", self.playbooks.watch, self.fault)
                 await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
                 await tg.start(supervise, "groups", self._flush_groups, self.fault)
+                await tg.start(supervise, "archive", self._keep_archive, self.fault)
                 await tg.start(self._signals)  # handlers in place before READY=1
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
@@ -324,6 +340,23 @@ class Daemon:
                 await anyio.to_thread.run_sync(self.groups.flush)
             except OSError as exc:  # the disk refuses: kept dirty, tried again next time
                 log.error("daemon.groups_flush_failed", error=str(exc))
+
+    async def _keep_archive(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Retention and compression in a thread of their own, never on the append path: a
+        pass soon after each sealed segment, and every minute (segments age)."""
+        loop = asyncio.get_running_loop()
+        sealed = asyncio.Event()
+        self.store.on_rotate(lambda: loop.call_soon_threadsafe(sealed.set))
+        task_status.started()
+        try:
+            while True:
+                if self.keeper.policy.active:
+                    await anyio.to_thread.run_sync(self.keeper.run_once)
+                with anyio.move_on_after(KEEPER_EVERY_S):
+                    await sealed.wait()
+                sealed.clear()
+        finally:
+            self.store.on_rotate(None)
 
     def _fan_out(self, events: list[Event]) -> None:
         """Every durable batch, in the event loop, in commit order, to each consumer on its
@@ -487,6 +520,10 @@ class Daemon:
         self.config.server = fresh.server
         self.limits = _limits(fresh)
         self.store.max_read_bytes = _read_bytes(fresh)
+        self.config.log.retain_days = fresh.log.retain_days
+        self.config.log.retain_bytes = fresh.log.retain_bytes
+        self.config.log.compress_archive = fresh.log.compress_archive
+        self.keeper.policy = _retention(fresh)
         self.config.controller = fresh.controller
         policy = self.controller.policy
         policy.min_gap_s, policy.idle_timeout_s = fresh.controller.min_gap_s, fresh.controller.idle_timeout_s
@@ -514,6 +551,11 @@ class Daemon:
 def _limits(config: Config) -> Limits:
     server = config.server
     return Limits(max_depth=server.max_depth, max_batch=server.max_batch)
+
+
+def _retention(config: Config) -> RetentionPolicy:
+    lc = config.log
+    return RetentionPolicy(retain_days=lc.retain_days, retain_bytes=lc.retain_bytes, compress=lc.compress_archive)
 
 
 def _read_bytes(config: Config) -> int:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from sidecar.datadir import UnsafePathError
 from sidecar.errors import CorruptLogError
-from sidecar.log.files import fsync, fsync_dir, open_regular, pread_exact, write_all
+from sidecar.log.clocks import ClockState, writer_of
+from sidecar.log.files import fsync, fsync_dir, open_regular, write_all
 from sidecar.log.index import IdIndex
 from sidecar.log.recent import Recent
 from sidecar.log.segments import (
@@ -24,12 +24,18 @@ from sidecar.log.segments import (
     ArchivedSegment,
     ArchiveListing,
     LineHead,
+    ScanHead,
+    Source,
     active_path,
+    close_source,
     head_decoder,
     heads_decoder,
     iter_lines_backward,
     line_end_before,
+    open_segment,
+    pread_exact,
     read_line_at,
+    scan_head_decoder,
 )
 
 log = structlog.get_logger("sidecar.log")
@@ -71,6 +77,7 @@ class Conversation:
     _corrupt_stamp: tuple[int, int, int, int] | None = None
     new_file: bool = False  # the active file appeared since the last commit: fsync its directory
     recent: Recent | None = None  # the newest events we wrote, for readers (see sidecar.log.recent)
+    clocks: ClockState = field(default_factory=ClockState)  # known once the log was scanned (indexed)
 
     def __post_init__(self) -> None:
         self.path = active_path(self.paths.logs_dir, self.cid)  # refuses an id that is no id
@@ -101,9 +108,20 @@ class Conversation:
             self._load(fd, st, index=self.indexed)  # truncated behind our back
 
     def _load(self, fd: int, st: os.stat_result, *, index: bool) -> None:
+        for attempt in range(3):
+            try:
+                self._load_once(fd, st, index=index)
+                return
+            except FileNotFoundError:  # retention or compression replaced a segment meanwhile: list again
+                if attempt == 2:
+                    raise
+
+    def _load_once(self, fd: int, st: os.stat_result, *, index: bool) -> None:
         self.loaded, self.indexed = False, index
         self.archived = self.listing.get(self.cid, refresh=True)
-        self.last_seq, self.last_ts = 0, ""
+        # Retention may have dropped the oldest segments: seqs go on from the last it dropped.
+        self.last_seq, self.last_ts = self.listing.dropped_through(self.cid), ""
+        self.clocks.clear()
         self.corrupt = self._corrupt_stamp = None
         self.active_ident, self.active_size = (st.st_dev, st.st_ino), 0
         try:
@@ -159,17 +177,18 @@ class Conversation:
     # --- scanning --------------------------------------------------------------------------
 
     def _scan_archived(self, seg: ArchivedSegment, start: int) -> None:
-        fd = _open_segment(seg)
+        fd, end = _open_segment(seg)
         try:
-            end = os.fstat(fd).st_size
             if self._scan(fd, start, end, final=False) is not None or line_end_before(fd, start, end) != end:
                 raise _Corrupt(f"archived segment {seg.path} ends with a broken line", end)
+        except OSError as exc:  # a compressed segment damaged inside
+            raise _Corrupt(str(exc), 0) from None
         finally:
-            os.close(fd)
+            close_source(fd)
         if self.last_seq != seg.last_seq:
             raise _Corrupt(f"{seg.path} ends at seq {self.last_seq}, its name says {seg.last_seq}", end)
 
-    def _scan(self, fd: int, start: int, end: int, *, final: bool) -> int | None:
+    def _scan(self, fd: Source, start: int, end: int, *, final: bool) -> int | None:
         """Check every line of ``[start, end)`` (seqs and timestamps), indexing it if we index.
 
         Returns the offset of an unparseable *last* line when ``final`` (a torn append for
@@ -185,7 +204,7 @@ class Conversation:
                 raise _Corrupt(f"unparseable line at byte {bad_offset}", bad_offset)
         return None
 
-    def _accept(self, heads: list[LineHead], offset: int) -> None:
+    def _accept(self, heads: list[ScanHead], offset: int) -> None:
         first = self.last_seq + 1
         seqs = [h.seq for h in heads]
         if seqs != list(range(first, first + len(heads))):
@@ -196,9 +215,12 @@ class Conversation:
             raise _Corrupt(f"timestamps go backwards near seq {first}", offset)
         if self.indexed:
             self.index.add_run([h.id for h in heads], self.no, first)
+            observe = self.clocks.observe
             for h in heads:
                 if h.caused_by:
                     self.index.add_children(h.caused_by, self.no, h.seq)
+                if h.clock:
+                    observe(writer_of(h.agent_id), h.clock)
         self.last_seq = seqs[-1]
         self.last_ts = stamps[-1]
 
@@ -226,11 +248,13 @@ class Conversation:
         return end
 
     def _tail_archived(self, seg: ArchivedSegment) -> None:
-        fd = _open_segment(seg)
+        fd, end = _open_segment(seg)
         try:
-            newest = next(iter_lines_backward(fd, 0, os.fstat(fd).st_size), b"")
+            newest = next(iter_lines_backward(fd, 0, end), b"")
+        except OSError as exc:
+            raise _Corrupt(str(exc), 0) from None
         finally:
-            os.close(fd)
+            close_source(fd)
         head = _decode_head(newest, 0)
         if head.seq != seg.last_seq:
             raise _Corrupt(f"{seg.path} ends at seq {head.seq}, its name says {seg.last_seq}", 0)
@@ -281,11 +305,14 @@ def _decode_head(line: bytes, offset: int) -> LineHead:
         raise _Corrupt(f"unparseable line at byte {offset}", offset) from None
 
 
-def _open_segment(seg: ArchivedSegment) -> int:
-    """An archived segment, opened for reading; one that is not a regular file is damage."""
+def _open_segment(seg: ArchivedSegment) -> tuple[Source, int]:
+    """An archived segment, opened for reading, and its size; one that is not a regular file,
+    or a compressed one whose table is damaged, is damage."""
     try:
-        return open_regular(seg.path, os.O_RDONLY)
-    except UnsafePathError as exc:
+        return open_segment(seg.path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
         raise _Corrupt(str(exc), 0) from None
 
 
@@ -297,7 +324,7 @@ def _now_tag() -> str:
     return str(int.from_bytes(os.urandom(4), "big"))
 
 
-def _chunks_of_heads(fd: int, start: int, end: int) -> Iterator[tuple[int, list[LineHead], tuple[int, int] | None]]:
+def _chunks_of_heads(fd: Source, start: int, end: int) -> Iterator[tuple[int, list[ScanHead], tuple[int, int] | None]]:
     """``(offset, heads, bad)`` per chunk of whole lines; ``bad`` is the first unparseable line.
 
     The fast path decodes a chunk of lines as one JSON array; a chunk with a bad line is
@@ -319,7 +346,7 @@ def _chunks_of_heads(fd: int, start: int, end: int) -> Iterator[tuple[int, list[
             offset = pos
             for line in body[:-1].split(b"\n"):
                 try:
-                    heads.append(head_decoder.decode(line))
+                    heads.append(scan_head_decoder.decode(line))
                 except DECODE_ERRORS:
                     yield pos, heads, (offset, offset + len(line) + 1)
                     return

@@ -52,6 +52,14 @@ EventType = Annotated[
 Label = Annotated[str, Meta(min_length=1, max_length=256)]
 Turn = Annotated[int, Meta(ge=0)]
 Seq = Annotated[int, Meta(ge=0)]
+Counter = Annotated[int, Meta(ge=1, le=2**53 - 1)]
+VectorClock = Annotated[
+    dict[Label, Counter],
+    Meta(
+        max_length=1000,
+        description="writer id (an agent_id, or sidecar) to how many of that writer's events it has seen",
+    ),
+]
 Visibility = Literal["user", "status", "internal"]
 Level = Literal["milestone", "decision", "action", "state", "detail"]
 
@@ -70,6 +78,7 @@ class NewEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     task_id: Label | None = None
     turn: Turn | None = None
     caused_by: list[EventId] = []
+    clock: VectorClock | None = None
     data: dict[str, Any] = {}
     expected_seq: Seq | None = None
 
@@ -95,6 +104,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     task_id: str | None = None
     turn: int | None = None
     caused_by: list[str]
+    clock: dict[str, int] = {}
     data: dict[str, Any]
 
 
@@ -104,12 +114,16 @@ class AppendResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     seq: int
     timestamp: str
+    clock: dict[str, int] = {}
     duplicate: bool = False
 
 
 class ConversationInfo(msgspec.Struct, kw_only=True):
+    """``event_count`` counts the events kept: ``first_seq`` is the oldest retention left."""
+
     conversation_id: str
     event_count: int
+    first_seq: int
     first_timestamp: str | None
     last_timestamp: str | None
     last_seq: int

@@ -15,6 +15,7 @@ import os
 import resource
 import stat
 from collections.abc import Iterator
+from typing import Protocol
 
 from sidecar.datadir import FILE_MODE, check_regular, open_regular
 from sidecar.fs import flock
@@ -35,11 +36,26 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def pread_exact(fd: int, size: int, offset: int) -> bytes:
+class Readable(Protocol):
+    """Something read like a file by offset: a compressed segment (:mod:`sidecar.log.compressed`)."""
+
+    def pread(self, n: int, offset: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+Source = int | Readable  # an fd, or a compressed segment read as if it were the plain file
+
+
+def pread(src: Source, n: int, offset: int) -> bytes:
+    """``os.pread`` on either kind of source."""
+    return os.pread(src, n, offset) if isinstance(src, int) else src.pread(n, offset)
+
+
+def pread_exact(src: Source, size: int, offset: int) -> bytes:
     """Read ``size`` bytes at ``offset`` (fewer only at end of file)."""
     parts: list[bytes] = []
     while size > 0:
-        chunk = os.pread(fd, size, offset)
+        chunk = pread(src, size, offset)
         if not chunk:
             break
         parts.append(chunk)

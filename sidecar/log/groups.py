@@ -97,6 +97,16 @@ class Positions:
                 self._dirty = True
             return self.acked[key]
 
+    def forget(self, cid: str) -> int:
+        """Drop every group's position in ``cid`` (a deleted conversation); how many. The
+        caller flushes, so that they are gone from disk too."""
+        with self._lock:
+            keys = [key for key in self.acked if key[1] == cid]
+            for key in keys:
+                del self.acked[key]
+            self._dirty = self._dirty or bool(keys)
+            return len(keys)
+
     def flush(self) -> bool:
         """Write the positions if they changed (call from a thread); whether it wrote."""
         with self._lock:

@@ -12,18 +12,23 @@ from dataclasses import dataclass
 
 from sidecar.datadir import UnsafePathError, check_regular, open_regular
 from sidecar.errors import CorruptLogError
+from sidecar.log.compressed import COMPRESSED_SUFFIX
 from sidecar.log.events import Event
 from sidecar.log.files import shared_lock
 from sidecar.log.recent import Recent, fresh
 from sidecar.log.segments import (
     DECODE_ERRORS,
     ArchiveListing,
+    Source,
     active_path,
     bisect_lines,
+    close_source,
     iter_lines,
     iter_lines_backward,
     line_end_before,
     line_with_seq,
+    open_segment,
+    pread,
     read_line_at,
     seq_of,
     timestamp_of,
@@ -32,12 +37,13 @@ from sidecar.log.segments import (
 
 @dataclass(slots=True)
 class SegmentView:
-    """One segment's readable bytes ``[0, end)``; ``first_seq`` is the seq of its first line."""
+    """One segment's readable bytes ``[0, end)``; ``first_seq`` is the seq of its first line.
+    A compressed segment's ``end`` is learned when it is opened (from its seek table)."""
 
     path: str
     end: int
     first_seq: int
-    fd: int = -1
+    src: Source | None = None
     ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the active segment
     whole: bool = False  # the active segment's bytes end exactly at ``end`` (no torn tail)
 
@@ -52,12 +58,15 @@ class Snapshot:
         active = self._open_active(active_path(logs_dir, cid), wait, cid)
         archived = listing.get(cid)
         if active is not None and active.first_seq == 0:  # damaged first line: assume it follows
-            active.first_seq = archived[-1].last_seq + 1 if archived else 1
+            active.first_seq = archived[-1].last_seq + 1 if archived else listing.dropped_through(cid) + 1
         if active is not None and archived and archived[-1].last_seq + 1 != active.first_seq:
             archived = listing.get(cid, refresh=True)  # a rotation the cached listing missed
         for seg in archived:
             if active is not None and seg.first_seq >= active.first_seq:
                 continue  # rotated after we opened the active file: we already hold its bytes
+            if seg.compressed:
+                self.segments.append(SegmentView(seg.path, -1, seg.first_seq))
+                continue
             try:
                 size = os.lstat(seg.path).st_size  # the open refuses a link by name
             except FileNotFoundError:
@@ -102,17 +111,30 @@ class Snapshot:
 
     def close(self) -> None:
         for seg in self.segments:
-            if seg.fd >= 0:
-                os.close(seg.fd)
-                seg.fd = -1
+            _close(seg)
 
-    def _fd(self, seg: SegmentView) -> int:
-        if seg.fd < 0:
+    def _fd(self, seg: SegmentView) -> Source:
+        """The segment's bytes, opened on first use. One that went away meanwhile was
+        compressed (read the compressed copy) or dropped by retention (read as empty)."""
+        if seg.src is None:
             try:
-                seg.fd = open_regular(seg.path, os.O_RDONLY)
-            except UnsafePathError as exc:
-                raise _refused(self.cid, exc) from None
-        return seg.fd
+                seg.src, end = self._open(seg.path)
+            except FileNotFoundError:
+                try:
+                    seg.src, end = self._open(seg.path + COMPRESSED_SUFFIX)
+                except FileNotFoundError:
+                    seg.src, end = _EMPTY, 0
+            if seg.end < 0 or end < seg.end:
+                seg.end = end
+        return seg.src
+
+    def _open(self, path: str) -> tuple[Source, int]:
+        try:
+            return open_segment(path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # a link in its place, or a compressed segment damaged
+            raise _refused(self.cid, exc) from None
 
     @property
     def empty(self) -> bool:
@@ -152,7 +174,7 @@ class Snapshot:
         if start < 0:
             return None
         before = b"\n" if start > 0 else b""  # the byte before them ends the line before, if any
-        got = os.pread(self._fd(active), active.end - start + len(before), start - len(before))
+        got = pread(self._fd(active), active.end - start + len(before), start - len(before))
         if got != before + b"\n".join(lines) + b"\n":
             return None
         return fresh(active.ident, start, active.end, list(events), lengths)
@@ -197,11 +219,29 @@ class Snapshot:
                 if line.strip():
                     yield line
             if i + 1 < len(self.segments):  # a sealed segment, read: never hold them all open
-                os.close(seg.fd)
-                seg.fd = -1
+                _close(seg)
 
 
-def _refused(cid: str, exc: UnsafePathError) -> CorruptLogError:
+class _Empty:
+    """What a segment retention dropped while we were reading reads as."""
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+_EMPTY = _Empty()
+
+
+def _close(seg: SegmentView) -> None:
+    if seg.src is not None:
+        close_source(seg.src)
+        seg.src = None
+
+
+def _refused(cid: str, exc: OSError) -> CorruptLogError:
     """A segment that is a symlink, a directory or a FIFO: this conversation is damaged."""
     return CorruptLogError(
         f"conversation {cid!r} has a damaged log: {exc}; it is refused until repaired",

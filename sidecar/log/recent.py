@@ -131,3 +131,10 @@ class Views:
             while len(self._held) > self.limit:
                 _, dropped = self._held.popitem(last=False)
                 dropped.recent = None
+
+    def drop(self, cid: str) -> None:
+        """Forget ``cid``'s view (its conversation was deleted)."""
+        with self._lock:
+            holder = self._held.pop(cid, None)
+            if holder is not None:
+                holder.recent = None

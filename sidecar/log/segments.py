@@ -1,9 +1,15 @@
 """Segment files: where a conversation's lines live and how to read them without loading them.
 
 A conversation is the archived segments ``archive/{cid}.{first:012d}-{last:012d}.jsonl``
-(oldest first, so ``ls`` shows the order) followed by the active segment
-``logs/{cid}.jsonl``. Every function here reads through an fd with byte bounds, so callers
-decide about locks and snapshots, and a query costs what it returns, not what the file holds.
+(oldest first, so ``ls`` shows the order; ``.jsonl.zst`` when compressed, see
+:mod:`sidecar.log.compressed`) followed by the active segment ``logs/{cid}.jsonl``.
+Retention drops the oldest segments and leaves one empty marker,
+``archive/{cid}.{first:012d}-{last:012d}.dropped``, naming every seq it dropped: so the seqs
+that follow are known to be the first kept, not a gap, and are never given out again.
+
+Every function here reads through a :data:`Source` (an fd, or a compressed segment read like
+one) with byte bounds, so callers decide about locks and snapshots, and a query costs what it
+returns, not what the file holds.
 """
 
 from __future__ import annotations
@@ -17,14 +23,17 @@ from typing import TypeVar
 import msgspec
 import structlog
 
+from sidecar.datadir import open_regular
 from sidecar.errors import InvalidParams
+from sidecar.log.compressed import COMPRESSED_SUFFIX, CompressedSegment
 from sidecar.log.events import CONVERSATION_ID_PATTERN
-from sidecar.log.files import fsync_dir, pread_exact
+from sidecar.log.files import Source, fsync_dir, pread, pread_exact
 
 log = structlog.get_logger("sidecar.log")
 
 SUFFIX = ".jsonl"
-_ARCHIVE_RE = re.compile(r"(?P<cid>.+)\.(?P<first>\d{12})-(?P<last>\d{12})\.jsonl")
+DROPPED_SUFFIX = ".dropped"
+_ARCHIVE_RE = re.compile(r"(?P<cid>.+)\.(?P<first>\d{12})-(?P<last>\d{12})(?P<kind>\.jsonl|\.jsonl\.zst|\.dropped)")
 _CID_RE = re.compile(CONVERSATION_ID_PATTERN)
 # What decoding a line found on disk may raise: besides bad JSON and bad values, a line
 # nested deeper than msgspec's limit raises RecursionError. Each is a damaged line.
@@ -43,6 +52,28 @@ class ArchivedSegment:
     first_seq: int
     last_seq: int
 
+    @property
+    def compressed(self) -> bool:
+        return self.path.endswith(COMPRESSED_SUFFIX)
+
+
+def open_segment(path: str) -> tuple[Source, int]:
+    """An archived segment opened for reading, and how many (plain) bytes it holds. A
+    compressed one whose table is damaged raises :class:`~sidecar.log.compressed.CorruptSegment`
+    (an ``OSError``), as a link in its place raises ``UnsafePathError``."""
+    if path.endswith(COMPRESSED_SUFFIX):
+        seg = CompressedSegment(path)
+        return seg, seg.size
+    fd = open_regular(path, os.O_RDONLY)
+    return fd, os.fstat(fd).st_size
+
+
+def close_source(src: Source) -> None:
+    if isinstance(src, int):
+        os.close(src)
+    else:
+        src.close()
+
 
 class LineHead(msgspec.Struct):
     """The leading fields of a line: enough to index and to binary-search, cheap to decode."""
@@ -53,8 +84,17 @@ class LineHead(msgspec.Struct):
     caused_by: list[str] = []
 
 
+class ScanHead(LineHead):
+    """What the writer learns from each line it scans: the head, and the clock's writer and
+    value (see :mod:`sidecar.log.clocks`)."""
+
+    agent_id: str | None = None
+    clock: dict[str, int] = {}
+
+
 head_decoder = msgspec.json.Decoder(LineHead)
-heads_decoder = msgspec.json.Decoder(list[LineHead])
+scan_head_decoder = msgspec.json.Decoder(ScanHead)
+heads_decoder = msgspec.json.Decoder(list[ScanHead])
 
 
 def check_cid(cid: str) -> str:
@@ -72,14 +112,22 @@ def archive_path(archive_dir: str, cid: str, first_seq: int, last_seq: int) -> s
     return os.path.join(archive_dir, f"{check_cid(cid)}.{first_seq:012d}-{last_seq:012d}{SUFFIX}")
 
 
-def list_archive(archive_dir: str) -> dict[str, list[ArchivedSegment]]:
-    """Every archived segment, grouped by conversation, oldest first.
+def dropped_path(archive_dir: str, cid: str, last_seq: int) -> str:
+    return os.path.join(archive_dir, f"{check_cid(cid)}.{1:012d}-{last_seq:012d}{DROPPED_SUFFIX}")
+
+
+def list_archive(archive_dir: str) -> tuple[dict[str, list[ArchivedSegment]], dict[str, int]]:
+    """Every archived segment, grouped by conversation, oldest first; and for each
+    conversation retention has touched, the last seq it dropped.
 
     Names are checked again (a conversation id read back from a file name is not trusted),
     and anything but a regular file (a symlink, a directory, a FIFO) is left out: its
-    conversation then has a gap, which the writer refuses as damage.
+    conversation then has a gap, which the writer refuses as damage. A segment stored both
+    plain and compressed (compression was cut short after the compressed copy was complete)
+    is read compressed; a segment at or below the drop marker is gone, whatever is left of it.
     """
-    found: dict[str, list[ArchivedSegment]] = {}
+    found: dict[str, dict[int, ArchivedSegment]] = {}
+    dropped: dict[str, int] = {}
     with os.scandir(archive_dir) as entries:
         for entry in entries:
             m = _ARCHIVE_RE.fullmatch(entry.name)
@@ -88,11 +136,19 @@ def list_archive(archive_dir: str) -> dict[str, list[ArchivedSegment]]:
             if not entry.is_file(follow_symlinks=False):
                 log.error("log.segment_refused", path=entry.path, reason="not a regular file (a symlink?)")
                 continue
-            seg = ArchivedSegment(entry.path, int(m["first"]), int(m["last"]))
-            found.setdefault(m["cid"], []).append(seg)
-    for segs in found.values():
-        segs.sort(key=lambda s: s.first_seq)
-    return found
+            cid, last = m["cid"], int(m["last"])
+            if m["kind"] == DROPPED_SUFFIX:
+                dropped[cid] = max(dropped.get(cid, 0), last)
+                continue
+            seg = ArchivedSegment(entry.path, int(m["first"]), last)
+            mine = found.setdefault(cid, {})
+            if seg.first_seq not in mine or seg.compressed:
+                mine[seg.first_seq] = seg
+    segments = {
+        cid: sorted((s for s in by_first.values() if s.last_seq > dropped.get(cid, 0)), key=lambda s: s.first_seq)
+        for cid, by_first in found.items()
+    }
+    return {cid: segs for cid, segs in segments.items() if segs}, dropped
 
 
 def rotate(active: str, archive_dir: str, cid: str, first_seq: int, last_seq: int) -> ArchivedSegment:
@@ -111,26 +167,32 @@ class ArchiveListing:
         self._dir = archive_dir
         self._stamp: int | None = None
         self._by_cid: dict[str, list[ArchivedSegment]] = {}
+        self._dropped: dict[str, int] = {}
 
     def get(self, cid: str, *, refresh: bool = False) -> list[ArchivedSegment]:
         self._maybe_refresh(refresh)
         return self._by_cid.get(cid, [])
 
+    def dropped_through(self, cid: str, *, refresh: bool = False) -> int:
+        """The last seq retention dropped from ``cid`` (0: none): its first kept seq is one past it."""
+        self._maybe_refresh(refresh)
+        return self._dropped.get(cid, 0)
+
     def conversations(self) -> set[str]:
         self._maybe_refresh(False)
-        return set(self._by_cid)
+        return set(self._by_cid) | set(self._dropped)
 
     def _maybe_refresh(self, force: bool) -> None:
         stamp = os.stat(self._dir).st_mtime_ns
         if force or stamp != self._stamp:
-            self._by_cid = list_archive(self._dir)
+            self._by_cid, self._dropped = list_archive(self._dir)
             self._stamp = stamp
 
 
 # --- reading lines -------------------------------------------------------------------------
 
 
-def line_end_before(fd: int, start: int, end: int) -> int:
+def line_end_before(fd: Source, start: int, end: int) -> int:
     """The offset just past the last newline in ``[start, end)``, or ``start`` when none.
 
     Bytes after it are an unterminated line: a write in progress elsewhere or a torn one.
@@ -138,7 +200,7 @@ def line_end_before(fd: int, start: int, end: int) -> int:
     pos = end
     while pos > start:
         lo = max(start, pos - _PROBE)
-        block = os.pread(fd, pos - lo, lo)
+        block = pread(fd, pos - lo, lo)
         i = block.rfind(b"\n")
         if i >= 0:
             return lo + i + 1
@@ -146,7 +208,7 @@ def line_end_before(fd: int, start: int, end: int) -> int:
     return start
 
 
-def iter_lines(fd: int, start: int, end: int, first_block: int = 16 * 1024) -> Iterator[tuple[int, bytes]]:
+def iter_lines(fd: Source, start: int, end: int, first_block: int = 16 * 1024) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` for each complete line in ``[start, end)``, newline stripped.
 
     Reads grow from ``first_block`` so a short page is cheap and a long scan is fast.
@@ -172,7 +234,7 @@ def iter_lines(fd: int, start: int, end: int, first_block: int = 16 * 1024) -> I
         carry_at = offset
 
 
-def iter_lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
+def iter_lines_backward(fd: Source, start: int, end: int) -> Iterator[bytes]:
     """Complete lines of ``[start, end)``, newest first; a trailing unterminated part is skipped.
 
     Reads start small and double (4 KiB up to 64 KiB): most callers want a few lines, and
@@ -183,7 +245,7 @@ def iter_lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
     block = _PROBE
     while pos > start:
         lo = max(start, pos - block)
-        data = os.pread(fd, pos - lo, lo) + carry
+        data = pread(fd, pos - lo, lo) + carry
         pos = lo
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
@@ -193,7 +255,7 @@ def iter_lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
         block = min(2 * block, _BLOCK)
 
 
-def read_line_at(fd: int, offset: int, end: int) -> bytes:
+def read_line_at(fd: Source, offset: int, end: int) -> bytes:
     """The line starting at ``offset`` (without its newline)."""
     size = _PROBE
     while True:
@@ -206,12 +268,12 @@ def read_line_at(fd: int, offset: int, end: int) -> bytes:
         size *= 4
 
 
-def _line_start_at_or_after(fd: int, pos: int, start: int, end: int) -> int:
+def _line_start_at_or_after(fd: Source, pos: int, start: int, end: int) -> int:
     if pos <= start:
         return start
     probe = pos - 1  # pos is a line start exactly when the byte before it is a newline
     while probe < end:
-        data = os.pread(fd, min(_PROBE, end - probe), probe)
+        data = pread(fd, min(_PROBE, end - probe), probe)
         if not data:
             break
         i = data.find(b"\n")
@@ -221,7 +283,7 @@ def _line_start_at_or_after(fd: int, pos: int, start: int, end: int) -> int:
     return end
 
 
-def bisect_lines(fd: int, start: int, end: int, key: Callable[[bytes], K], target: K) -> int:
+def bisect_lines(fd: Source, start: int, end: int, key: Callable[[bytes], K], target: K) -> int:
     """Offset of the first line in ``[start, end)`` whose ``key`` is ``>= target`` (else ``end``).
 
     The lines must be sorted by ``key``; the cost is O(log bytes) small reads, and once the
@@ -250,11 +312,11 @@ _WINDOW = 32 * 1024  # a range this small is read at once and searched in memory
 _GUESS = 8 * 1024  # what is read around a seq's guessed place
 
 
-def _bisect_window(fd: int, lo: int, hi: int, end: int, key: Callable[[bytes], K], target: K) -> int | None:
+def _bisect_window(fd: Source, lo: int, hi: int, end: int, key: Callable[[bytes], K], target: K) -> int | None:
     """:func:`bisect_lines` over the lines starting in ``[lo, hi)`` (``lo`` a line start),
     read at once: the first such line with ``key >= target``, else ``hi``; ``None`` when a
     line runs past what was read (a long one: the caller goes on probing)."""
-    data = os.pread(fd, min(end, hi + _PROBE) - lo, lo)
+    data = pread(fd, min(end, hi + _PROBE) - lo, lo)
     starts: list[int] = []
     lines: list[bytes] = []
     at = 0
@@ -275,7 +337,7 @@ def _bisect_window(fd: int, lo: int, hi: int, end: int, key: Callable[[bytes], K
     return starts[a] if a < len(starts) else hi
 
 
-def line_with_seq(fd: int, end: int, seq: int, first_seq: int | None = None) -> bytes | None:
+def line_with_seq(fd: Source, end: int, seq: int, first_seq: int | None = None) -> bytes | None:
     """The line holding ``seq`` in a segment ``[0, end)``.
 
     Seqs run one per line, so with the segment's ``first_seq`` known the line's place can be
@@ -293,7 +355,7 @@ def line_with_seq(fd: int, end: int, seq: int, first_seq: int | None = None) -> 
     return line if seq_of(line) == seq else None
 
 
-def _guess_seq(fd: int, end: int, seq: int, first_seq: int) -> tuple[int, int, bytes | None]:
+def _guess_seq(fd: Source, end: int, seq: int, first_seq: int) -> tuple[int, int, bytes | None]:
     """Interpolation search for ``seq``: its line, or the ``[lo, hi)`` of line starts that
     must hold it, for the binary search."""
     lo, hi = 0, end
@@ -310,7 +372,7 @@ def _guess_seq(fd: int, end: int, seq: int, first_seq: int) -> tuple[int, int, b
             at = _line_start_at_or_after(fd, max(lo, guess - _GUESS // 2), lo, hi)
             if at >= hi:
                 break
-            lines = os.pread(fd, min(hi, at + _GUESS) - at, at).split(b"\n")
+            lines = pread(fd, min(hi, at + _GUESS) - at, at).split(b"\n")
             lines.pop()  # what follows the last newline: a line cut short, or nothing
             if not lines:
                 break

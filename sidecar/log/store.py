@@ -22,8 +22,9 @@ import structlog
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.datadir import private_dir
-from sidecar.errors import CorruptLogError, InvalidParams
-from sidecar.log import files
+from sidecar.errors import CorruptLogError, InvalidParams, NotFoundError
+from sidecar.log import clocks, files
+from sidecar.log.clocks import Order
 from sidecar.log.committer import Committer
 from sidecar.log.conversation import LogPaths
 from sidecar.log.events import (
@@ -152,6 +153,10 @@ class EventStore:
         """Call ``callback(events)`` in the commit thread after each durable batch."""
         self._writer.on_commit = callback
 
+    def on_rotate(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback()`` in the commit thread whenever a segment is sealed."""
+        self._writer.on_rotate = callback
+
     @property
     def writer_stats(self) -> WriterStats:
         return self._writer.stats
@@ -183,7 +188,6 @@ class EventStore:
                 self._writer.index_conversations([cid])
                 if progress is not None:
                     progress(done, len(cids))
-            self._writer.index_all = True  # from now on the writer indexes what it writes
             self._indexed_all = True
 
     def damaged(self) -> dict[str, str]:
@@ -446,8 +450,49 @@ class EventStore:
             event=root, upstream=upstream, downstream=downstream, missing=list(missing), truncated=truncated
         )
 
+    def delete_conversation(self, conversation_id: str) -> int:
+        """Delete every log file of a conversation (the right to be forgotten): a conversation
+        of that id written later starts again at seq 1. Returns the last seq it had (0: it had
+        none). Commits wait while the files go; what else the daemon derived from them
+        (summaries, group positions, indexes) is its to delete."""
+        cid = check_conversation_id(conversation_id)
+        with self._write_lock:
+            return self._writer.forget(cid)
+
+    def compare(self, a: str, b: str) -> Order:
+        """How event ``a`` stands to event ``b`` of the same conversation, by their clocks:
+        ``before``, ``after``, ``concurrent`` or ``equal``. An unknown id raises
+        :class:`NotFoundError`; events of two conversations, :class:`InvalidParams`.
+
+        Events written before clocks existed have none: they are ordered by the writer's
+        own order and by ``caused_by``, looked up (:meth:`causality`, bounded)."""
+        ea, eb = self.get(a), self.get(b)
+        for ref, found in ((a, ea), (b, eb)):
+            if found is None:
+                raise NotFoundError(f"no event with id {ref}", {"event_id": ref})
+        assert ea is not None and eb is not None
+        if ea.conversation_id != eb.conversation_id:
+            raise InvalidParams(
+                f"the events are in two conversations ({ea.conversation_id!r} and {eb.conversation_id!r}); "
+                "clocks order the events of one",
+                {"field": "b", "a_conversation_id": ea.conversation_id, "b_conversation_id": eb.conversation_id},
+            )
+        if ea.seq == eb.seq:
+            return "equal"
+        if ea.clock and eb.clock:
+            return clocks.compare(ea.clock, eb.clock)
+        early, late = (ea, eb) if ea.seq < eb.seq else (eb, ea)
+        ordered = early.agent_id == late.agent_id
+        if not ordered:
+            past = self.causality(late.id, max_depth=256, max_events=10_000)
+            ordered = past is not None and any(e.id == early.id for e in past.upstream)
+        if not ordered:
+            return "concurrent"
+        return "before" if early is ea else "after"
+
     def conversations(self) -> list[ConversationInfo]:
-        """Each conversation with its event count and first and last timestamps.
+        """Each conversation with its retained events' count, first seq and time span
+        (retention may have dropped the oldest; seqs go on all the same).
 
         One conversation open at a time; one whose files cannot be read is left out (and
         logged), not allowed to fail the whole listing."""
@@ -459,7 +504,19 @@ class EventStore:
             except (OSError, CorruptLogError) as exc:
                 skip_unreadable(cid, exc)
                 continue
+            dropped = self._listing.dropped_through(cid)
             if first is None or not newest:
+                if dropped:  # every event retention has kept is gone: the seqs are not
+                    out.append(
+                        ConversationInfo(
+                            conversation_id=cid,
+                            event_count=0,
+                            first_seq=dropped + 1,
+                            first_timestamp=None,
+                            last_timestamp=None,
+                            last_seq=dropped,
+                        )
+                    )
                 continue
             try:
                 head_first, head_last = head_decoder.decode(first), head_decoder.decode(newest[0])
@@ -468,7 +525,8 @@ class EventStore:
             out.append(
                 ConversationInfo(
                     conversation_id=cid,
-                    event_count=head_last.seq,
+                    event_count=head_last.seq - head_first.seq + 1,
+                    first_seq=head_first.seq,
                     first_timestamp=head_first.timestamp,
                     last_timestamp=head_last.timestamp,
                     last_seq=head_last.seq,

@@ -13,9 +13,11 @@ caller holding the store's write lock (recovery, loading, checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ import structlog
 from sidecar.datadir import UnsafePathError, open_regular
 from sidecar.errors import ConflictError, InvalidParams, SidecarError, StorageError
 from sidecar.log import files
+from sidecar.log.clocks import Clock, ClockState, writer_of
 from sidecar.log.conversation import Conversation, LogPaths
 from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_event
 from sidecar.log.ids import new_event_id
@@ -33,7 +36,17 @@ from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal
 from sidecar.log.recent import Views, fresh
 from sidecar.log.request import AppendRequest
-from sidecar.log.segments import ArchiveListing, active_path, line_with_seq, rotate
+from sidecar.log.segments import (
+    DECODE_ERRORS,
+    ArchivedSegment,
+    ArchiveListing,
+    active_path,
+    close_source,
+    line_with_seq,
+    open_segment,
+    rotate,
+    scan_head_decoder,
+)
 from sidecar.log.timestamps import format_timestamp
 
 log = structlog.get_logger("sidecar.log")
@@ -50,6 +63,10 @@ class _Pending:
     lines: list[bytes] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     fresh: dict[str, Event] = field(default_factory=dict)
+    clocks: ClockState = field(init=False)  # the conversation's, with this batch's events on top
+
+    def __post_init__(self) -> None:
+        self.clocks = self.conv.clocks.overlay()
 
     def mark(self) -> tuple[int, str, int]:
         return self.next_seq, self.last_ts, len(self.lines)
@@ -59,6 +76,9 @@ class _Pending:
         for event in self.events[n:]:
             self.fresh.pop(event.id, None)
         del self.lines[n:], self.events[n:]
+        self.clocks = self.conv.clocks.overlay()  # rare: rebuilt from the events that stay
+        for event in self.events:
+            self.clocks.observe(writer_of(event.agent_id), event.clock)
 
 
 class LogWriter:
@@ -89,9 +109,9 @@ class LogWriter:
         self.by_no: list[Conversation] = []
         self._fds: OrderedDict[str, int] = OrderedDict()
         self.max_open_files = files.open_files_budget()  # also the most one commit holds
-        self.index_all = False  # set once every conversation is indexed: keep new ones indexed too
         self._pool: ThreadPoolExecutor | None = None
         self.on_commit: Callable[[list[Event]], None] | None = None  # new events, once durable
+        self.on_rotate: Callable[[], object] | None = None  # a segment was sealed (the keeper's cue)
 
     # --- conversations and their files -----------------------------------------------------
 
@@ -221,6 +241,31 @@ class LogWriter:
             self._release(cid)
             self._trim_fds()  # a journal may name more conversations than we may hold open
 
+    def forget(self, cid: str) -> int:
+        """Delete every file of conversation ``cid`` (its active segment under the
+        exclusive lock, its archive and drop markers) and start it over at seq 1; returns
+        the last seq it had. The journal is checkpointed first, so a crash can never replay
+        a deleted event back."""
+        self.checkpoint()
+        conv, fd = self._acquire(cid, False)
+        last = conv.last_seq
+        try:
+            archive = self.paths.archive_dir
+            with os.scandir(archive) as entries:
+                doomed = [e.path for e in entries if _names_conversation(e.name, cid)]
+            for path in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            os.unlink(conv.path)  # while we hold its lock: no writer is between write and fsync
+            files.fsync_dir(archive)
+            files.fsync_dir(self.paths.logs_dir)
+        finally:
+            self._release(cid, broken=True)
+        fresh = Conversation(cid, conv.no, self.paths, self.index, self.listing)
+        self.conversations[cid] = self.by_no[conv.no] = fresh
+        self.views.drop(cid)
+        return last
+
     # --- reading back, for idempotence --------------------------------------------------------
 
     def find_existing(self, conv: Conversation, event_id: str, fd: int) -> Event | None:
@@ -236,16 +281,16 @@ class LogWriter:
         return None
 
     def _line_at(self, conv: Conversation, seq: int, fd: int) -> bytes | None:
+        """The line of ``seq`` (None when it is not there: dropped by retention, or damaged)."""
         if seq >= conv.active_first_seq:
             return line_with_seq(fd, conv.active_size, seq)
-        for seg in conv.archived:
-            if seg.first_seq <= seq <= seg.last_seq:
-                seg_fd = open_regular(seg.path, os.O_RDONLY)
-                try:
-                    return line_with_seq(seg_fd, os.fstat(seg_fd).st_size, seq)
-                finally:
-                    os.close(seg_fd)
-        return None
+        try:
+            return _archived_line(conv.archived, seq)
+        except FileNotFoundError:  # compressed or dropped since we listed: look again, once
+            try:
+                return _archived_line(self.listing.get(conv.cid, refresh=True), seq)
+            except FileNotFoundError:
+                return None
 
     def index_conversations(self, cids: Iterable[str]) -> int:
         """Load and index ``cids`` (repairing torn tails, flagging damage); returns how many
@@ -294,21 +339,18 @@ class LogWriter:
         """
         limit = self.max_open_files
         part: list[AppendRequest] = []
-        wanted: dict[str, bool] = {}  # conversation -> whether its ids must be indexed
+        wanted: set[str] = set()  # the conversations this part writes to
         for req in batch:
             events = req.events
             if len(events) == 1:  # the usual request: one event, one conversation
-                ev = events[0]
-                cid = ev.conversation_id
+                cid = events[0].conversation_id
                 if cid not in wanted and len(wanted) >= limit:
                     self._append_part(part, wanted)
-                    part, wanted = [], {}
-                wanted[cid] = wanted.get(cid, False) or ev.id is not None
+                    part, wanted = [], set()
+                wanted.add(cid)
                 part.append(req)
                 continue
-            own: dict[str, bool] = {}
-            for ev in events:
-                own[ev.conversation_id] = own.get(ev.conversation_id, False) or ev.id is not None
+            own = {ev.conversation_id for ev in events}
             if len(own) > limit:
                 req.error = InvalidParams(
                     f"these events name {len(own)} conversations; one call may name at most {limit} "
@@ -316,19 +358,19 @@ class LogWriter:
                     {"conversations": len(own), "max_conversations": limit},
                 )
                 continue
-            if len(wanted) + sum(cid not in wanted for cid in own) > limit:
+            if len(wanted | own) > limit:
                 self._append_part(part, wanted)
-                part, wanted = [], {}
-            for cid, want in own.items():
-                wanted[cid] = wanted.get(cid, False) or want
+                part, wanted = [], set()
+            wanted |= own
             part.append(req)
         if part:
             self._append_part(part, wanted)
 
-    def _append_part(self, batch: list[AppendRequest], wanted: dict[str, bool]) -> None:
+    def _append_part(self, batch: list[AppendRequest], wanted: set[str]) -> None:
         """Commit requests that together name at most ``max_open_files`` conversations.
 
         Files are locked in sorted order so writers in several processes never deadlock.
+        Each is indexed (read whole once): idempotent ids and clocks need what it holds.
         """
         self._make_room(wanted)
         pendings: dict[str, _Pending] = {}
@@ -336,7 +378,7 @@ class LogWriter:
         try:
             for cid in sorted(wanted):
                 try:
-                    conv, fd = self._acquire(cid, wanted[cid] or self.index_all)
+                    conv, fd = self._acquire(cid, True)
                 except OSError as exc:
                     unopened[cid] = _storage_error(exc, f"open the log of {cid!r}")
                     continue
@@ -386,7 +428,7 @@ class LogWriter:
         if excess > 0:
             self._evict(list(itertools.islice(self._fds, excess)))
 
-    def _make_room(self, wanted: dict[str, bool]) -> None:
+    def _make_room(self, wanted: set[str]) -> None:
         """Close cached files this commit does not need, so that it holds at most the limit."""
         excess = len(self._fds) + len(wanted) - self.max_open_files
         if excess <= 0:
@@ -438,13 +480,21 @@ class LogWriter:
         if ev.id is not None:
             seen = p.fresh.get(ev.id) or self.find_existing(p.conv, ev.id, p.fd)
             if seen is not None:
-                return AppendResult(id=seen.id, seq=seen.seq, timestamp=seen.timestamp, duplicate=True)
+                return AppendResult(
+                    id=seen.id, seq=seen.seq, timestamp=seen.timestamp, clock=seen.clock, duplicate=True
+                )
         last = p.next_seq - 1
         if ev.expected_seq is not None and ev.expected_seq != last:
             raise ConflictError(
                 f"conversation {ev.conversation_id!r} is at seq {last}, not {ev.expected_seq}",
                 {"conversation_id": ev.conversation_id, "expected_seq": ev.expected_seq, "last_seq": last},
             )
+        writer = writer_of(ev.agent_id)
+        if ev.clock is not None:
+            p.clocks.check_sent(writer, ev.clock, ev.conversation_id)
+            clock: Clock = ev.clock
+        else:
+            clock = p.clocks.next_clock(writer, self._cause_clocks(p, ev.caused_by))
         event = Event(
             id=ev.id or new_event_id(now_ms),
             seq=p.next_seq,
@@ -457,6 +507,7 @@ class LogWriter:
             task_id=ev.task_id,
             turn=ev.turn,
             caused_by=ev.caused_by,
+            clock=clock,
             data=ev.data,
         )
         line = encode_event(event)
@@ -470,7 +521,36 @@ class LogWriter:
         p.fresh[event.id] = event
         p.next_seq += 1
         p.last_ts = event.timestamp
-        return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp)
+        p.clocks.observe(writer, clock)
+        return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=clock)
+
+    def _cause_clocks(self, p: _Pending, caused_by: list[str]) -> list[dict[str, int]]:
+        """The clocks of the events in ``caused_by`` that are in this conversation: from this
+        batch, from the newest events in memory, else read back from the log (one line each)."""
+        out = []
+        conv = p.conv
+        for ref in caused_by:
+            staged = p.fresh.get(ref)
+            if staged is not None:
+                out.append(staged.clock)
+                continue
+            for no, seq in self.index.locate(ref):
+                if no != conv.no or seq > conv.last_seq:
+                    continue
+                recent = conv.recent
+                event = recent.event_at_seq(conv.path, seq) if recent is not None else None
+                if event is not None and event.id == ref:
+                    out.append(event.clock)
+                    break
+                try:
+                    line = self._line_at(conv, seq, p.fd)
+                    head = scan_head_decoder.decode(line) if line is not None else None
+                except (OSError, *DECODE_ERRORS):
+                    continue  # gone (retention) or damaged: not a cause we can see
+                if head is not None and head.id == ref:
+                    out.append(head.clock)
+                    break
+        return out
 
     def _write_and_sync(self, written: list[_Pending]) -> None:
         if not written:
@@ -523,6 +603,7 @@ class LogWriter:
             self.views.keep(conv, view)
         conv.last_seq = p.next_seq - 1
         conv.last_ts = p.last_ts
+        conv.clocks.take(p.clocks)
         if conv.indexed:
             for event in p.events:
                 self.index.add(event.id, conv.no, event.seq, event.caused_by)
@@ -547,6 +628,11 @@ class LogWriter:
         conv.active_first_seq = conv.last_seq + 1
         conv.active_ident, conv.active_size = None, 0
         log.info("log.rotated", conversation_id=conv.cid, segment=seg.path, last_seq=seg.last_seq)
+        if self.on_rotate is not None:
+            try:
+                self.on_rotate()
+            except Exception:
+                log.exception("log.on_rotate_failed")
 
 
 @dataclass
@@ -557,6 +643,26 @@ class WriterStats:
     events: int = 0
     fsyncs: int = 0
     checkpoints: int = 0
+
+
+def _names_conversation(name: str, cid: str) -> bool:
+    """Whether an archive file's name is one of ``cid``'s: a segment, a drop marker, a torn
+    tail or a compression's temporary file (and not those of ``cid.1``, say)."""
+    return re.fullmatch(re.escape(cid) + _OWN_FILE, name) is not None
+
+
+_OWN_FILE = r"\.\d{12}(-\d{12}\.(jsonl|jsonl\.zst|jsonl\.zst\.tmp|dropped)|\.\d+\.\d+\.torn)"
+
+
+def _archived_line(segments: list[ArchivedSegment], seq: int) -> bytes | None:
+    for seg in segments:
+        if seg.first_seq <= seq <= seg.last_seq:
+            src, end = open_segment(seg.path)
+            try:
+                return line_with_seq(src, end, seq, seg.first_seq)
+            finally:
+                close_source(src)
+    return None
 
 
 def _truncate_back(p: _Pending) -> None:

@@ -36,6 +36,10 @@ class SummaryCache:
                 state.add(ev)
             # a gap (another writer's events) is filled at the next use, from the log
 
+    def forget(self, cid: str) -> None:
+        """Drop ``cid``'s state: its conversation was deleted (and may start again at seq 1)."""
+        self.states.pop(cid, None)
+
     async def state(self, cid: str) -> SummaryState:
         """The conversation's state, caught up with the log."""
         state = self.states.get(cid)

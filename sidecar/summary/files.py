@@ -119,6 +119,38 @@ def load_snapshot(conversation_id: str, ref: str, *, data_dir: str | os.PathLike
     return None
 
 
+def delete_summaries(conversation_id: str, *, data_dir: str | os.PathLike[str] | None = None) -> int:
+    """Delete a conversation's summaries: the latest (``.md``, ``.json``) and every snapshot;
+    how many files went. Nothing is followed: a link in the way is unlinked, not its target."""
+    check_conversation_id(conversation_id)
+    root = os.path.join(resolve_data_dir(data_dir), "summaries")
+    removed = 0
+    with _storage(conversation_id, "delete the summaries of"):
+        for name in (f"{conversation_id}.md", f"{conversation_id}.json"):
+            removed += _unlink(os.path.join(root, name))
+        for directory in (os.path.join(root, SNAPSHOTS, conversation_id), os.path.join(root, conversation_id)):
+            try:
+                if not stat.S_ISDIR(os.lstat(directory).st_mode):
+                    continue  # the old layout's "{cid}" may be anything: not ours to remove
+            except FileNotFoundError:
+                continue
+            with os.scandir(directory) as entries:
+                names = [e.path for e in entries]
+            for path in names:
+                removed += _unlink(path)
+            os.rmdir(directory)
+        fsync_dir(root)
+    return removed
+
+
+def _unlink(path: str) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except FileNotFoundError:
+        return 0
+
+
 def _snapshots(root: str, conversation_id: str) -> str:
     """The conversation's snapshot directory, once ``_snapshots`` is known to be no link."""
     private_dir(os.path.join(root, SNAPSHOTS), create=False, what="summary snapshots directory")

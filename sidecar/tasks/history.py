@@ -1,6 +1,7 @@
 """The task graph as a projection of the log: every task change is an event carrying the whole
 task (``task.created``, ``task.updated``, ``task.claimed``, ``task.lease_expired``,
-``task.timed_out``), in its conversation or in ``system``. From those events alone come a
+``task.timed_out``), in its conversation or in ``system``, and ``task.carried`` keeps a
+task's newest version in the log when retention drops the event that held it. From those events alone come a
 task's history, the graph as it stood at any time, and the whole graph again
 (``sidecar rebuild-tasks``) when ``tasks.graph.json`` is gone.
 
@@ -20,7 +21,7 @@ import structlog
 from sidecar.log.events import Event
 from sidecar.log.store import EventStore
 from sidecar.tasks.graph import TaskGraph
-from sidecar.tasks.model import TASK_EVENT_TYPES, Task
+from sidecar.tasks.model import TASK_RECORD_TYPES, Task
 from sidecar.tasks.store import JOURNAL_SUFFIX, GraphFileError, locked, read_graph, write_graph
 
 log = structlog.get_logger("sidecar.tasks")
@@ -38,7 +39,7 @@ class TaskVersion(Task, kw_only=True):
 
 def task_events(store: EventStore, *, conversation_id: str | None = None, until: str | None = None) -> Iterator[Event]:
     """The task events of one conversation (or all), in time order, up to ``until`` (inclusive)."""
-    params: dict[str, object] = {"types": list(TASK_EVENT_TYPES), "limit": PAGE}
+    params: dict[str, object] = {"types": list(TASK_RECORD_TYPES), "limit": PAGE}
     if conversation_id is not None:
         params["conversation_id"] = conversation_id
     if until is not None:
@@ -76,10 +77,10 @@ def project(events: Iterator[Event]) -> dict[str, Task]:
 def history(store: EventStore, task_id: str, conversation_id: str | None) -> list[TaskVersion]:
     """Every recorded version of a task, oldest first, from its conversation's log (None: every
     conversation's, for a task the graph does not know)."""
-    out = []
+    out: list[TaskVersion] = []
     for event in task_events(store, conversation_id=conversation_id):
         task = task_of(event) if event.task_id == task_id else None
-        if task is not None and task.id == task_id:
+        if task is not None and task.id == task_id and not (out and out[-1].version == task.version):
             fields = msgspec.structs.asdict(task)
             out.append(TaskVersion(**fields, seq=event.seq, timestamp=event.timestamp, event_type=event.type))
     return out

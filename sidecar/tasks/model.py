@@ -14,6 +14,10 @@ ACTIVE: frozenset[str] = frozenset({"pending", "running", "blocked"})
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 # The events that record a task change, each with the whole task after it in data.task.
 TASK_EVENT_TYPES = ("task.created", "task.updated", "task.claimed", "task.lease_expired", "task.timed_out")
+# Not a change: a task's newest version written again before retention (or a deletion) drops
+# the event that held it, so the log alone still gives every task (sidecar.tasks.retention).
+TASK_CARRIED = "task.carried"
+TASK_RECORD_TYPES = (*TASK_EVENT_TYPES, TASK_CARRIED)
 
 # Where a status may go. Leaving a terminal state takes an explicit reopen (back to pending).
 TRANSITIONS: dict[str, frozenset[str]] = {

@@ -229,7 +229,7 @@ def test_a_long_segment_chain_is_read_with_two_files_open(data_dir: Path) -> Non
             seqs = []
             for line in snap.lines_from():
                 seqs.append(line)
-                peak = max(peak, sum(seg.fd >= 0 for seg in snap.segments))
+                peak = max(peak, sum(seg.src is not None for seg in snap.segments))
         assert len(seqs) == 120 and peak <= 2
 
 

@@ -163,7 +163,7 @@ def test_the_archive_listing_checks_names_and_kinds(tmp_path: Path) -> None:
     (archive / "ok.000000000001-000000000001.jsonl").write_bytes(line("ok", 1))
     (archive / "linked.000000000001-000000000001.jsonl").symlink_to(archive / "ok.000000000001-000000000001.jsonl")
     (archive / "dir.000000000001-000000000001.jsonl").mkdir()
-    assert {cid: [s.first_seq for s in segs] for cid, segs in list_archive(str(archive)).items()} == {"ok": [1]}
+    assert {cid: [s.first_seq for s in segs] for cid, segs in list_archive(str(archive))[0].items()} == {"ok": [1]}
 
 
 # --- planted journals -------------------------------------------------------------------------

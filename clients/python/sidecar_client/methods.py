@@ -27,12 +27,16 @@ __all__ = [
     "ChatMessage",
     "Claim",
     "Claimed",
+    "CompareParams",
+    "Comparison",
     "Context",
     "ContextParams",
     "ControllerStatus",
     "ConversationInfo",
     "ConversationRef",
     "Conversations",
+    "DeleteParams",
+    "Deleted",
     "Event",
     "EventRef",
     "Events",
@@ -106,6 +110,7 @@ class AppendResult(TypedDict):
     id: str
     seq: int
     timestamp: str
+    clock: NotRequired[dict[str, int]]
     duplicate: NotRequired[bool]
 
 
@@ -152,6 +157,18 @@ class Claimed(TypedDict):
     task: "Task | None"
 
 
+class CompareParams(TypedDict):
+    a: str
+    b: str
+
+
+class Comparison(TypedDict):
+    """``before``: ``a`` happened before ``b`` (``b`` knew of it); ``concurrent``: neither knew of
+    the other."""
+
+    order: Literal["after", "before", "concurrent", "equal"]
+
+
 class Context(TypedDict):
     conversation_id: str
     layers: "list[Layer]"
@@ -180,8 +197,11 @@ class ControllerStatus(TypedDict):
 
 
 class ConversationInfo(TypedDict):
+    """``event_count`` counts the events kept: ``first_seq`` is the oldest retention left."""
+
     conversation_id: str
     event_count: int
+    first_seq: int
     first_timestamp: str | None
     last_timestamp: str | None
     last_seq: int
@@ -193,6 +213,21 @@ class ConversationRef(TypedDict):
 
 class Conversations(TypedDict):
     conversations: list[ConversationInfo]
+
+
+class DeleteParams(TypedDict):
+    conversation_id: str
+    confirm: str
+
+
+class Deleted(TypedDict):
+    """What went: ``last_seq`` is the last seq the conversation had (0: it had no log)."""
+
+    conversation_id: str
+    last_seq: int
+    summaries: int
+    groups: int
+    tasks_carried: int
 
 
 class Event(TypedDict):
@@ -209,6 +244,7 @@ class Event(TypedDict):
     task_id: NotRequired[str | None]
     turn: NotRequired[int | None]
     caused_by: list[str]
+    clock: NotRequired[dict[str, int]]
     data: dict[str, Any]
 
 
@@ -349,6 +385,7 @@ class NewEvent(TypedDict):
     task_id: NotRequired[str | None]
     turn: NotRequired[int | None]
     caused_by: NotRequired[list[str]]
+    clock: NotRequired[dict[str, int] | None]
     data: NotRequired[dict[str, Any]]
     expected_seq: NotRequired[int | None]
 
@@ -479,6 +516,9 @@ class Stats(TypedDict):
     tasks_claims: int
     claim_ms_mean: float
     summary_full_reads: int
+    retention_dropped_segments: NotRequired[int]
+    compressed_segments: NotRequired[int]
+    compression_ratio: NotRequired[float]
     internal_errors: NotRequired[int]
     faults: NotRequired[dict[str, int]]
 
@@ -650,9 +690,9 @@ class SyncMethods:
         """A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its position moves forward, never back, and is on disk within a second."""
         return cast("Acked", self.call("log.ack", _given(conversation_id=conversation_id, group=group, seq=seq)))
 
-    def log_append(self, *, conversation_id: str, type: str, agent_id: str | None = None, caused_by: list[str] | None = None, data: dict[str, Any] | None = None, expected_seq: int | None = None, id: str | None = None, level: Literal["action", "decision", "detail", "milestone", "state"] | None = None, task_id: str | None = None, turn: int | None = None, visibility: Literal["internal", "status", "user"] | None = None) -> AppendResult:
+    def log_append(self, *, conversation_id: str, type: str, agent_id: str | None = None, caused_by: list[str] | None = None, clock: dict[str, int] | None = None, data: dict[str, Any] | None = None, expected_seq: int | None = None, id: str | None = None, level: Literal["action", "decision", "detail", "milestone", "state"] | None = None, task_id: str | None = None, turn: int | None = None, visibility: Literal["internal", "status", "user"] | None = None) -> AppendResult:
         """Durably append one event; answers once it is on disk."""
-        return cast("AppendResult", self.call("log.append", _given(conversation_id=conversation_id, type=type, agent_id=agent_id, caused_by=caused_by, data=data, expected_seq=expected_seq, id=id, level=level, task_id=task_id, turn=turn, visibility=visibility)))
+        return cast("AppendResult", self.call("log.append", _given(conversation_id=conversation_id, type=type, agent_id=agent_id, caused_by=caused_by, clock=clock, data=data, expected_seq=expected_seq, id=id, level=level, task_id=task_id, turn=turn, visibility=visibility)))
 
     def log_append_many(self, *, events: list[NewEvent]) -> list[AppendResult]:
         """Append several events, all or none."""
@@ -666,9 +706,17 @@ class SyncMethods:
         """What led to an event and what followed from it."""
         return cast("Causality", self.call("log.causality", _given(event_id=event_id, max_depth=max_depth)))
 
+    def log_compare(self, *, a: str, b: str) -> Comparison:
+        """How two events of one conversation are ordered, by their vector clocks."""
+        return cast("Comparison", self.call("log.compare", _given(a=a, b=b)))
+
     def log_conversations(self) -> Conversations:
         """Every conversation with counts and time span."""
         return cast("Conversations", self.call("log.conversations", _given()))
+
+    def log_delete_conversation(self, *, confirm: str, conversation_id: str) -> Deleted:
+        """Delete a conversation for good (the right to be forgotten): its logs, summaries and group positions, not its tasks. conversation.deleted is written in system; the id, used again, starts at seq 1."""
+        return cast("Deleted", self.call("log.delete_conversation", _given(confirm=confirm, conversation_id=conversation_id)))
 
     def log_get(self, *, event_id: str) -> Event:
         """One event by id; -32002 when there is none."""
@@ -808,9 +856,9 @@ class AsyncMethods:
         """A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its position moves forward, never back, and is on disk within a second."""
         return cast("Acked", await self.call("log.ack", _given(conversation_id=conversation_id, group=group, seq=seq)))
 
-    async def log_append(self, *, conversation_id: str, type: str, agent_id: str | None = None, caused_by: list[str] | None = None, data: dict[str, Any] | None = None, expected_seq: int | None = None, id: str | None = None, level: Literal["action", "decision", "detail", "milestone", "state"] | None = None, task_id: str | None = None, turn: int | None = None, visibility: Literal["internal", "status", "user"] | None = None) -> AppendResult:
+    async def log_append(self, *, conversation_id: str, type: str, agent_id: str | None = None, caused_by: list[str] | None = None, clock: dict[str, int] | None = None, data: dict[str, Any] | None = None, expected_seq: int | None = None, id: str | None = None, level: Literal["action", "decision", "detail", "milestone", "state"] | None = None, task_id: str | None = None, turn: int | None = None, visibility: Literal["internal", "status", "user"] | None = None) -> AppendResult:
         """Durably append one event; answers once it is on disk."""
-        return cast("AppendResult", await self.call("log.append", _given(conversation_id=conversation_id, type=type, agent_id=agent_id, caused_by=caused_by, data=data, expected_seq=expected_seq, id=id, level=level, task_id=task_id, turn=turn, visibility=visibility)))
+        return cast("AppendResult", await self.call("log.append", _given(conversation_id=conversation_id, type=type, agent_id=agent_id, caused_by=caused_by, clock=clock, data=data, expected_seq=expected_seq, id=id, level=level, task_id=task_id, turn=turn, visibility=visibility)))
 
     async def log_append_many(self, *, events: list[NewEvent]) -> list[AppendResult]:
         """Append several events, all or none."""
@@ -824,9 +872,17 @@ class AsyncMethods:
         """What led to an event and what followed from it."""
         return cast("Causality", await self.call("log.causality", _given(event_id=event_id, max_depth=max_depth)))
 
+    async def log_compare(self, *, a: str, b: str) -> Comparison:
+        """How two events of one conversation are ordered, by their vector clocks."""
+        return cast("Comparison", await self.call("log.compare", _given(a=a, b=b)))
+
     async def log_conversations(self) -> Conversations:
         """Every conversation with counts and time span."""
         return cast("Conversations", await self.call("log.conversations", _given()))
+
+    async def log_delete_conversation(self, *, confirm: str, conversation_id: str) -> Deleted:
+        """Delete a conversation for good (the right to be forgotten): its logs, summaries and group positions, not its tasks. conversation.deleted is written in system; the id, used again, starts at seq 1."""
+        return cast("Deleted", await self.call("log.delete_conversation", _given(confirm=confirm, conversation_id=conversation_id)))
 
     async def log_get(self, *, event_id: str) -> Event:
         """One event by id; -32002 when there is none."""

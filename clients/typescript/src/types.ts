@@ -22,6 +22,8 @@ export interface AppendMany {
 
 /** The acknowledgement of one durable append; ``duplicate`` marks an idempotent repeat. */
 export interface AppendResult {
+  /** @default {} */
+  clock?: Record<string, number>;
   /** @default false */
   duplicate?: boolean;
   id: string;
@@ -82,6 +84,18 @@ export interface Claimed {
   task: Task | null;
 }
 
+export interface CompareParams {
+  /** a UUID such as 0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b (the sidecar assigns UUIDv7) */
+  a: string;
+  /** a UUID such as 0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b (the sidecar assigns UUIDv7) */
+  b: string;
+}
+
+/** ``before``: ``a`` happened before ``b`` (``b`` knew of it); ``concurrent``: neither knew of the other. */
+export interface Comparison {
+  order: "after" | "before" | "concurrent" | "equal";
+}
+
 export interface Context {
   budget_tokens: number;
   conversation_id: string;
@@ -111,9 +125,11 @@ export interface ControllerStatus {
   user_waiting: boolean;
 }
 
+/** ``event_count`` counts the events kept: ``first_seq`` is the oldest retention left. */
 export interface ConversationInfo {
   conversation_id: string;
   event_count: number;
+  first_seq: number;
   first_timestamp: string | null;
   last_seq: number;
   last_timestamp: string | null;
@@ -128,11 +144,29 @@ export interface Conversations {
   conversations: ConversationInfo[];
 }
 
+export interface DeleteParams {
+  /** the conversation_id again: a deletion cannot be undone */
+  confirm: string;
+  /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
+  conversation_id: string;
+}
+
+/** What went: ``last_seq`` is the last seq the conversation had (0: it had no log). */
+export interface Deleted {
+  conversation_id: string;
+  groups: number;
+  last_seq: number;
+  summaries: number;
+  tasks_carried: number;
+}
+
 /** One line of a conversation log. Field order is the on-disk order. */
 export interface Event {
   /** @default null */
   agent_id?: string | null;
   caused_by: string[];
+  /** @default {} */
+  clock?: Record<string, number>;
   conversation_id: string;
   data: Record<string, unknown>;
   id: string;
@@ -300,6 +334,8 @@ export interface NewEvent {
   agent_id?: string | null;
   /** @default [] */
   caused_by?: string[];
+  /** @default null */
+  clock?: Record<string, number> | null;
   /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default {} */
@@ -463,6 +499,10 @@ export interface Stats {
   checkpoints: number;
   claim_ms_mean: number;
   commit_queue: number;
+  /** @default 0 */
+  compressed_segments?: number;
+  /** @default 0 */
+  compression_ratio?: number;
   connections: number;
   connections_total: number;
   /** @default {} */
@@ -473,6 +513,8 @@ export interface Stats {
   mean_batch: number;
   refusing: number;
   requests: number;
+  /** @default 0 */
+  retention_dropped_segments?: number;
   subscriptions: number;
   summary_full_reads: number;
   task_graph_writes: number;
@@ -742,10 +784,20 @@ export interface Methods {
     params: CausalityParams;
     result: Causality;
   };
+  /** How two events of one conversation are ordered, by their vector clocks. */
+  "log.compare": {
+    params: CompareParams;
+    result: Comparison;
+  };
   /** Every conversation with counts and time span. */
   "log.conversations": {
     params: NoParams;
     result: Conversations;
+  };
+  /** Delete a conversation for good (the right to be forgotten): its logs, summaries and group positions, not its tasks. conversation.deleted is written in system; the id, used again, starts at seq 1. */
+  "log.delete_conversation": {
+    params: DeleteParams;
+    result: Deleted;
   };
   /** One event by id; -32002 when there is none. */
   "log.get": {
