@@ -24,7 +24,7 @@ from typing import Literal
 
 from sidecar.errors import ConflictError, InvalidParams
 
-SIDECAR_WRITER = "sidecar"
+DEFAULT_WRITER = "sidecar"
 MAX_CLOCK_WRITERS = 1000  # entries a clock may have: the writers in one event's causal past
 
 Clock = dict[str, int]
@@ -33,7 +33,7 @@ Order = Literal["before", "after", "concurrent", "equal"]
 
 def writer_of(agent_id: str | None) -> str:
     """The writer id an event's clock counts it under."""
-    return agent_id or SIDECAR_WRITER
+    return agent_id or DEFAULT_WRITER
 
 
 def merge_into(into: Clock, other: Mapping[str, int]) -> None:

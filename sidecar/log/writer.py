@@ -112,6 +112,7 @@ class LogWriter:
         self._pool: ThreadPoolExecutor | None = None
         self.on_commit: Callable[[list[Event]], None] | None = None  # new events, once durable
         self.on_rotate: Callable[[], object] | None = None  # a segment was sealed (the keeper's cue)
+        self.clocks = True  # False only in bench/bench_clocks.py: the baseline without clocks
 
     # --- conversations and their files -----------------------------------------------------
 
@@ -490,9 +491,11 @@ class LogWriter:
                 {"conversation_id": ev.conversation_id, "expected_seq": ev.expected_seq, "last_seq": last},
             )
         writer = writer_of(ev.agent_id)
-        if ev.clock is not None:
+        if not self.clocks:
+            clock: Clock = {}
+        elif ev.clock is not None:
             p.clocks.check_sent(writer, ev.clock, ev.conversation_id)
-            clock: Clock = ev.clock
+            clock = ev.clock
         else:
             clock = p.clocks.next_clock(writer, self._cause_clocks(p, ev.caused_by))
         event = Event(
