@@ -337,9 +337,8 @@ async def log_delete_conversation(p: DeleteParams, s: Session) -> Deleted:
     # The tasks stay (contract §14), so their newest versions go to system first: the log alone
     # still gives every task once this conversation's events are gone.
     carried = await in_thread(lambda: carry_forward(store, cid, 2**62, into=SYSTEM))
-    last_seq = await in_thread(store.delete_conversation, cid)
+    last_seq = await svc.appender.delete_conversation(cid)  # the daemon forgets its views in commit order
     summaries = await in_thread(lambda: delete_summaries(cid, data_dir=store.data_dir))
-    svc.summaries.forget(cid)
     groups = svc.groups.forget(cid)
     await in_thread(svc.groups.flush)
     deleted = NewEvent(

@@ -201,7 +201,7 @@ class Daemon:
         listener.setblocking(False)
         try:
             self.store = await anyio.to_thread.run_sync(self._load_store)
-            self.appender = AsyncAppender(self.store, on_commit=self._fan_out)
+            self.appender = AsyncAppender(self.store, on_commit=self._fan_out, on_forget=self._forget)
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
             self.playbooks = await anyio.to_thread.run_sync(
@@ -357,6 +357,12 @@ class Daemon:
                 sealed.clear()
         finally:
             self.store.on_rotate(None)
+
+    def _forget(self, cid: str) -> None:
+        """A conversation was deleted: what the daemon holds of it goes too (in commit order,
+        before any event of a new conversation of that id)."""
+        self.hub.forget(cid)
+        self.summaries.forget(cid)
 
     def _fan_out(self, events: list[Event]) -> None:
         """Every durable batch, in the event loop, in commit order, to each consumer on its

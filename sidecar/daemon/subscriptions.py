@@ -57,6 +57,11 @@ class Subscription:
     def matches(self, event: Event) -> bool:
         return self._match.matches(event)
 
+    def forget(self, cid: str) -> None:
+        """``cid`` was deleted: its seqs start again at 1, so what was sent of it says nothing."""
+        self._sent.pop(cid, None)
+        self._queued.pop(cid, None)
+
     def offer(self, event: Event) -> None:
         """A newly committed event (called in the event loop, in commit order)."""
         if self.overflowed is not None or not self.matches(event):
@@ -196,6 +201,11 @@ class Hub:
         for sub in list(self._by_conversation.get(None, {}).values()):  # all of them, in commit order
             for event in events:
                 sub.offer(event)
+
+    def forget(self, cid: str) -> None:
+        """Conversation ``cid`` was deleted (see :meth:`Subscription.forget`)."""
+        for sub in self._interested(cid):
+            sub.forget(cid)
 
     def notify(self, cid: str, method: str, params: Callable[[int], msgspec.Struct]) -> None:
         """Tell every subscriber of conversation ``cid`` something that is not an event;

@@ -39,8 +39,14 @@ class AsyncAppender:
     events (whoever appended them), in commit order and before that batch's answers: the
     store's one commit listener is then this appender's."""
 
-    def __init__(self, store: EventStore, on_commit: Callable[[list[Event]], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        on_commit: Callable[[list[Event]], None] | None = None,
+        on_forget: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
+        self._on_forget = on_forget
         self._loop = asyncio.get_running_loop()
         self._inbox: list[tuple[Callable[[Any], None], Any]] = []  # from the commit thread
         self._inbox_lock = threading.Lock()
@@ -97,6 +103,13 @@ class AsyncAppender:
             for req in reqs:
                 req.error = SidecarError(str(exc))
             self._answer(reqs)
+
+    async def delete_conversation(self, cid: str) -> int:
+        """:meth:`EventStore.delete_conversation`; ``on_forget(cid)`` runs in the loop in
+        commit order: after every event of the old conversation, before any of the new."""
+        forget = self._on_forget
+        then = None if forget is None else (lambda: self._post(forget, cid))
+        return await anyio.to_thread.run_sync(lambda: self.store.delete_conversation(cid, then=then))
 
     def deliver(self, done: list[AppendRequest]) -> None:
         """The commit thread's one call per batch: answer these in the event loop."""

@@ -450,14 +450,19 @@ class EventStore:
             event=root, upstream=upstream, downstream=downstream, missing=list(missing), truncated=truncated
         )
 
-    def delete_conversation(self, conversation_id: str) -> int:
+    def delete_conversation(self, conversation_id: str, *, then: Callable[[], object] | None = None) -> int:
         """Delete every log file of a conversation (the right to be forgotten): a conversation
         of that id written later starts again at seq 1. Returns the last seq it had (0: it had
-        none). Commits wait while the files go; what else the daemon derived from them
-        (summaries, group positions, indexes) is its to delete."""
+        none). Commits wait while the files go, and ``then()`` is called before any commits
+        again (so a listener learns of the deletion before any event of the new conversation).
+        What else was derived from the log (summaries, group positions, indexes) is the
+        caller's to delete."""
         cid = check_conversation_id(conversation_id)
         with self._write_lock:
-            return self._writer.forget(cid)
+            last = self._writer.forget(cid)
+            if then is not None:
+                then()
+            return last
 
     def compare(self, a: str, b: str) -> Order:
         """How event ``a`` stands to event ``b`` of the same conversation, by their clocks:

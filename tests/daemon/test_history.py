@@ -126,7 +126,8 @@ def test_delete_conversation_forgets_logs_summaries_and_positions_but_not_tasks(
     start_daemon: Any,  # noqa: F811
 ) -> None:
     d = start_daemon(config_text="[log]\nrotate_bytes = 2000\n")
-    with Client(d.socket_path) as c:
+    with Client(d.socket_path) as c, Client(d.socket_path) as listener:
+        live = listener.subscribe({"conversation_id": "gone"})
         for _ in range(30):
             append(c, "gone", "A")
         append(c, "kept")
@@ -153,4 +154,6 @@ def test_delete_conversation_forgets_logs_summaries_and_positions_but_not_tasks(
             assert task["id"] in rebuild(store).tasks
         again = append(c, "gone", "A")
         assert (again["seq"], again["clock"]) == (1, {"A": 1})  # a new conversation, from seq 1
+        # The live subscription saw the old conversation, then the new one from its seq 1.
+        assert [(e["seq"], e["id"] == again["id"]) for e in islice(live, 32)][-2:] == [(31, False), (1, True)]
         assert c.call("log.tail", {"conversation_id": "kept"})["events"][0]["seq"] == 1
