@@ -113,6 +113,9 @@ class LogWriter:
         self.on_commit: Callable[[list[Event]], None] | None = None  # new events, once durable
         self.on_rotate: Callable[[], object] | None = None  # a segment was sealed (the keeper's cue)
         self.clocks = True  # False only in bench/bench_clocks.py: the baseline without clocks
+        # Clocks of causes read back from disk (older than the newest events in memory), so a
+        # cause named again and again is read once: (conversation number, id) -> clock.
+        self._read_clocks: OrderedDict[tuple[int, str], dict[str, int]] = OrderedDict()
 
     # --- conversations and their files -----------------------------------------------------
 
@@ -262,6 +265,7 @@ class LogWriter:
             files.fsync_dir(self.paths.logs_dir)
         finally:
             self._release(cid, broken=True)
+        self._read_clocks.clear()  # what was read of it is gone (and its ids may come again)
         fresh = Conversation(cid, conv.no, self.paths, self.index, self.listing)
         self.conversations[cid] = self.by_no[conv.no] = fresh
         self.views.drop(cid)
@@ -529,13 +533,19 @@ class LogWriter:
 
     def _cause_clocks(self, p: _Pending, caused_by: list[str]) -> list[dict[str, int]]:
         """The clocks of the events in ``caused_by`` that are in this conversation: from this
-        batch, from the newest events in memory, else read back from the log (one line each)."""
+        batch, from the newest events in memory, else read back from the log (one line each,
+        remembered)."""
         out = []
         conv = p.conv
         for ref in caused_by:
             staged = p.fresh.get(ref)
             if staged is not None:
                 out.append(staged.clock)
+                continue
+            known = self._read_clocks.get((conv.no, ref))
+            if known is not None:
+                self._read_clocks.move_to_end((conv.no, ref))
+                out.append(known)
                 continue
             for no, seq in self.index.locate(ref):
                 if no != conv.no or seq > conv.last_seq:
@@ -552,6 +562,9 @@ class LogWriter:
                     continue  # gone (retention) or damaged: not a cause we can see
                 if head is not None and head.id == ref:
                     out.append(head.clock)
+                    self._read_clocks[(conv.no, ref)] = head.clock
+                    if len(self._read_clocks) > _READ_CLOCKS:
+                        self._read_clocks.popitem(last=False)
                     break
         return out
 
@@ -646,6 +659,9 @@ class WriterStats:
     events: int = 0
     fsyncs: int = 0
     checkpoints: int = 0
+
+
+_READ_CLOCKS = 16_384  # clocks of causes read from disk, remembered
 
 
 def _names_conversation(name: str, cid: str) -> bool:

@@ -174,3 +174,14 @@ def test_events_written_before_clocks_are_ordered_by_writer_and_causes(tmp_path:
         assert store.compare(a.id, a2.id) == "before"
         assert store.compare(c.id, b.id) == "after"
         assert store.compare(a.id, c.id) == "concurrent"
+
+
+def test_a_cause_older_than_what_is_kept_in_memory_is_read_back_for_its_clock(tmp_path: Path) -> None:
+    with EventStore(tmp_path, rotate_bytes=4000) as store:
+        old = store.append({"conversation_id": "c", "type": "x.y", "agent_id": "early"})
+        for _ in range(400):  # past the newest events kept in memory, and into archived segments
+            store.append({"conversation_id": "c", "type": "x.y", "agent_id": "B", "data": {"pad": "x" * 40}})
+        late = store.append({"conversation_id": "c", "type": "x.y", "agent_id": "C", "caused_by": [old.id]})
+        again = store.append({"conversation_id": "c", "type": "x.y", "agent_id": "D", "caused_by": [old.id]})
+        assert late.clock == {"early": 1, "C": 1} and again.clock == {"early": 1, "D": 1}
+        assert store.compare(old.id, late.id) == "before"
