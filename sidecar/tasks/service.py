@@ -161,7 +161,10 @@ class _Change:
         self._changed(queue, graph, after, before, None)
 
     def _changed(self, queue: ClaimQueue, graph: TaskGraph, after: Task, before: Task | None, kind: str | None) -> None:
-        event = _audit_event(after, before, source="rpc", kind=kind)  # made once: checked here, written after
+        actor = getattr(self.what, "agent_id", None)  # whoever asked: the event is theirs, in its clock
+        event = _audit_event(
+            after, before, source="rpc", kind=kind, actor=actor
+        )  # made once: checked here, written after
         if not isinstance(self.what, Sweep):
             self._fits(queue, graph, after, before, kind, event)
         queue.changed(graph, before, after)
@@ -598,8 +601,13 @@ def fit_audit_event(event: NewEvent, limit: int) -> NewEvent:
     return msgspec.structs.replace(event, data=data)
 
 
-def _audit_event(task: Task, before: Task | None, *, source: str, kind: str | None = None) -> NewEvent:
-    """The event that records a task change, in the task's conversation, else ``system``."""
+def _audit_event(
+    task: Task, before: Task | None, *, source: str, kind: str | None = None, actor: str | None = None
+) -> NewEvent:
+    """The event that records a task change, in the task's conversation, else ``system``.
+    Its ``agent_id`` is the agent that asked for the change (a claim, a fenced update), else
+    none: the sidecar's own (an expiry, an edit by someone who gave no agent id). So the
+    event's clock counts it for whoever made it, never for an owner who did not."""
     kind = kind or ("task.created" if before is None else "task.updated")
     changed = sorted(f for f in task.__struct_fields__ if getattr(task, f) != getattr(before, f)) if before else []
     return NewEvent(
@@ -607,7 +615,7 @@ def _audit_event(task: Task, before: Task | None, *, source: str, kind: str | No
         type=kind,
         visibility="status",
         level="milestone" if task.status in TERMINAL else "state",
-        agent_id=task.owner if task.owner and len(task.owner) <= 256 else None,  # an agent_id is 1-256 chars
+        agent_id=actor,
         task_id=task.id,
         data={"task": msgspec.to_builtins(task), "changed": changed, "source": source},
     )

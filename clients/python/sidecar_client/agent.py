@@ -51,6 +51,19 @@ What it does, and why it does it that way:
   refunded), within another 3 s; then the call returns. A second signal skips the waiting.
   Tasks the daemon could not be told about (it was down) go back to pending when their
   leases run out.
+- **Clocks.** So that ``log.compare`` orders what the agent writes after everything it had
+  read (contract section 14), the runtime keeps, per conversation, the clock it knows: the
+  merge of the clocks of every event it has read there (in the results of ``log.*`` calls made
+  through ``ctx.call``, in the answers to its own appends, and given to ``ctx.observe`` when
+  read some other way: another client, a subscription). Each ``agent.progress`` carries that
+  clock with the agent's own counter one up, and so does each event of the agent's own that a
+  handler appends through ``ctx.call`` without a ``clock`` or ``caused_by`` of its own (with
+  ``caused_by``, the daemon merges the causes' clocks instead). The daemon records a claim and
+  a result under the agent's id too, so the runtime counts those. When the daemon refuses a
+  clock (-32001 naming the agent's previous clock: the runtime restarted, or something else
+  wrote as the agent), the runtime takes in what the refusal says and sends the append again,
+  at most ``MAX_CLOCK_REFUSALS`` times. A runtime's appends in one conversation go one at a
+  time, so its own counters never race each other.
 
 An agent's id names one runtime: two runtimes must not share one, since the daemon tells
 holders apart by it alone.
@@ -66,10 +79,11 @@ import random
 import signal
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError as FutureCancelled
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -91,6 +105,8 @@ RETRY_MIN_S, RETRY_MAX_S = 0.1, 2.0  # a result refused for a passing reason (-3
 DRAIN_S = 3.0  # on stop: how long results already computed may take to be delivered
 RELEASE_S = 3.0  # on stop: how long giving the held tasks back may take
 MAX_LOSSES = 3  # the same call losing the connection this often in a row: it is the call (too big)
+MAX_CLOCK_REFUSALS = 3  # an append whose clock the daemon refused: sent again at most this often
+APPEND_LOCKS = 64  # appends in one conversation go one at a time: under one of this many locks
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 Level = Literal["milestone", "decision", "action", "state", "detail"]
@@ -99,6 +115,7 @@ SyncHandler = Callable[[Task, "TaskContext"], "Outputs | None"]
 AsyncHandler = Callable[[Task, "AsyncTaskContext"], Awaitable["Outputs | None"]]
 Handler = SyncHandler | AsyncHandler
 State = Literal["running", "finishing", "finished", "lost", "released"]
+Clock = dict[str, int]
 
 
 class LeaseLost(Exception):
@@ -164,6 +181,88 @@ class _Link:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._drop(self._client, lost=False)
+
+
+# --- clocks ----------------------------------------------------------------------------------------
+
+
+def _is_event(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """An event as the daemon gives it: a mapping with ``conversation_id`` and ``clock``."""
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("conversation_id"), str)
+        and isinstance(value.get("clock"), Mapping)
+    )
+
+
+def _events_in(result: object) -> Iterator[Mapping[str, Any]]:
+    """The events in the result of a ``log.*`` call: the result itself (``log.get``), its
+    ``events`` (``log.tail``, ``log.query``...), and ``event``, ``upstream`` and ``downstream``
+    (``log.causality``)."""
+    if not isinstance(result, Mapping):
+        return
+    if _is_event(result):
+        yield result
+        return
+    for key in ("event", "events", "upstream", "downstream"):
+        value = result.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            if _is_event(item):
+                yield item
+
+
+class _Clocks:
+    """The clock the runtime knows, per conversation: the merge of the clock of every event it
+    has read there, and its own entry (how far its own counter has gone). Used from the loop
+    and from handler threads (``observe``): every change is made under a lock."""
+
+    def __init__(self, writer: str) -> None:
+        self.writer = writer
+        self._known: dict[str, Clock] = {}
+        self._lock = threading.Lock()
+
+    def known(self, conversation_id: str) -> Clock:
+        with self._lock:
+            return dict(self._known.get(conversation_id, {}))
+
+    def merge(self, conversation_id: str, clock: Mapping[Any, Any]) -> None:
+        with self._lock:
+            known = self._known.setdefault(conversation_id, {})
+            for writer, n in clock.items():
+                if isinstance(writer, str) and type(n) is int and n > known.get(writer, 0):
+                    known[writer] = n
+
+    def observe(self, event: object) -> bool:
+        """Take in the clock of an event read (whether it was one)."""
+        if not _is_event(event):
+            return False
+        self.merge(event["conversation_id"], event["clock"])
+        return True
+
+    def count_own(self, conversation_id: str) -> None:
+        """The daemon wrote an event under our id that we do not read (a claim's ``task.claimed``,
+        a result's ``task.updated``): our next own counter is one further on. (Counting one too
+        many is harmless, a counter may skip; one too few costs a refused append.)"""
+        with self._lock:
+            known = self._known.setdefault(conversation_id, {})
+            known[self.writer] = known.get(self.writer, 0) + 1
+
+    def refused(self, data: object, conversation_ids: Collection[str]) -> bool:
+        """A -32001 about a clock we sent (in one of ``conversation_ids``): take in the writer's
+        previous clock and counter it names, so the next try is past them. False when it was
+        some other conflict (``expected_seq``...), or about a clock that was not ours."""
+        if not isinstance(data, Mapping) or data.get("writer") != self.writer:
+            return False
+        conversation_id, previous, floor = data.get("conversation_id"), data.get("previous"), data.get("floor")
+        if conversation_id not in conversation_ids or not isinstance(previous, Mapping) or type(floor) is not int:
+            return False
+        assert isinstance(conversation_id, str)
+        self.merge(conversation_id, previous)
+        with self._lock:
+            known = self._known.setdefault(conversation_id, {})
+            own = previous.get(self.writer, 0)
+            known[self.writer] = max(known.get(self.writer, 0), floor, own if type(own) is int else 0)
+        return True
 
 
 # --- what the runtime knows of a task it holds ---------------------------------------------------
@@ -257,8 +356,15 @@ class AsyncTaskContext(_ContextBase):
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Any other call to the daemon (read a dependency's outputs, create a subtask...) over
-        the agent's connection."""
-        return await self._agent._link.call(method, params or {})
+        the agent's connection. The clocks of the events a ``log.*`` call answers with are taken
+        in, and an event of this agent's own appended without ``clock`` (nor ``caused_by``) is
+        given one (see the module's docstring)."""
+        return await self._agent._call(method, params or {})
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """Take in the clock of an event the handler read other than through :meth:`call` (a
+        subscription, another client): what this agent writes next is ordered after it."""
+        self._agent._clocks.observe(event)
 
 
 class TaskContext(_ContextBase):
@@ -279,7 +385,11 @@ class TaskContext(_ContextBase):
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """As :meth:`AsyncTaskContext.call`, blocking."""
-        return self._in_loop(self._agent._link.call, method, params or {})
+        return self._in_loop(self._agent._call, method, params or {})
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """As :meth:`AsyncTaskContext.observe` (it does not block)."""
+        self._agent._clocks.observe(event)
 
     def _in_loop(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         if not self._held.held:
@@ -336,6 +446,7 @@ class Agent:
         self.lease_s = lease_s
         self.concurrency = concurrency
         self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0}
+        self._clocks = _Clocks(agent_id)  # kept from run to run: what was read stays read
         self._is_async = _is_coroutine_function(handler)
         self._stop_requested = False  # set from any thread, or a signal handler
         self._running = False
@@ -353,6 +464,7 @@ class Agent:
         self._hurry: set[anyio.CancelScope]
         self._hurried: bool
         self._orphans_possible: bool
+        self._append_locks: list[anyio.Lock]
 
     # --- running and stopping -------------------------------------------------------------------
 
@@ -445,6 +557,7 @@ class Agent:
         self._hurried = False
         self._orphans_possible = False
         self._fatal = None
+        self._append_locks = [anyio.Lock() for _ in range(APPEND_LOCKS)]
 
     def _stop_now(self) -> None:
         if self._stopping is not None:
@@ -592,6 +705,7 @@ class Agent:
             return None
         if claimed is not None:
             log.info("agent %s: claimed task %s (%s)", self.agent_id, claimed["id"], claimed["type"])
+            self._clocks.count_own(claimed.get("conversation_id") or SYSTEM)  # its task.claimed
         return claimed
 
     async def _release_orphans(self) -> None:
@@ -769,6 +883,7 @@ class Agent:
 
     def _settled(self, held: _Held, how: str, status: Literal["done", "failed"]) -> None:
         if how == "delivered":
+            self._clocks.count_own(held.conversation_id)  # its task.updated
             held.state = "finished"
             self.counts[status] += 1
             log.info("agent %s: task %s %s", self.agent_id, held.id, status)
@@ -791,17 +906,87 @@ class Agent:
         }
         if level is not None:
             event["level"] = level
-        losses = 0
-        while True:
-            if not held.held:
-                raise LeaseLost(f"task {held.id} is no longer held by {self.agent_id}")
-            try:
-                result: AppendResult = await self._link.call("log.append", event)
-                return result
-            except ConnectionLost:
-                losses += 1
-                if losses >= MAX_LOSSES:
+        result: AppendResult = await self._append("log.append", event, held)
+        return result
+
+    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+        """A handler's call (``ctx.call``): appends get clocks, reads teach them."""
+        if method in ("log.append", "log.append_many"):
+            return await self._append(method, params, None)
+        result = await self._link.call(method, params)
+        if method.startswith("log."):
+            for event in _events_in(result):
+                self._clocks.observe(event)
+        return result
+
+    async def _append(self, method: str, params: dict[str, Any], held: _Held | None) -> Any:
+        """``log.append`` (``params`` is the event) or ``log.append_many`` (``params["events"]``),
+        each event of this agent's own without ``clock`` or ``caused_by`` given the clock the
+        runtime knows in its conversation, its own counter one up. For a task's progress
+        (``held``): only while the task is held, and sent again after a lost connection (the
+        event's id keeps it from being written twice)."""
+        many = method == "log.append_many"
+        given = params.get("events") if many else [params]
+        events: list[Any] = list(given) if isinstance(given, list) else []
+        stamped = self._stamped(events)
+        refusals = losses = 0
+        async with AsyncExitStack() as stack:
+            for n in sorted({hash(c) % APPEND_LOCKS for c in stamped}):  # always in one order
+                await stack.enter_async_context(self._append_locks[n])
+            while True:
+                if held is not None and not held.held:
+                    raise LeaseLost(f"task {held.id} is no longer held by {self.agent_id}")
+                sent = self._stamp(events, stamped) if stamped else events
+                call_params = ({**params, "events": sent} if many else sent[0]) if stamped else params
+                try:
+                    result = await self._link.call(method, call_params)
+                except ConnectionLost:
+                    losses += 1
+                    if held is None or losses >= MAX_LOSSES:
+                        raise
+                    continue
+                except RpcError as exc:
+                    again = exc.code == CONFLICT and refusals < MAX_CLOCK_REFUSALS
+                    if again and self._clocks.refused(exc.data, stamped):
+                        refusals += 1
+                        log.info("agent %s: %s; sending it again with that clock taken in", self.agent_id, exc.message)
+                        continue
                     raise
+                results = result if many and isinstance(result, list) else [result]
+                for event, answer in zip(events, results):
+                    if isinstance(event, Mapping) and isinstance(answer, Mapping):
+                        clock, conversation_id = answer.get("clock"), event.get("conversation_id")
+                        if isinstance(clock, Mapping) and isinstance(conversation_id, str):
+                            self._clocks.merge(conversation_id, clock)
+                return result
+
+    def _stamped(self, events: list[Any]) -> set[str]:
+        """The conversations whose events of ours we give clocks: those where every event of
+        ours has neither ``clock`` nor ``caused_by`` (a clock sent is stored as sent: the daemon
+        would not merge the causes' clocks into it, so those it computes itself)."""
+        ours: dict[str, bool] = {}
+        for event in events:
+            if not isinstance(event, Mapping) or event.get("agent_id") != self.agent_id:
+                continue
+            conversation_id = event.get("conversation_id")
+            if isinstance(conversation_id, str):
+                bare = event.get("clock") is None and not event.get("caused_by")
+                ours[conversation_id] = ours.get(conversation_id, True) and bare
+        return {c for c, bare in ours.items() if bare}
+
+    def _stamp(self, events: list[Any], stamped: set[str]) -> list[Any]:
+        """``events``, ours in ``stamped`` conversations with their clocks, one after another."""
+        drafts = {c: self._clocks.known(c) for c in stamped}
+        out: list[Any] = []
+        for event in events:
+            if isinstance(event, Mapping) and event.get("agent_id") == self.agent_id:
+                conversation_id = event.get("conversation_id")
+                draft = drafts.get(conversation_id) if isinstance(conversation_id, str) else None
+                if draft is not None:
+                    draft[self.agent_id] = draft.get(self.agent_id, 0) + 1
+                    event = {**event, "clock": dict(draft)}
+            out.append(event)
+        return out
 
     async def _heartbeat(self, held: _Held) -> None:
         if not held.held:

@@ -6,13 +6,36 @@
  * lease, and every write we make about it names us (`agent_id`), so a runtime that lost a
  * lease (a stall, a network partition, a daemon that expired it) cannot overwrite the work of
  * whoever holds the task now.
+ *
+ * Clocks (CONTRACT.md section 14): so that `log.compare` orders what the agent writes after
+ * everything it had read, the runtime keeps, per conversation, the clock it knows: the merge of
+ * the clocks of every event it has read there (in the results of `log.*` calls made through
+ * `context.call`, in the answers to its own appends, and given to `context.observe` when read
+ * some other way: another client, a subscription). Each `agent.progress` carries that clock
+ * with the agent's own counter one up, and so does each event of the agent's own that a handler
+ * appends through `context.call` without a `clock` or `caused_by` of its own (with `caused_by`
+ * the daemon merges the causes' clocks instead). The daemon records a claim and a result under
+ * the agent's id too, so the runtime counts those. When the daemon refuses a clock (-32001
+ * naming the agent's previous clock: the runtime restarted, or something else wrote as the
+ * agent), the runtime takes in what the refusal says and sends the append again, at most
+ * {@link MAX_CLOCK_REFUSALS} times. A runtime's appends in one conversation go one at a time,
+ * so its own counters never race each other.
  */
 
 import { randomUUID } from "node:crypto";
 
-import { type CallOptions, type Client, type MethodName, type ParamsOf, type ResultOf, connect } from "./client.js";
+import {
+  type CallOptions,
+  type Client,
+  type MethodName,
+  type OtherMethod,
+  type Params,
+  type ParamsOf,
+  type ResultOf,
+  connect,
+} from "./client.js";
 import { ConnectionClosedError, DaemonUnavailableError, ErrorCode, RpcError, TimeoutError } from "./errors.js";
-import type { AppendResult, Task } from "./types.js";
+import type { AppendResult, Event, Task } from "./types.js";
 
 /** What a handler may return: the task's `outputs` (nothing stands for `{}`). */
 export type TaskOutputs = Record<string, unknown>;
@@ -43,7 +66,25 @@ export interface TaskContext {
    * `signal.reason` once the task is no longer ours.
    */
   progress(data?: Record<string, unknown>): Promise<AppendResult>;
+  /**
+   * Any other call to the daemon (read a dependency's outputs, create a subtask...) over the
+   * agent's connection; rejects with `signal.reason` once the task is no longer ours. The
+   * clocks of the events a `log.*` call answers with are taken in, and an event of the agent's
+   * own appended without `clock` (nor `caused_by`) is given one (see the module's comment).
+   */
+  call<M extends MethodName>(method: M, ...args: ContextCallArgs<M>): Promise<ResultOf<M>>;
+  call<R = unknown, S extends string = string>(method: OtherMethod<S>, params?: Params): Promise<R>;
+  /**
+   * Take in the clock of an event the handler read other than through `call` (a
+   * subscription, another client): what this agent writes next is ordered after it.
+   */
+  observe(event: Pick<Event, "conversation_id" | "clock">): void;
 }
+
+/** The params of `context.call`: may be left out when none are required. */
+export type ContextCallArgs<M extends MethodName> = {} extends ParamsOf<M>
+  ? [params?: ParamsOf<M>]
+  : [params: ParamsOf<M>];
 
 export interface AgentOptions {
   /** Who claims: the tasks' `owner` and `lease_owner`. */
@@ -96,6 +137,8 @@ export const POLL_MAX_MS = 1_000;
 export const RECONNECT_MAX_MS = 2_000;
 /** After the stop signal, how long releases and results in flight may wait for the daemon. */
 export const STOP_GRACE_MS = 5_000;
+/** An append whose clock the daemon refused (-32001 naming our previous clock): sent again at most this often. */
+export const MAX_CLOCK_REFUSALS = 3;
 
 /**
  * Run an agent until `signal` aborts: claim ready tasks (`tasks.claim`, at most `concurrency`
@@ -249,6 +292,93 @@ class Link {
   }
 }
 
+// --- clocks --------------------------------------------------------------------------------------
+
+type Clock = Record<string, number>;
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** An event as the daemon gives it: an object with `conversation_id` and `clock`. */
+function isEvent(value: unknown): value is { conversation_id: string; clock: Record<string, unknown> } {
+  return isRecord(value) && typeof value.conversation_id === "string" && isRecord(value.clock);
+}
+
+/**
+ * The events in the result of a `log.*` call: the result itself (`log.get`), its `events`
+ * (`log.tail`, `log.query`...), and `event`, `upstream` and `downstream` (`log.causality`).
+ */
+function eventsIn(result: unknown): { conversation_id: string; clock: Record<string, unknown> }[] {
+  if (!isRecord(result)) return [];
+  if (isEvent(result)) return [result];
+  const found = [];
+  for (const key of ["event", "events", "upstream", "downstream"]) {
+    const value = result[key];
+    for (const item of Array.isArray(value) ? value : [value]) if (isEvent(item)) found.push(item);
+  }
+  return found;
+}
+
+/**
+ * The clock the runtime knows, per conversation: the merge of the clock of every event it has
+ * read there, and its own entry (how far its own counter has gone).
+ */
+class Clocks {
+  readonly #writer: string;
+  readonly #known = new Map<string, Clock>();
+
+  constructor(writer: string) {
+    this.#writer = writer;
+  }
+
+  known(conversationId: string): Clock {
+    return { ...this.#known.get(conversationId) };
+  }
+
+  merge(conversationId: string, clock: Record<string, unknown>): void {
+    let known = this.#known.get(conversationId);
+    if (known === undefined) this.#known.set(conversationId, (known = {}));
+    for (const [writer, n] of Object.entries(clock)) {
+      if (Number.isSafeInteger(n) && (n as number) > (known[writer] ?? 0)) known[writer] = n as number;
+    }
+  }
+
+  /** Take in the clock of an event read (whether it was one). */
+  observe(event: unknown): boolean {
+    if (!isEvent(event)) return false;
+    this.merge(event.conversation_id, event.clock);
+    return true;
+  }
+
+  /**
+   * The daemon wrote an event under our id that we do not read (a claim's `task.claimed`, a
+   * result's `task.updated`): our next own counter is one further on. (Counting one too many is
+   * harmless, a counter may skip; one too few costs a refused append.)
+   */
+  countOwn(conversationId: string): void {
+    const known = this.known(conversationId);
+    this.merge(conversationId, { [this.#writer]: (known[this.#writer] ?? 0) + 1 });
+  }
+
+  /**
+   * A -32001 about a clock we sent (in one of `conversationIds`): take in the writer's previous
+   * clock and counter it names, so the next try is past them. False when it was some other
+   * conflict (`expected_seq`...), or about a clock that was not ours.
+   */
+  refused(err: unknown, conversationIds: ReadonlySet<string>): boolean {
+    if (!(err instanceof RpcError) || err.code !== ErrorCode.Conflict || !isRecord(err.data)) return false;
+    const { writer, conversation_id: conversationId, previous, floor } = err.data;
+    if (writer !== this.#writer || typeof conversationId !== "string" || !conversationIds.has(conversationId)) {
+      return false;
+    }
+    if (!isRecord(previous) || !Number.isSafeInteger(floor)) return false;
+    this.merge(conversationId, previous);
+    this.merge(conversationId, { [this.#writer]: floor });
+    return true;
+  }
+}
+
 // --- the runtime ---------------------------------------------------------------------------------
 
 type State = "working" | "finishing" | "over";
@@ -277,10 +407,14 @@ class Agent {
   /** Aborts STOP_GRACE_MS after the stop signal: the last calls give up. */
   readonly #grace = new AbortController();
   #wake: (() => void) | undefined;
+  readonly #clocks: Clocks;
+  /** Per conversation, the end of its line of appends: they go one at a time. */
+  readonly #appending = new Map<string, Promise<void>>();
 
   constructor(settings: Settings) {
     this.#s = settings;
     this.#link = new Link(settings.socketPath);
+    this.#clocks = new Clocks(settings.agentId);
   }
 
   async run(signal: AbortSignal | undefined): Promise<AgentSummary> {
@@ -386,6 +520,7 @@ class Agent {
       finishing: undefined,
     };
     this.#held.set(task.id, held);
+    this.#clocks.countOwn(task.conversation_id ?? "system"); // its task.claimed
     if (this.#stopped) return; // claimed as the stop came: released by the shutdown, never run
     const slot = this.#work(held)
       .catch(() => {}) // #work handles its own failures; never an unhandled rejection
@@ -413,6 +548,10 @@ class Agent {
       task,
       signal: held.stop.signal,
       progress: (data = {}) => this.#progress(held, data),
+      call: ((method: string, params: Params = {}) => this.#call(held, method, params)) as TaskContext["call"],
+      observe: (event) => {
+        this.#clocks.observe(event);
+      },
     };
     try {
       const value: unknown = await this.#s.handler(task, context);
@@ -443,7 +582,98 @@ class Agent {
       task_id: task.id,
       data,
     };
-    return this.#link.call("log.append", event, { signal, retry: true });
+    return this.#append("log.append", event, { signal, retry: true }) as Promise<AppendResult>;
+  }
+
+  /** A handler's `context.call`: appends get clocks, reads teach them. */
+  async #call(held: Held, method: string, params: Params): Promise<unknown> {
+    const signal = held.stop.signal;
+    signal.throwIfAborted();
+    if (method === "log.append" || method === "log.append_many") return this.#append(method, params, { signal });
+    const result = await this.#link.call(method as MethodName, params as never, { signal });
+    if (method.startsWith("log.")) for (const event of eventsIn(result)) this.#clocks.observe(event);
+    return result;
+  }
+
+  /**
+   * `log.append` (`params` is the event) or `log.append_many` (`params.events`), each event of
+   * the agent's own without `clock` or `caused_by` given the clock the runtime knows in its
+   * conversation, its own counter one up; sent again (at most MAX_CLOCK_REFUSALS times) after
+   * the daemon refused such a clock, with what the refusal says taken in.
+   */
+  async #append(method: "log.append" | "log.append_many", params: object, options: LinkCallOptions): Promise<unknown> {
+    const many = method === "log.append_many";
+    const given = many ? (params as { events?: unknown }).events : [params];
+    const events: unknown[] = Array.isArray(given) ? given : [];
+    const stamped = this.#stamped(events);
+    return this.#oneAtATime([...stamped], async () => {
+      for (let refusals = 0; ; refusals++) {
+        const sent = stamped.size > 0 ? this.#stamp(events, stamped) : events;
+        const callParams = stamped.size === 0 ? params : many ? { ...params, events: sent } : sent[0];
+        let result: unknown;
+        try {
+          result = await this.#link.call(method, callParams as never, options);
+        } catch (err) {
+          if (refusals < MAX_CLOCK_REFUSALS && this.#clocks.refused(err, stamped)) continue;
+          throw err;
+        }
+        const answers: unknown[] = many && Array.isArray(result) ? result : [result];
+        events.forEach((event, i) => {
+          const answer = answers[i];
+          if (!isRecord(event) || typeof event.conversation_id !== "string") return;
+          if (isRecord(answer) && isRecord(answer.clock)) this.#clocks.merge(event.conversation_id, answer.clock);
+        });
+        return result;
+      }
+    });
+  }
+
+  /**
+   * The conversations whose events of ours we give clocks: those where every event of ours has
+   * neither `clock` nor `caused_by` (a clock sent is stored as sent: the daemon would not merge
+   * the causes' clocks into it, so those it computes itself).
+   */
+  #stamped(events: unknown[]): Set<string> {
+    const ours = new Map<string, boolean>();
+    for (const event of events) {
+      if (!isRecord(event) || event.agent_id !== this.#s.agentId || typeof event.conversation_id !== "string") continue;
+      const caused = Array.isArray(event.caused_by) && event.caused_by.length > 0;
+      const bare = (event.clock === undefined || event.clock === null) && !caused;
+      ours.set(event.conversation_id, (ours.get(event.conversation_id) ?? true) && bare);
+    }
+    return new Set([...ours].filter(([, bare]) => bare).map(([id]) => id));
+  }
+
+  /** `events`, ours in `stamped` conversations with their clocks, one after another. */
+  #stamp(events: unknown[], stamped: Set<string>): unknown[] {
+    const drafts = new Map([...stamped].map((id) => [id, this.#clocks.known(id)]));
+    return events.map((event) => {
+      if (!isRecord(event) || event.agent_id !== this.#s.agentId || typeof event.conversation_id !== "string") {
+        return event;
+      }
+      const draft = drafts.get(event.conversation_id);
+      if (draft === undefined) return event;
+      draft[this.#s.agentId] = (draft[this.#s.agentId] ?? 0) + 1;
+      return { ...event, clock: { ...draft } };
+    });
+  }
+
+  /** Run `fn` once every append before it in these conversations has settled, and before any after it. */
+  async #oneAtATime<T>(conversationIds: string[], fn: () => Promise<T>): Promise<T> {
+    if (conversationIds.length === 0) return fn();
+    const before = conversationIds.map((id) => this.#appending.get(id));
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    for (const id of conversationIds) this.#appending.set(id, mine);
+    try {
+      await Promise.all(before);
+      return await fn();
+    } finally {
+      release();
+      for (const id of conversationIds) if (this.#appending.get(id) === mine) this.#appending.delete(id);
+    }
   }
 
   #scheduleRenewal(held: Held): void {
@@ -494,6 +724,7 @@ class Agent {
         try {
           await this.#link.call("tasks.update", patch, options);
           this.#summary[outcome.status] += 1;
+          this.#clocks.countOwn(task.conversation_id ?? "system"); // its task.updated
           return;
         } catch (err) {
           if (err instanceof RpcError && err.code === ErrorCode.Conflict) {
@@ -506,6 +737,7 @@ class Agent {
             }
             if (now.status === outcome.status && now.version === held.version + 1 && now.owner === this.#s.agentId) {
               this.#summary[outcome.status] += 1;
+              this.#clocks.countOwn(task.conversation_id ?? "system"); // its task.updated
               return;
             }
             this.#summary.dropped += 1; // someone else's now

@@ -18,6 +18,7 @@ export {
 } from "./client.js";
 export {
   LeaseLostError,
+  MAX_CLOCK_REFUSALS,
   POLL_MAX_MS,
   POLL_MIN_MS,
   RECONNECT_MAX_MS,
@@ -26,6 +27,7 @@ export {
   type AgentHandler,
   type AgentOptions,
   type AgentSummary,
+  type ContextCallArgs,
   type TaskContext,
   type TaskOutputs,
 } from "./agent.js";
