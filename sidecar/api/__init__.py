@@ -6,7 +6,19 @@ returns its result Struct; importing this package registers every method.
 
 from __future__ import annotations
 
-from sidecar.api import chat, context, controller, log, narrator, playbooks, summary, sys, tasks
+from sidecar.api import chat, context, controller, log, narrator, playbooks, search, summary, sys, tasks
 from sidecar.api.common import registry
 
-__all__ = ["chat", "context", "controller", "log", "narrator", "playbooks", "registry", "summary", "sys", "tasks"]
+__all__ = [
+    "chat",
+    "context",
+    "controller",
+    "log",
+    "narrator",
+    "playbooks",
+    "registry",
+    "search",
+    "summary",
+    "sys",
+    "tasks",
+]

@@ -11,6 +11,8 @@ from sidecar.api.common import CID, STORAGE, UNREADABLE, registry
 from sidecar.api.session import Session
 from sidecar.log.events import AppendResult, ConversationId
 from sidecar.narrator.prompt import NarratorPrompt
+from sidecar.search.query import SearchQuery
+from sidecar.tasks.model import TaskId
 
 
 class NarratorSay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -23,6 +25,8 @@ class NarratorPromptParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     conversation_id: ConversationId
     budget_tokens: Annotated[int, Meta(ge=16)]
     reason: str | None = None
+    query: SearchQuery | None = None  # as context.build's: a related layer
+    focus_task_id: TaskId | None = None  # as context.build's: the tasks around one
 
 
 @registry.method(
@@ -30,11 +34,13 @@ class NarratorPromptParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     NarratorPromptParams,
     NarratorPrompt,
     "Chat messages for the narrator, within the budget.",
-    errors={-32006: UNREADABLE},
+    errors={-32002: "focus_task_id names no task", -32006: UNREADABLE},
     example={"conversation_id": CID, "budget_tokens": 3000},
 )
 async def narrator_prompt(p: NarratorPromptParams, s: Session) -> NarratorPrompt:
-    return await s.services.narrator.prompt(p.conversation_id, p.budget_tokens, p.reason)
+    return await s.services.narrator.prompt(
+        p.conversation_id, p.budget_tokens, p.reason, query=p.query, focus_task_id=p.focus_task_id
+    )
 
 
 @registry.method(

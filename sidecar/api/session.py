@@ -18,6 +18,7 @@ from sidecar.log.groups import Positions
 from sidecar.log.store import EventStore
 from sidecar.narrator.service import Narrator
 from sidecar.playbooks.library import PlaybookLibrary
+from sidecar.search.service import SearchService
 from sidecar.summary.cache import SummaryCache
 from sidecar.tasks.service import TaskService
 from sidecar.tokens import TokenCounter
@@ -41,6 +42,7 @@ class Services:
     narrator: Narrator
     playbooks: PlaybookLibrary
     groups: Positions  # consumer groups' acked positions
+    search: SearchService  # log.search, and the context's related layer
     health: Callable[[], Health]
     stats: Callable[[], Stats]
 

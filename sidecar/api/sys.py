@@ -47,6 +47,8 @@ class Stats(msgspec.Struct, kw_only=True):
     retention_dropped_segments: int = 0  # sealed segments retention dropped since start
     compressed_segments: int = 0  # sealed segments compressed since start
     compression_ratio: float = 0.0  # plain bytes / compressed bytes of those (0: none yet)
+    search_indexed: int = 0  # events the search index took in since start
+    search_queue: int = 0  # events waiting for the indexer
     internal_errors: int = 0  # requests answered -32603: each one is a bug worth reporting
     faults: dict[str, int] = {}  # failures contained (connection, subscription, controller...)
 

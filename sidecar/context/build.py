@@ -1,15 +1,18 @@
 """Budgeted prompt context: layers filled by priority, presented in reading order.
 
 Priority decides what survives a tight budget: the system prompt and the newest event
-first, then the task state, then the summary of older events, then as many recent events
-as fit (newest kept first). Reading order is what the model sees: system prompt, task
-state, summary, recent events, newest event. Every layer says what it covers (seqs,
-``summary_ref``), so the same prompt can be rebuilt later.
+first, then the task state (or, with a focus task, the tasks around it), then the older
+events that match the query (``related``, best first), then the summary of older events,
+then as many recent events as fit (newest kept first). Reading order is what the model
+sees: system prompt, tasks, related events, summary, recent events, newest event. Every
+layer says what it covers (seqs, task ids, ``summary_ref``, the query), so the same prompt
+can be rebuilt later.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -38,6 +41,24 @@ class Context(msgspec.Struct, kw_only=True):
     summary_ref: str | None
 
 
+@dataclass(frozen=True)
+class Focus:
+    """The tasks around one: it first, then those within two dependency hops either way
+    (nearest first), and each one's newest event, if any."""
+
+    task_id: str
+    tasks: Sequence[Task]
+    newest: Mapping[str, Event | Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Related:
+    """Older events that match ``query``, best first."""
+
+    query: str
+    events: Sequence[Event | Mapping[str, Any]]
+
+
 def _event_dict(event: Event | Mapping[str, Any]) -> dict[str, Any]:
     return msgspec.to_builtins(event) if isinstance(event, Event) else dict(event)
 
@@ -53,6 +74,29 @@ def _task_lines(tasks: Sequence[Task], ready: Sequence[Task]) -> list[str]:
     return lines
 
 
+def _add_focus(focus: Focus, ready: Sequence[Task], left: int, counter: TokenCounter, add: Any) -> None:
+    """The ``tasks`` layer around a focus task: each task's line and its newest event, the
+    farthest dropped first while over budget."""
+    ready_ids = {t.id for t in ready}
+    entries: list[tuple[Task, str]] = []
+    for t in focus.tasks:
+        (line,) = _task_lines([t], [t] if t.id in ready_ids else [])
+        newest = focus.newest.get(t.id)
+        if newest is not None:
+            line += "\n  newest: " + event_line(_event_dict(newest))
+        entries.append((t, line))
+    head = f"Tasks around {focus.task_id}:"
+    while entries and counter.count("\n".join([head, *(line for _, line in entries)])) > left:
+        entries.pop()
+    if entries:
+        newest = {t.id: _event_dict(focus.newest[t.id])["id"] for t, _ in entries if t.id in focus.newest}
+        add(
+            "tasks",
+            "\n".join([head, *(line for _, line in entries)]),
+            {"task_ids": [t.id for t, _ in entries], "focus_task_id": focus.task_id, "newest_event_ids": newest},
+        )
+
+
 def build_context(
     conversation_id: str,
     events: Sequence[Event | Mapping[str, Any]] = (),
@@ -64,11 +108,15 @@ def build_context(
     counter: TokenCounter = DEFAULT_COUNTER,
     recent_window: int = RECENT_WINDOW,
     state: SummaryState | None = None,
+    focus: Focus | None = None,
+    related: Related | None = None,
 ) -> Context:
     """The context for one conversation, never over ``budget_tokens``.
 
     Give the conversation's ``events``, or its incremental ``state`` (the daemon's, which
-    makes this O(ring) however long the log is); both give the same context."""
+    makes this O(ring) however long the log is); both give the same context. ``focus``
+    replaces the conversation's task list with the tasks around one task; ``related`` adds
+    the matching older events that are not in the recent window."""
     if state is None:
         state = SummaryState(conversation_id, ring=max(RING, recent_window + 1))
         for ev in sorted((_event_dict(e) for e in events), key=lambda e: e["seq"]):
@@ -93,14 +141,34 @@ def build_context(
         line = fit(event_line(newest), left, counter)
         if line:
             add("newest", line, {"seqs": [newest["seq"], newest["seq"]]})
-    # 2. Task state.
-    if tasks:
+    # 2. Task state: the conversation's tasks, or those around the focus task.
+    if focus is not None:
+        _add_focus(focus, ready, left, counter, add)
+    elif tasks:
         lines = ["Tasks:", *_task_lines(tasks, ready)]
         while len(lines) > 1 and counter.count("\n".join(lines)) > left:
             lines.pop()
         if len(lines) > 1:
             add("tasks", "\n".join(lines), {"task_ids": [t.id for t in tasks][: len(lines) - 1]})
-    # 3. The summary of what came before the recent window.
+    # 3. Older events that match the query, best first while they fit, shown in seq order.
+    if related is not None and left > 0:
+        window_start = tail[0]["seq"] if tail else None
+        picked: list[dict[str, Any]] = []
+        for ev in map(_event_dict, related.events):
+            if window_start is not None and ev["seq"] >= window_start:
+                continue  # already in the recent window
+            lines = [event_line(e) for e in sorted([*picked, ev], key=lambda e: e["seq"])]
+            if counter.count("\n".join(lines)) > left:
+                break
+            picked.append(ev)
+        if picked:
+            picked.sort(key=lambda e: e["seq"])
+            add(
+                "related",
+                "\n".join(event_line(e) for e in picked),
+                {"seqs": [e["seq"] for e in picked], "query": related.query},
+            )
+    # 4. The summary of what came before the recent window.
     recent_candidates = tail[:-1] if recent_window else []
     has_older = bool(state.settled) or len(state.ring) > len(tail)
     summary_ref = None
@@ -109,7 +177,7 @@ def build_context(
         if summary.markdown and not summary.truncated and summary.token_estimate <= left:
             summary_ref = summary.summary_ref
             add("summary", summary.markdown, {"seqs": [summary.from_seq, summary.to_seq], "summary_ref": summary_ref})
-    # 4. Recent events, newest first, while they fit.
+    # 5. Recent events, newest first, while they fit.
     kept: list[str] = []
     kept_seqs: list[int] = []
     for ev in reversed(recent_candidates):
@@ -120,7 +188,7 @@ def build_context(
         kept_seqs.insert(0, ev["seq"])
     if kept:
         add("recent", "\n".join(kept), {"seqs": [kept_seqs[0], kept_seqs[-1]]})
-    order = [n for n in ("system", "tasks", "summary", "recent", "newest") if n in layers]
+    order = [n for n in ("system", "tasks", "related", "summary", "recent", "newest") if n in layers]
     ordered = [layers[n] for n in order]
     return Context(
         conversation_id=conversation_id,

@@ -51,6 +51,9 @@ from sidecar.rpc.protocol import (
     encode,
     error_response,
 )
+from sidecar.search.index import SearchIndex
+from sidecar.search.indexer import Indexer
+from sidecar.search.service import SearchService
 from sidecar.summary.cache import SummaryCache
 from sidecar.tasks.history import rebuild_missing
 from sidecar.tasks.retention import carry_forward
@@ -142,6 +145,8 @@ class Daemon:
             retention_dropped_segments=k.dropped_segments,
             compressed_segments=k.compressed_segments,
             compression_ratio=round(k.plain_bytes / k.compressed_bytes, 2) if k.compressed_bytes else 0.0,
+            search_indexed=self.indexer.stats.indexed,
+            search_queue=self.indexer.depth(),
             internal_errors=registry.internal_errors,
             faults=self._faults(),
         )
@@ -218,15 +223,20 @@ class Daemon:
             )
             await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
             await anyio.to_thread.run_sync(self.tasks.load)
+            self.search_index = SearchIndex(self.store.data_dir)
+            self.indexer = Indexer(self.store, self.search_index)
+            self.indexer.start()  # opens the index and catches up with the logs, in its thread
             self.keeper = ArchiveKeeper(
                 self.store.paths,
                 _retention(self.config),
                 clock=self.clock,
                 before_drop=functools.partial(carry_forward, self.store),
+                after_drop=self.indexer.dropped,
             )
 
             self.summaries = SummaryCache(self.store)
-            self.context = ContextService(self.tasks, self.summaries, self.counter)
+            self.search = SearchService(self.store, self.search_index, self.indexer)
+            self.context = ContextService(self.tasks, self.summaries, self.counter, self.search)
 
             cc, lc = self.config.controller, self.config.llm
             self.chat = chat_client(lc, self.clock)
@@ -267,6 +277,7 @@ class Daemon:
                 narrator=self.narrator,
                 playbooks=self.playbooks,
                 groups=self.groups,
+                search=self.search,
                 health=self.health,
                 stats=self.stats,
             )
@@ -280,6 +291,7 @@ class Daemon:
                 "hub": self.hub.publish,
                 "summaries": self.summaries.publish,
                 "controller": self.controller.observe,
+                "search": self.indexer.offer,
             }
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -326,6 +338,10 @@ class Daemon:
                         await anyio.to_thread.run_sync(groups.flush)  # the last acks, on disk
                     except OSError as exc:
                         log.error("daemon.groups_flush_failed", error=str(exc))
+            indexer = getattr(self, "indexer", None)
+            if indexer is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(indexer.stop)  # what is queued is indexed first
             if hasattr(self, "store"):
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()
@@ -363,6 +379,7 @@ class Daemon:
         before any event of a new conversation of that id)."""
         self.hub.forget(cid)
         self.summaries.forget(cid)
+        self.indexer.forget(cid)
 
     def _fan_out(self, events: list[Event]) -> None:
         """Every durable batch, in the event loop, in commit order, to each consumer on its

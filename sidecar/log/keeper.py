@@ -84,7 +84,7 @@ class KeeperStats:
     last_pass_ms: float = 0.0
 
 
-BeforeDrop = Callable[[str, int], object]  # (conversation, last seq to drop); raising cancels the drop
+DropHook = Callable[[str, int], object]  # (conversation, last seq dropped); before: raising cancels the drop
 
 
 class ArchiveKeeper:
@@ -96,13 +96,15 @@ class ArchiveKeeper:
         policy: RetentionPolicy,
         *,
         clock: Clock = SYSTEM_CLOCK,
-        before_drop: BeforeDrop | None = None,
+        before_drop: DropHook | None = None,
+        after_drop: DropHook | None = None,
         step: Callable[[str], None] | None = None,
     ) -> None:
         self.paths = paths
         self.policy = policy
         self.clock = clock
         self.before_drop = before_drop
+        self.after_drop = after_drop  # told what went (the search index forgets it)
         self._step = step  # called after each file-system change: crash tests stop there
         self.stats = KeeperStats()
 
@@ -153,6 +155,8 @@ class ArchiveKeeper:
         self.stats.dropped_bytes += freed
         log.info("log.retention_dropped", conversation_id=cid, segments=len(drop), through_seq=last, bytes=freed)
         self.step("dropped")
+        if self.after_drop is not None:
+            self.after_drop(cid, last)
 
     def _to_drop(self, cid: str, segs: list[ArchivedSegment]) -> list[ArchivedSegment]:
         """The oldest segments the policy no longer keeps (a prefix: segments are in time order)."""

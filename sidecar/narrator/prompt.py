@@ -5,7 +5,7 @@ within a token budget (``narrator.prompt``, and what the built-in narrator and t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import msgspec
@@ -15,8 +15,22 @@ from sidecar.narrator.llm import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PE
 from sidecar.narrator.templates import PromptLibrary
 from sidecar.tokens import TokenCounter
 
-# The context of a conversation within a budget, under a system prompt: (cid, budget, system).
-ContextBuilder = Callable[[str, int, str], Awaitable[Context]]
+
+class ContextBuilder(Protocol):
+    """The context of a conversation within a budget, under a system prompt (and optionally
+    a query and a focus task: the related and tasks layers)."""
+
+    def __call__(
+        self,
+        cid: str,
+        budget_tokens: int,
+        system_prompt: str,
+        *,
+        query: str | None = ...,
+        focus_task_id: str | None = ...,
+    ) -> Awaitable[Context]: ...
+
+
 # Why the controller last decided what it did about a conversation, if it has decided.
 LastReason = Callable[[str], "str | None"]
 # The error playbook the controller's last decision carried, as "title" and text, if any.
@@ -36,6 +50,7 @@ class NarratorPrompt(msgspec.Struct, kw_only=True):
 
 _HEADINGS = {
     "tasks": "## Tasks",
+    "related": "## Related earlier events",
     "summary": "## Earlier in this conversation",
     "recent": "## Recent events",
     "newest": "## Newest event",
@@ -56,6 +71,8 @@ async def build_narrator_prompt(
     context: ContextBuilder,
     last_reason: LastReason,
     last_playbook: LastPlaybook | None = None,
+    query: str | None = None,
+    focus_task_id: str | None = None,
 ) -> NarratorPrompt:
     """The narrator template plus the conversation's context, as chat messages, within budget.
 
@@ -71,7 +88,9 @@ async def build_narrator_prompt(
         system += f"\n\n## Playbook: {title}\n{text}"
     headings = await _read(counter.count, "\n\n".join(_HEADINGS.values()))
     template = 2 * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REPLY
-    ctx = await context(cid, max(1, budget_tokens - headings - template), system)
+    ctx = await context(
+        cid, max(1, budget_tokens - headings - template), system, query=query, focus_task_id=focus_task_id
+    )
     layers = {layer.name: layer for layer in ctx.layers}
     body = "\n\n".join(f"{_HEADINGS[n]}\n{layers[n].text}" for n in _HEADINGS if n in layers)
     messages = [ChatMessage(role="system", content=layers["system"].text if "system" in layers else "")]

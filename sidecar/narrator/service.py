@@ -81,7 +81,15 @@ class Narrator:
         self.notify = notify
         self.fault = fault
 
-    async def prompt(self, cid: str, budget_tokens: int, reason: str | None) -> NarratorPrompt:
+    async def prompt(
+        self,
+        cid: str,
+        budget_tokens: int,
+        reason: str | None,
+        *,
+        query: str | None = None,
+        focus_task_id: str | None = None,
+    ) -> NarratorPrompt:
         """The narrator template plus the conversation's context, within budget."""
         return await build_narrator_prompt(
             cid,
@@ -92,6 +100,8 @@ class Narrator:
             context=self.context,
             last_reason=self.last_reason,
             last_playbook=self.last_playbook,
+            query=query,
+            focus_task_id=focus_task_id,
         )
 
     async def say(self, cid: str, grant_id: str, text: str) -> AppendResult:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.context.build import RECENT_WINDOW, Context, build_context
-from sidecar.summary.state import SummaryState, rolling_summary
+from sidecar.context.build import RECENT_WINDOW, Context, Focus, Related, build_context
+from sidecar.summary.state import SummaryState, event_line, rolling_summary
 from sidecar.tasks import NewTask, TaskGraph
 from sidecar.tokens import DEFAULT_COUNTER, ByteEstimate
 from tests.support import realistic
@@ -75,6 +75,56 @@ def test_never_over_budget(budget: int, n: int, bpt: float) -> None:
     )
     assert ctx.total_tokens <= budget
     assert ctx.total_tokens == sum(counter.count(layer.text) for layer in ctx.layers)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    budget=st.integers(1, 6000),
+    n=st.integers(0, 120),
+    bpt=st.sampled_from([2.5, 4.0]),
+    related=st.lists(st.integers(1, 120), max_size=12, unique=True),
+    focus=st.booleans(),
+)
+def test_never_over_budget_with_related_events_and_a_focus_task(
+    budget: int, n: int, bpt: float, related: list[int], focus: bool
+) -> None:
+    counter = ByteEstimate(bytes_per_token=bpt)
+    events = realistic(n)
+    g = graph()
+    ctx = build_context(
+        "c1",
+        events,
+        budget_tokens=budget,
+        system_prompt=SYSTEM * 3,
+        ready=g.ready(),
+        counter=counter,
+        focus=Focus("t1", [g.get("t1"), g.get("t2")], {"t2": events[-1]} if events else {}) if focus else None,
+        related=Related("q", [events[i - 1] for i in related if i <= n]),
+    )
+    assert ctx.total_tokens <= budget
+    assert ctx.total_tokens == sum(counter.count(layer.text) for layer in ctx.layers)
+    names = [layer.name for layer in ctx.layers]
+    assert names == [x for x in ("system", "tasks", "related", "summary", "recent", "newest") if x in names]
+    for layer in ctx.layers:
+        if layer.name == "related":  # older than the recent window, in seq order
+            seqs = layer.covers["seqs"]
+            assert seqs == sorted(seqs) and max(seqs) < n - RECENT_WINDOW
+
+
+def test_related_events_go_best_first_into_a_tight_budget() -> None:
+    events = realistic(100)
+    best, worse = events[10], events[40]
+    roomy = build_context("c1", events, budget_tokens=50_000, related=Related("q", [best, worse]))
+    related = next(layer for layer in roomy.layers if layer.name == "related")
+    assert related.covers["seqs"] == [11, 41]
+    newest = next(layer for layer in roomy.layers if layer.name == "newest")
+    one = max(DEFAULT_COUNTER.count(event_line(e)) for e in (best, worse))
+    assert DEFAULT_COUNTER.count(related.text) > one
+    room = newest.tokens + one  # either one fits, not both
+    for ranked, expected in (([best, worse], [11]), ([worse, best], [41])):
+        tight = build_context("c1", events, budget_tokens=room, related=Related("q", ranked))
+        kept = [layer.covers["seqs"] for layer in tight.layers if layer.name == "related"]
+        assert kept == [expected]
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,0 +1,259 @@
+"""The indexer: keeps the search index a projection of the log, off the append path.
+
+Every durable batch reaches it from the daemon's fan-out (in commit order, with the events
+already decoded) and is queued for its thread, which indexes what it got as one transaction:
+so an event is searchable a few milliseconds after its acknowledgement, and the commit thread
+never waits for SQLite. What the queue may hold is bounded; past it, the indexer is told only
+where each conversation has got to and reads the rest back from the log itself. Reading back
+is also how it catches up at start (a new, stale or damaged index is built from the logs,
+with progress logged) and how it fills any gap it finds.
+
+Deleting a conversation and retention reach it through the same queue, in order, so what
+it removes is exactly what is gone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from sidecar.batcher import Batcher
+from sidecar.log.events import Event
+from sidecar.log.store import EventStore
+from sidecar.search.index import Doc, SearchIndex, body_of
+
+log = structlog.get_logger("sidecar.search")
+
+MAX_QUEUED = 100_000  # events waiting for the indexer; past it, it reads them from the log
+_PAGE = 2000  # events read back from the log, and indexed, per transaction
+
+
+@dataclass(frozen=True, slots=True)
+class _Forget:
+    cid: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Dropped:
+    cid: str
+    through_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Behind:
+    """Events of ``cid`` up to ``seq`` were committed but not queued: read them from the log."""
+
+    cid: str
+    seq: int
+
+
+class _CatchUp:
+    """Compare the index with every conversation's log and close the gaps (at start)."""
+
+
+Item = Event | _Forget | _Dropped | _Behind | _CatchUp
+
+
+@dataclass
+class IndexerStats:
+    indexed: int = 0  # events added since start
+    read_back: int = 0  # of those, read from the log (catching up, gaps, overflow)
+    batches: int = 0
+    rebuilds: int = 0  # the index file was put aside and built again
+    catching_up: bool = False
+
+
+def doc_of(event: Event) -> Doc:
+    return Doc(
+        conversation_id=event.conversation_id,
+        seq=event.seq,
+        event_id=event.id,
+        type=event.type,
+        agent_id=event.agent_id,
+        task_id=event.task_id,
+        timestamp=event.timestamp,
+        body=body_of(event.data),
+    )
+
+
+class Indexer:
+    """The one writer of the search index, in a thread of its own."""
+
+    def __init__(self, store: EventStore, index: SearchIndex, *, max_queued: int = MAX_QUEUED) -> None:
+        self.store = store
+        self.index = index
+        self.max_queued = max_queued
+        self.stats = IndexerStats()
+        self._indexed: dict[str, int] = {}  # conversation -> last seq indexed
+        self._queued = 0  # events put and not yet indexed
+        self._behind: dict[str, int] = {}  # overflowed conversations, and how far they got
+        self._lock = threading.Lock()
+        self._batcher: Batcher[Item] = Batcher(self._work, "sidecar-search")
+        self.caught_up = threading.Event()
+
+    # --- from the event loop ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the index (a damaged one is put aside) and catch up with the logs, in the
+        indexer's thread."""
+        self._batcher.put([_CatchUp()])
+
+    def offer(self, events: list[Event]) -> None:
+        """A durable batch (the daemon's fan-out calls this in commit order)."""
+        with self._lock:
+            room = self._queued + len(events) <= self.max_queued
+            if room:
+                self._queued += len(events)
+        if room:
+            self._batcher.put(list(events))
+            return
+        with self._lock:  # too much waiting: say only how far each conversation got
+            fresh = {}
+            for event in events:
+                if event.seq > self._behind.get(event.conversation_id, 0):
+                    fresh[event.conversation_id] = self._behind[event.conversation_id] = event.seq
+        self._batcher.put([_Behind(cid, seq) for cid, seq in fresh.items()])
+
+    def forget(self, cid: str) -> None:
+        """The conversation was deleted (in commit order: before any event of a new one)."""
+        self._batcher.put([_Forget(cid)])
+
+    def dropped(self, cid: str, through_seq: int) -> None:
+        """Retention dropped the conversation's events up to ``through_seq``."""
+        self._batcher.put([_Dropped(cid, through_seq)])
+
+    def stop(self) -> None:
+        self._batcher.stop()
+        self.index.close()
+
+    def depth(self) -> int:
+        return self._queued
+
+    # --- the indexer's thread ------------------------------------------------------------------
+
+    def _work(self, items: list[Item]) -> None:
+        taken = sum(isinstance(item, Event) for item in items)
+        try:
+            self._apply(items)
+        except sqlite3.DatabaseError as exc:  # the file went bad under us: build it again
+            self._rebuild(str(exc))
+        except Exception:
+            log.exception("search.indexing_failed")
+        finally:
+            with self._lock:
+                self._queued -= taken
+
+    def _apply(self, items: list[Item]) -> None:
+        run: list[Event] = []
+        for item in items:
+            if isinstance(item, Event):
+                run.append(item)
+                continue
+            self._add(run)
+            run = []
+            if isinstance(item, _CatchUp):
+                self._catch_up()
+            elif isinstance(item, _Forget):
+                self.index.remove(item.cid)
+                self._indexed.pop(item.cid, None)
+            elif isinstance(item, _Dropped):
+                self.index.remove(item.cid, through_seq=item.through_seq)
+            else:
+                self._read_back(item.cid, item.seq)
+                with self._lock:
+                    if self._behind.get(item.cid, 0) <= item.seq:
+                        self._behind.pop(item.cid, None)
+        self._add(run)
+
+    def _add(self, events: list[Event]) -> None:
+        """Index events in commit order; a gap before one (events not seen) is read from the log."""
+        if not events:
+            return
+        docs: list[Doc] = []
+        progress: dict[str, int] = {}
+        for event in events:
+            cid = event.conversation_id
+            last = progress.get(cid, self._indexed.get(cid, 0))
+            if event.seq <= last:
+                continue
+            if event.seq > last + 1:
+                self._flush(docs, progress)
+                docs, progress = [], {}
+                self._read_back(cid, event.seq - 1)
+                if event.seq <= self._indexed.get(cid, 0):
+                    continue
+            docs.append(doc_of(event))
+            progress[cid] = event.seq
+        self._flush(docs, progress)
+
+    def _flush(self, docs: list[Doc], progress: dict[str, int]) -> None:
+        if not progress:
+            return
+        self.stats.indexed += self.index.add(docs, progress)
+        self.stats.batches += 1
+        self._indexed.update(progress)
+
+    def _read_back(self, cid: str, through_seq: int) -> None:
+        """Index ``cid`` from the log, from what is indexed up to ``through_seq``."""
+        while self._indexed.get(cid, 0) < through_seq:
+            start = self._indexed.get(cid, 0) + 1
+            page = self.store.query(conversation_id=cid, from_seq=start, limit=_PAGE).events
+            page = [e for e in page if e.seq <= through_seq]
+            if not page:  # gone (retention) or not there: nothing to read up to it
+                self._flush([], {cid: through_seq})
+                return
+            self._flush([doc_of(e) for e in page], {cid: page[-1].seq})
+            self.stats.read_back += len(page)
+
+    def _catch_up(self) -> None:
+        """Open the index and bring every conversation up to its log (with progress shown)."""
+        self.stats.catching_up = True
+        try:
+            if self.index.open():
+                log.info("search.index_created", path=self.index.path)
+            self._indexed = self.index.progress()
+            self._sync_with_logs()
+        finally:
+            self.stats.catching_up = False
+            self.caught_up.set()
+
+    def _sync_with_logs(self) -> None:
+        infos = {c.conversation_id: c for c in self.store.conversations()}
+        for cid in [c for c in self._indexed if c not in infos]:  # deleted while we were away
+            self.index.remove(cid)
+            self._indexed.pop(cid)
+        todo = {}
+        for cid, info in infos.items():
+            indexed = self._indexed.get(cid, 0)
+            if indexed > info.last_seq:  # the log is shorter than what we indexed: not the same log
+                self.index.remove(cid)
+                self._indexed.pop(cid, None)
+                indexed = 0
+            if info.first_seq > 1 and indexed:
+                self.index.remove(cid, through_seq=info.first_seq - 1)  # dropped while we were away
+            if info.last_seq > indexed:
+                todo[cid] = (indexed, info.last_seq)
+        total = sum(last - done for done, last in todo.values())
+        if not total:
+            return
+        log.info("search.catching_up", conversations=len(todo), events=total)
+        done, shown, started = 0, time.monotonic(), time.monotonic()
+        for cid, (indexed, last) in sorted(todo.items()):
+            self._read_back(cid, last)
+            done += last - indexed
+            if time.monotonic() - shown > 1.0:
+                shown = time.monotonic()
+                log.info("search.indexing", events_done=done, events=total)
+        log.info("search.caught_up", events=total, seconds=round(time.monotonic() - started, 3))
+
+    def _rebuild(self, reason: str) -> None:
+        kept = self.index.put_aside(reason)
+        log.error(
+            "search.index_damaged", path=self.index.path, error=reason, kept_in=kept, then="rebuilt from the logs"
+        )
+        self.stats.rebuilds += 1
+        self._catch_up()

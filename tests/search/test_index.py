@@ -1,0 +1,108 @@
+"""The search index on its own: FTS5 agrees with a brute-force scan, ranking makes sense,
+filters filter, and a damaged file is put aside and built again from the log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sidecar.log import EventStore
+from sidecar.search.index import Doc, SearchIndex, body_of
+from sidecar.search.indexer import Indexer
+from sidecar.search.query import to_fts, words_of
+from sidecar.search.service import SearchService
+
+VOCAB = ["deploy", "Déjà", "timeout", "refused", "agent", "error", "café", "x_y", "retry", "42", "ÉCOLE", "naïve"]
+
+
+def doc(i: int, body: str, *, cid: str = "c", type_: str = "note.added", agent: str | None = None) -> Doc:
+    return Doc(cid, i, f"id-{cid}-{i}", type_, agent, None, f"2026-01-01T00:00:{i % 60:02d}.000000Z", body)
+
+
+def index_of(tmp_path: Path, docs: list[Doc]) -> SearchIndex:
+    index = SearchIndex(str(tmp_path))
+    (tmp_path / "archive").mkdir(exist_ok=True)
+    index.open()
+    index.add(docs, {d.conversation_id: d.seq for d in docs})
+    return index
+
+
+texts = st.lists(
+    st.lists(st.sampled_from(VOCAB + ["", " ", ".", "-", "!"]), max_size=8).map(" ".join), min_size=1, max_size=30
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bodies=texts, word=st.sampled_from(VOCAB))
+def test_single_word_results_equal_a_brute_force_scan(tmp_path: Path, bodies: list[str], word: str) -> None:
+    path = tmp_path / f"i{len(list(tmp_path.iterdir()))}"
+    path.mkdir()
+    index = index_of(path, [doc(i, body) for i, body in enumerate(bodies, 1)])
+    try:
+        wanted = set(words_of(word))
+        expected = {i for i, body in enumerate(bodies, 1) if wanted <= set(words_of(body + " note.added"))}
+        found = {h.seq for h in index.search(to_fts(word), limit=1000)}
+        assert found == expected
+    finally:
+        index.close()
+
+
+def test_ranking_prefers_more_and_rarer_matches_and_the_type(tmp_path: Path) -> None:
+    index = index_of(
+        tmp_path,
+        [
+            doc(1, "the build passed " + "filler words here " * 30 + "timeout once"),
+            doc(2, "timeout timeout: the deploy hit a timeout"),
+            doc(3, "nothing to see"),
+            doc(4, "a short note", type_="agent.timeout"),
+        ],
+    )
+    hits = index.search(to_fts("timeout"), limit=10)
+    seqs = [h.seq for h in hits]
+    assert seqs[0] in (2, 4) and seqs[-1] == 1 and 3 not in seqs
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert "**timeout**" in hits[0].snippet
+
+
+def test_filters_by_conversation_type_agent_and_time(tmp_path: Path) -> None:
+    index = index_of(
+        tmp_path,
+        [
+            doc(1, "deploy one", cid="a", agent="x"),
+            doc(2, "deploy two", cid="a", type_="agent.error", agent="y"),
+            doc(3, "deploy three", cid="b", agent="x"),
+        ],
+    )
+    q = to_fts("deploy")
+    assert {(h.conversation_id, h.seq) for h in index.search(q, limit=9, conversation_id="a")} == {("a", 1), ("a", 2)}
+    assert [h.seq for h in index.search(q, limit=9, types=["agent.error"])] == [2]
+    assert {h.seq for h in index.search(q, limit=9, agent_ids=["x"])} == {1, 3}
+    assert [h.seq for h in index.search(q, limit=9, start="2026-01-01T00:00:02", end="2026-01-01T00:00:02.9")] == [2]
+    assert [h.seq for h in index.search(q, limit=9, conversation_id="a", before_seq=2)] == [1]
+
+
+def test_body_holds_the_strings_in_data_depth_first_and_bounded() -> None:
+    data: dict[str, Any] = {"a": "first", "n": 3, "b": ["second", {"c": "third"}], "d": None}
+    assert body_of(data) == "first\nsecond\nthird"
+    assert len(body_of({"big": "x" * 100_000})) == 32 * 1024
+
+
+def test_a_damaged_index_file_is_put_aside_and_built_again_from_the_log(data_dir: Path) -> None:
+    with EventStore(data_dir) as store:
+        store.append({"conversation_id": "c", "type": "note.added", "data": {"text": "the quick brown fox"}})
+        index_dir = data_dir / "index"
+        index_dir.mkdir(mode=0o700)
+        (index_dir / "search.sqlite3").write_bytes(b"this is not a database" * 100)
+        index = SearchIndex(str(data_dir))
+        indexer = Indexer(store, index)
+        indexer.start()
+        assert indexer.caught_up.wait(10)
+        service = SearchService(store, index, indexer)
+        hits = service.search("brown").hits
+        assert [h.event.data["text"] for h in hits] == ["the quick brown fox"]
+        assert list((data_dir / "archive").glob("search.sqlite3.*.damaged"))
+        assert (index_dir / "search.sqlite3").stat().st_mode & 0o777 == 0o600
+        indexer.stop()
