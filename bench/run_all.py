@@ -2,12 +2,15 @@
 
     ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s)
     ./dev bench --quick              # small sizes, about 25 s: checks that it all works
-    ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims, groups)
+    ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims, groups,
+                                     # clocks, compression)
 
 Sections: durable appends against clients (sidecar, the plain loop, SQLite, Redis), queries and
 daemon start-up against log size, summaries and context, the task graph's ready(), task claims
 (8 agents claim -> done beside SQLite and Redis; claim latency against the graph's size), consumer
-groups (one consumer drains a conversation and acks, beside Redis Streams with a group). Every
+groups (one consumer drains a conversation and acks, beside Redis Streams with a group), the cost
+of vector clocks on appends (on against off, beside the plain loop), compressed segments (ratio
+and reads against the same data plain, beside gzip and SQLite). Every
 figure sits beside a baseline measured in the same run: these machines are noisy, so compare
 ratios, not absolute numbers from different runs. Run it on a quiet machine.
 """
@@ -31,6 +34,8 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # the sibling modules, and tests
 
 import bench_appends  # noqa: E402
 import bench_claims  # noqa: E402
+import bench_clocks  # noqa: E402
+import bench_compression  # noqa: E402
 import bench_groups  # noqa: E402
 import bench_log  # noqa: E402
 import bench_summary  # noqa: E402
@@ -45,6 +50,8 @@ SECTIONS: dict[str, Callable[[Config], list[Section]]] = {
     "tasks": bench_tasks.run,
     "claims": bench_claims.run,
     "groups": bench_groups.run,
+    "clocks": bench_clocks.run,
+    "compression": bench_compression.run,
 }
 
 

@@ -18,8 +18,7 @@ conversation, fed from what it scans and what it writes.
 
 from __future__ import annotations
 
-from collections import ChainMap
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from sidecar.errors import ConflictError, InvalidParams
@@ -59,30 +58,42 @@ def compare(a: Mapping[str, int], b: Mapping[str, int]) -> Order:
 class ClockState:
     """What one conversation's clocks have reached: each writer's newest clock, and the
     highest counter each writer id has anywhere (which outlives the writer's own events when
-    retention drops them, so a counter never goes back)."""
+    retention drops them, so a counter never goes back).
 
-    __slots__ = ("last", "high")
+    An :meth:`overlay` reads through to its ``base`` and keeps its own changes apart: what a
+    batch being built sees, taken in by :meth:`take` once it is durable. Plain dicts and one
+    fallback lookup, since this runs for every event in the commit thread."""
 
-    def __init__(
-        self, last: MutableMapping[str, Mapping[str, int]] | None = None, high: MutableMapping[str, int] | None = None
-    ) -> None:
-        self.last: MutableMapping[str, Mapping[str, int]] = {} if last is None else last
-        self.high: MutableMapping[str, int] = {} if high is None else high
+    __slots__ = ("last", "high", "base")
+
+    def __init__(self, base: ClockState | None = None) -> None:
+        self.last: dict[str, Mapping[str, int]] = {}
+        self.high: dict[str, int] = {}
+        self.base = base
 
     def clear(self) -> None:
         self.last.clear()
         self.high.clear()
 
     def overlay(self) -> ClockState:
-        """A state that reads through to this one and keeps its own changes apart: what a
-        batch being built sees, taken in by :meth:`take` only once it is durable."""
-        return ClockState(ChainMap({}, self.last), ChainMap({}, self.high))
+        return ClockState(self)
 
     def take(self, overlay: ClockState) -> None:
         """Take in the changes of an :meth:`overlay` of this state."""
-        for mine, theirs in ((self.last, overlay.last), (self.high, overlay.high)):
-            if isinstance(theirs, ChainMap):
-                mine.update(theirs.maps[0])
+        self.last.update(overlay.last)
+        self.high.update(overlay.high)
+
+    def last_of(self, writer: str) -> Mapping[str, int] | None:
+        found = self.last.get(writer)
+        if found is None and self.base is not None:
+            found = self.base.last.get(writer)
+        return found
+
+    def high_of(self, writer: str) -> int:
+        n = self.high.get(writer)
+        if n is None:
+            n = self.base.high.get(writer, 0) if self.base is not None else 0
+        return n
 
     def observe(self, writer: str, clock: Mapping[str, int] | None) -> None:
         """Take in an event of ``writer`` that is now the newest in the conversation."""
@@ -91,29 +102,40 @@ class ClockState:
         self.last[writer] = clock
         high = self.high
         for w, n in clock.items():
-            if n > high.get(w, 0):
+            if n > self.high_of(w):
                 high[w] = n
 
     def next_clock(self, writer: str, causes: Iterable[Mapping[str, int]]) -> Clock:
-        """The clock the sidecar gives ``writer``'s next event, caused by events with ``causes``."""
-        clock: Clock = dict(self.last.get(writer, ()))
+        """The clock the sidecar gives ``writer``'s next event, caused by events with
+        ``causes``; taken in as the writer's newest. Only the writer's own entry can pass
+        what was reached: the others come from clocks already taken in."""
+        base = self.base  # last_of and high_of, inlined: this is the commit thread's per-event path
+        prev = self.last.get(writer)
+        if prev is None and base is not None:
+            prev = base.last.get(writer)
+        clock: Clock = dict(prev) if prev else {}
         for cause in causes:
             merge_into(clock, cause)
-        clock[writer] = self.high.get(writer, 0) + 1
+        high = self.high.get(writer)
+        if high is None:
+            high = base.high.get(writer, 0) if base is not None else 0
+        own = clock[writer] = high + 1
         if len(clock) > MAX_CLOCK_WRITERS:
             raise InvalidParams(
                 f"this event's clock would have {len(clock)} writers, over the limit of {MAX_CLOCK_WRITERS}: "
                 "it names causes from too many writers",
                 {"field": "caused_by", "writers": len(clock), "max_writers": MAX_CLOCK_WRITERS},
             )
+        self.last[writer] = clock
+        self.high[writer] = own
         return clock
 
     def check_sent(self, writer: str, clock: Mapping[str, int], conversation_id: str) -> None:
         """A clock the writer sent must not go back: at least its previous clock in every
         entry, and past it in its own (else -32001, and nothing is written)."""
-        prev = self.last.get(writer, {})
+        prev = self.last_of(writer) or {}
         own = clock.get(writer, 0)
-        floor = self.high.get(writer, 0)
+        floor = self.high_of(writer)
         behind = sorted(w for w, n in prev.items() if clock.get(w, 0) < n)
         if own <= floor or behind:
             reason = (

@@ -63,10 +63,16 @@ class Recent:
 
     def event_at_seq(self, path: str, seq: int) -> Event | None:
         """The event holding ``seq``, if this view has it and still answers for ``path``."""
+        event = self.event_at(seq)
+        return event if event is not None and self.current(path) else None
+
+    def event_at(self, seq: int) -> Event | None:
+        """The event holding ``seq``, if this view has it: for the writer, who knows the file
+        is as the view says (it holds the lock and compares :attr:`ident` and :attr:`size`)."""
         if not self.count:
             return None
         i = seq - self.events[0].seq
-        if not 0 <= i < self.count or not self.current(path):
+        if not 0 <= i < self.count:
             return None
         event = self.events[i]
         return event if event.seq == seq else None

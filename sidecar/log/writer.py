@@ -28,7 +28,7 @@ import structlog
 from sidecar.datadir import UnsafePathError, open_regular
 from sidecar.errors import ConflictError, InvalidParams, SidecarError, StorageError
 from sidecar.log import files
-from sidecar.log.clocks import Clock, ClockState, writer_of
+from sidecar.log.clocks import DEFAULT_WRITER, Clock, ClockState, writer_of
 from sidecar.log.conversation import Conversation, LogPaths
 from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_event
 from sidecar.log.ids import new_event_id
@@ -494,14 +494,15 @@ class LogWriter:
                 f"conversation {ev.conversation_id!r} is at seq {last}, not {ev.expected_seq}",
                 {"conversation_id": ev.conversation_id, "expected_seq": ev.expected_seq, "last_seq": last},
             )
-        writer = writer_of(ev.agent_id)
+        writer = ev.agent_id or DEFAULT_WRITER
         if not self.clocks:
             clock: Clock = {}
         elif ev.clock is not None:
             p.clocks.check_sent(writer, ev.clock, ev.conversation_id)
             clock = ev.clock
-        else:
-            clock = p.clocks.next_clock(writer, self._cause_clocks(p, ev.caused_by))
+            p.clocks.observe(writer, clock)
+        else:  # taken in as the writer's newest (undone with the request, if it fails)
+            clock = p.clocks.next_clock(writer, self._cause_clocks(p, ev.caused_by) if ev.caused_by else ())
         event = Event(
             id=ev.id or new_event_id(now_ms),
             seq=p.next_seq,
@@ -528,7 +529,6 @@ class LogWriter:
         p.fresh[event.id] = event
         p.next_seq += 1
         p.last_ts = event.timestamp
-        p.clocks.observe(writer, clock)
         return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=clock)
 
     def _cause_clocks(self, p: _Pending, caused_by: list[str]) -> list[dict[str, int]]:
@@ -550,8 +550,9 @@ class LogWriter:
             for no, seq in self.index.locate(ref):
                 if no != conv.no or seq > conv.last_seq:
                     continue
-                recent = conv.recent
-                event = recent.event_at_seq(conv.path, seq) if recent is not None else None
+                recent = conv.recent  # the file is as it says while we hold the lock and it matches
+                current = recent is not None and (recent.ident, recent.size) == (conv.active_ident, conv.active_size)
+                event = recent.event_at(seq) if current and recent is not None else None
                 if event is not None and event.id == ref:
                     out.append(event.clock)
                     break

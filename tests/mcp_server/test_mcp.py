@@ -25,6 +25,7 @@ TOOLS = [
     "log_append",
     "log_query",
     "log_tail",
+    "log_search",
     "tasks_create",
     "tasks_update",
     "tasks_get",
@@ -130,6 +131,12 @@ def test_every_tool_errors_and_the_gate(daemon: DaemonProc, tmp_path: Path) -> N
             ]
             page = await call(session, "log_query", {"conversation_id": CID, "types": ["agent.progress"]})
             assert [e["data"] for e in page["events"]] == [{"pct": 10}]
+            deadline = anyio.current_time() + 1.0  # searchable within a second of the ack
+            while not (hits := (await call(session, "log_search", {"q": "progress", "conversation_id": CID}))["hits"]):
+                assert anyio.current_time() < deadline, "not found within a second"
+                await anyio.sleep(0.01)
+            assert [h["event"]["id"] for h in hits] == [appended["id"]] and "**progress**" in hits[0]["snippet"]
+            assert "unclosed quote" in await failed(session, "log_search", {"q": '"open'})
 
             task = await call(session, "tasks_create", {"type": "build", "conversation_id": CID, "id": "t1"})
             assert task["status"] == "pending"
