@@ -8,7 +8,7 @@ varied sizes, pseudo-random but the same every run) is appended with ``rotate_by
 so that it is sealed into many segments, and stopped right after a rotation (the active
 segment is then empty: every read below reads sealed segments). The data directory is
 copied, and the copy's segments compressed by the archive keeper (``ArchiveKeeper`` with
-``RetentionPolicy(compress=True)``: zstd level 3, seekable, 1 MiB frames), timed; a third
+``RetentionPolicy(compress=True)``: zstd level 3, seekable, 256 KiB frames), timed; a third
 copy the same way with ``SMALL_FRAMES`` frames (``compress_segment(frame_bytes=...)``), to
 show what the frame size trades. Then the same reads on every copy, each through a fresh
 ``EventStore``, interleaved copy by copy: open + index, a whole scan, a scan in pages,

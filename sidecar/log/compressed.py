@@ -66,7 +66,7 @@ from sidecar.datadir import open_regular
 from sidecar.fs import fsync_dir, write_all
 from sidecar.log.files import pread_exact
 
-FRAME_BYTES = 1 << 20  # decompressed bytes per frame, about
+FRAME_BYTES = 256 << 10  # decompressed bytes per frame, about: what a random read decompresses
 COMPRESSED_SUFFIX = ".zst"  # a compressed segment is the plain name + ".zst"
 TEMP_SUFFIX = ".tmp"  # compress_segment writes dst + ".tmp" first
 # The most plain bytes one frame may hold, written or read: a reader allocates a frame's

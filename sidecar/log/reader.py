@@ -54,6 +54,7 @@ class Snapshot:
     def __init__(self, logs_dir: str, listing: ArchiveListing, cid: str, *, wait: bool = True) -> None:
         """``wait=False`` raises :class:`BlockingIOError` rather than wait for a writer's lock."""
         self.cid = cid
+        self._listing = listing
         self.segments: list[SegmentView] = []
         active = self._open_active(active_path(logs_dir, cid), wait, cid)
         archived = listing.get(cid)
@@ -179,6 +180,23 @@ class Snapshot:
             return None
         return fresh(active.ident, start, active.end, list(events), lengths)
 
+    def _span(self, seg: SegmentView) -> tuple[str, str] | None:
+        """A sealed segment's first and last timestamps (remembered by the listing: reading
+        them costs a frame or two of a compressed segment); None when they cannot be read."""
+        span = self._listing.spans.get(seg.path)
+        if span is None:
+            try:
+                fd = self._fd(seg)
+                first = read_line_at(fd, 0, seg.end)
+                last = next(iter_lines_backward(fd, 0, seg.end), None)
+                if not first or last is None:
+                    return None
+                span = (timestamp_of(first), timestamp_of(last))
+            except DECODE_ERRORS:
+                return None  # damaged where we looked: the search below reports it
+            self._listing.spans[seg.path] = span
+        return span
+
     def first_line(self) -> bytes | None:
         if not self.segments:
             return None
@@ -198,8 +216,16 @@ class Snapshot:
         """Lines in seq order from the first with ``timestamp >=`` (and ``seq >=``) the given,
         up to ``until``."""
         for i, seg in enumerate(self.segments):
-            if seq is not None and i + 1 < len(self.segments) and self.segments[i + 1].first_seq <= seq:
+            sealed = i + 1 < len(self.segments)
+            if seq is not None and sealed and self.segments[i + 1].first_seq <= seq:
                 continue  # the whole segment is before ``seq``
+            if sealed and (timestamp is not None or until is not None):
+                span = self._span(seg)
+                if span is not None and timestamp is not None and span[1] < timestamp:
+                    _close(seg)
+                    continue  # the whole segment is before the time asked for
+                if span is not None and until is not None and span[0] > until:
+                    return  # this one and every later one are after it
             fd = self._fd(seg)
             try:
                 start = bisect_lines(fd, 0, seg.end, timestamp_of, timestamp) if timestamp else 0

@@ -168,6 +168,9 @@ class ArchiveListing:
         self._stamp: int | None = None
         self._by_cid: dict[str, list[ArchivedSegment]] = {}
         self._dropped: dict[str, int] = {}
+        # Each sealed segment's first and last timestamps, learned by readers (a segment never
+        # changes; the cache goes whenever the directory does, so a name used again is read again).
+        self.spans: dict[str, tuple[str, str]] = {}
 
     def get(self, cid: str, *, refresh: bool = False) -> list[ArchivedSegment]:
         self._maybe_refresh(refresh)
@@ -187,6 +190,7 @@ class ArchiveListing:
         if force or stamp != self._stamp:
             self._by_cid, self._dropped = list_archive(self._dir)
             self._stamp = stamp
+            self.spans = {}
 
 
 # --- reading lines -------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def test_names() -> None:
     assert is_compressed_name("logs/c1/000001.jsonl.zst")
     assert not is_compressed_name("logs/c1/000001.jsonl")
     assert not is_compressed_name("logs/c1/000001.zst")
-    assert FRAME_BYTES == 1 << 20
+    assert FRAME_BYTES == 256 << 10
 
 
 # --- damage --------------------------------------------------------------------------------
