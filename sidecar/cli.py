@@ -23,6 +23,8 @@ examples:
   sidecar call log.tail '{"conversation_id": "c1", "limit": 5}'
   sidecar tail c1 -n 50 -f                        the last 50 events of c1, then follow
   sidecar tail c1 --json | jq .type
+  sidecar search 'deploy "connection refused"'    events that match, best first (docs/search.md)
+  sidecar search 'timeout OR oom' -c c1 -n 5 --type agent.error
   sidecar methods                                 every method; `sidecar methods log.append` shows one
   sidecar rebuild-tasks --data-dir /var/lib/sidecar  tasks.graph.json again, from the log alone
   sidecar web                                     the console: open the URL it prints
@@ -126,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--socket", help="Unix socket path")
 
+    search = sub.add_parser(
+        "search",
+        help="full-text search of the log: the best-matching events, their matched words highlighted",
+        description="Events ranked by how well they match QUERY (BM25 over each event's type and the strings "
+        'in its data). QUERY: words (all of them), "a phrase", a OR b, -excluded, prefix* '
+        "(docs/search.md has the syntax).",
+    )
+    search.add_argument("query", help="what to look for, e.g. 'deploy -staging' or '\"connection refused\"'")
+    search.add_argument("-c", "--conversation", help="only this conversation")
+    search.add_argument("-t", "--type", action="append", dest="types", help="only events of this type (repeatable)")
+    search.add_argument("-a", "--agent", action="append", dest="agents", help="only events of this agent (repeatable)")
+    search.add_argument("-n", type=int, default=10, help="how many hits (1-100, default 10)")
+    search.add_argument("--json", action="store_true", help="one JSON object per hit: event, score, snippet")
+    search.add_argument("--socket", help="Unix socket path")
+
     rebuild = sub.add_parser(
         "rebuild-tasks",
         help="rewrite tasks.graph.json from the log alone (every task event carries the whole task)",
@@ -169,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                 return _call(client, args)
             if args.command == "health":
                 return _health(client, args.degraded_ok)
+            if args.command == "search":
+                return _search(client, args)
             return _tail(client, args)
     except RpcError as exc:
+        if args.command == "search" and exc.code in (-32602, -32003):  # a query to fix, or search is off
+            print(printable(f"sidecar search: {exc.message}"), file=sys.stderr)
+            return 2
         print(json.dumps({"code": exc.code, "message": exc.message, "data": exc.data}), file=sys.stderr)
         return 1
     except BrokenPipeError:
@@ -367,4 +389,42 @@ def _tail(client: Client, args: argparse.Namespace) -> int:
         last = events[-1]["seq"] if events else 0  # follow from the newest, shown or not
         for event in client.subscribe({"conversation_id": args.conversation, "from_seq": last + 1}):
             show(event)
+    return 0
+
+
+_MARK_ON, _MARK_OFF = "\033[1;33m", "\033[0m"
+
+
+def _highlighted(snippet: str, colour: bool) -> str:
+    """A snippet on one line, its ``**matched**`` words in bold yellow (or left as ``**`` marks)."""
+    text = printable(" ".join(snippet.split()))
+    if not colour:
+        return text
+    parts = text.split("**")
+    return "".join(f"{_MARK_ON}{part}{_MARK_OFF}" if i % 2 else part for i, part in enumerate(parts))
+
+
+def _search(client: Client, args: argparse.Namespace) -> int:
+    colour = sys.stdout.isatty() and not args.json and "NO_COLOR" not in os.environ
+    params: dict[str, Any] = {"q": args.query, "limit": args.n}
+    for key, value in (("conversation_id", args.conversation), ("types", args.types), ("agent_ids", args.agents)):
+        if value:
+            params[key] = value
+    result = client.call("log.search", params)
+    if result.get("indexing"):
+        print("sidecar search: the index is still being built from the logs; hits may be missing", file=sys.stderr)
+    hits = result["hits"]
+    for hit in hits:
+        if args.json:
+            print(printable(json.dumps(hit, ensure_ascii=False)), flush=True)
+            continue
+        event = hit["event"]
+        where = printable(f"{event['conversation_id']}#{event['seq']}")
+        head = f"{where}  {event['timestamp'][:19].replace('T', ' ')}  {printable(event['type'])}"
+        score = f"{hit['score']:.2f}"
+        print(f"\033[36m{head}\033[0m  \033[2m{score}\033[0m" if colour else f"{head}  {score}")
+        print(f"    {_highlighted(hit['snippet'], colour)}", flush=True)
+    if not hits and not args.json:
+        print("sidecar search: no event matches", file=sys.stderr)
+        return 1
     return 0

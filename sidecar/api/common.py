@@ -24,6 +24,7 @@ STORAGE = "the disk refused (full, I/O error) or the file is damaged or not ours
 UNREADABLE = "the conversation's log cannot be read (damaged, or not a regular file)"
 GRAPH_UNUSABLE = "tasks.graph.json cannot be used (damaged or not ours) until a valid file is in its place"
 TOO_BIG = "the answer would be larger than [server] max_reply_bytes"
+SEARCH_OFF = "search is off in this daemon ([search] enabled = false)"
 CID = "c1"
 EVENT_ID = "0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b"
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from sidecar.api.common import CID, UNREADABLE, registry
+from sidecar.api.common import CID, SEARCH_OFF, UNREADABLE, registry
 from sidecar.api.session import Session
 from sidecar.context.build import Context
 from sidecar.log.events import ConversationId
@@ -29,7 +29,7 @@ class ContextParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     Context,
     "Prompt layers for a conversation, within the budget; query adds the related older events, "
     "focus_task_id the tasks around one.",
-    errors={-32002: "focus_task_id names no task", -32006: UNREADABLE},
+    errors={-32002: "focus_task_id names no task", -32003: SEARCH_OFF, -32006: UNREADABLE},
     example={"conversation_id": CID, "budget_tokens": 2000, "system_prompt": "You are a helpful narrator."},
 )
 async def context_build(p: ContextParams, s: Session) -> Context:

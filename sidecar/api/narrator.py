@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from sidecar.api.common import CID, STORAGE, UNREADABLE, registry
+from sidecar.api.common import CID, SEARCH_OFF, STORAGE, UNREADABLE, registry
 from sidecar.api.session import Session
 from sidecar.log.events import AppendResult, ConversationId
 from sidecar.narrator.prompt import NarratorPrompt
@@ -34,7 +34,7 @@ class NarratorPromptParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     NarratorPromptParams,
     NarratorPrompt,
     "Chat messages for the narrator, within the budget.",
-    errors={-32002: "focus_task_id names no task", -32006: UNREADABLE},
+    errors={-32002: "focus_task_id names no task", -32003: SEARCH_OFF, -32006: UNREADABLE},
     example={"conversation_id": CID, "budget_tokens": 3000},
 )
 async def narrator_prompt(p: NarratorPromptParams, s: Session) -> NarratorPrompt:

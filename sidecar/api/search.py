@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from sidecar.api.common import CID, in_thread, registry
+from sidecar.api.common import CID, SEARCH_OFF, in_thread, registry
 from sidecar.api.session import Session
 from sidecar.log.events import ConversationId, EventType, Label
 from sidecar.search.query import SearchQuery
@@ -30,7 +30,7 @@ class SearchParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     SearchResult,
     "Events ranked by how well they match q (BM25 over the type and the strings in data), best "
     "first, each with a snippet whose matched words are between ** and **.",
-    errors={},
+    errors={-32003: SEARCH_OFF},
     example={"q": "timeout OR refused", "conversation_id": CID, "limit": 5},
 )
 async def log_search(p: SearchParams, s: Session) -> SearchResult:

@@ -107,6 +107,14 @@ class TasksConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_pending: Positive = 10_000  # pending tasks; tasks.create beyond gets -32005 (back-pressure)
 
 
+class SearchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Full-text search (docs/search.md). Read at start-up."""
+
+    # the index in data/index/, kept by a thread of its own; off: no indexing, and log.search,
+    # context.build's query and the console's search answer -32003
+    enabled: bool = True
+
+
 class Config(msgspec.Struct, kw_only=True):
     """Everything the daemon reads at start (and again on SIGHUP)."""
 
@@ -119,6 +127,7 @@ class Config(msgspec.Struct, kw_only=True):
     controller: ControllerConfig = msgspec.field(default_factory=ControllerConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
+    search: SearchConfig = msgspec.field(default_factory=SearchConfig)
 
     @property
     def socket_path(self) -> str:

@@ -224,7 +224,7 @@ class Daemon:
             await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
             await anyio.to_thread.run_sync(self.tasks.load)
             self.search_index = SearchIndex(self.store.data_dir)
-            self.indexer = Indexer(self.store, self.search_index)
+            self.indexer = Indexer(self.store, self.search_index, enabled=self.config.search.enabled)
             self.indexer.start()  # opens the index and catches up with the logs, in its thread
             self.keeper = ArchiveKeeper(
                 self.store.paths,
@@ -235,7 +235,7 @@ class Daemon:
             )
 
             self.summaries = SummaryCache(self.store)
-            self.search = SearchService(self.store, self.search_index, self.indexer)
+            self.search = SearchService(self.store, self.search_index, self.indexer, enabled=self.config.search.enabled)
             self.context = ContextService(self.tasks, self.summaries, self.counter, self.search)
 
             cc, lc = self.config.controller, self.config.llm

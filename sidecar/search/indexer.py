@@ -83,7 +83,10 @@ def doc_of(event: Event) -> Doc:
 class Indexer:
     """The one writer of the search index, in a thread of its own."""
 
-    def __init__(self, store: EventStore, index: SearchIndex, *, max_queued: int = MAX_QUEUED) -> None:
+    def __init__(
+        self, store: EventStore, index: SearchIndex, *, max_queued: int = MAX_QUEUED, enabled: bool = True
+    ) -> None:
+        self.enabled = enabled  # off ([search] enabled = false): every call is a no-op
         self.store = store
         self.index = index
         self.max_queued = max_queued
@@ -100,10 +103,15 @@ class Indexer:
     def start(self) -> None:
         """Open the index (a damaged one is put aside) and catch up with the logs, in the
         indexer's thread."""
+        if not self.enabled:
+            self.caught_up.set()
+            return
         self._batcher.put([_CatchUp()])
 
     def offer(self, events: list[Event]) -> None:
         """A durable batch (the daemon's fan-out calls this in commit order)."""
+        if not self.enabled:
+            return
         with self._lock:
             room = self._queued + len(events) <= self.max_queued
             if room:
@@ -120,11 +128,13 @@ class Indexer:
 
     def forget(self, cid: str) -> None:
         """The conversation was deleted (in commit order: before any event of a new one)."""
-        self._batcher.put([_Forget(cid)])
+        if self.enabled:
+            self._batcher.put([_Forget(cid)])
 
     def dropped(self, cid: str, through_seq: int) -> None:
         """Retention dropped the conversation's events up to ``through_seq``."""
-        self._batcher.put([_Dropped(cid, through_seq)])
+        if self.enabled:
+            self._batcher.put([_Dropped(cid, through_seq)])
 
     def stop(self) -> None:
         self._batcher.stop()

@@ -13,7 +13,7 @@ import sqlite3
 import msgspec
 import structlog
 
-from sidecar.errors import InvalidParams
+from sidecar.errors import ForbiddenError, InvalidParams
 from sidecar.log.events import Event
 from sidecar.log.store import EventStore
 from sidecar.search.index import SearchIndex
@@ -37,10 +37,15 @@ class SearchResult(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class SearchService:
-    def __init__(self, store: EventStore, index: SearchIndex, indexer: Indexer) -> None:
+    def __init__(self, store: EventStore, index: SearchIndex, indexer: Indexer, *, enabled: bool = True) -> None:
         self.store = store
         self.index = index
         self.indexer = indexer
+        self.enabled = enabled  # [search] enabled
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise ForbiddenError("search is off in this daemon ([search] enabled = false)", {"field": "q"})
 
     def search(
         self,
@@ -56,6 +61,7 @@ class SearchService:
     ) -> SearchResult:
         """The best ``limit`` events for ``q`` (blocking: run it in a thread). ``before_seq``
         (with ``conversation_id``) keeps only older events: the context's related layer."""
+        self._check_enabled()
         expr = to_fts(q)
         indexing = not self.indexer.caught_up.is_set()
         try:
@@ -88,7 +94,9 @@ class SearchService:
         return SearchResult(hits=out, indexing=indexing)
 
     def newest_of_tasks(self, task_ids: list[str]) -> dict[str, Event]:
-        """Each task's newest event, as the log has it (blocking)."""
+        """Each task's newest event, as the log has it (blocking; none while search is off)."""
+        if not self.enabled:
+            return {}
         try:
             found = self.index.newest_of_tasks(task_ids)
         except sqlite3.DatabaseError as exc:

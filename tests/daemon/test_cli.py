@@ -272,8 +272,8 @@ def test_tail_shows_a_task_events_id_status_and_owner_before_the_cut(daemon) -> 
     assert run.returncode == 0, run.stderr
     created, updated = run.stdout.splitlines()
     owner = "coder\\u001b[2J"  # terminal controls stay escaped
-    assert f"task.created [{owner}] task=fix-login status=pending owner={owner} {{" in created
-    assert f"task.updated [{owner}] task=fix-login status=running owner={owner} {{" in updated
+    assert f"task.created task=fix-login status=pending owner={owner} {{" in created  # the sidecar wrote it
+    assert f"task.updated task=fix-login status=running owner={owner} {{" in updated
     assert '"changed":["status","updated_at","version"]' in updated  # what changed, before the task itself
     assert created.endswith("...") and "\x1b" not in run.stdout
 
@@ -295,12 +295,12 @@ def test_format_event_of_a_task_event_without_the_whole_task() -> None:
     assert line.endswith("...") and len(line) < 200
 
 
-def test_tail_colours_a_terminal(daemon) -> None:
-    append(daemon.socket_path, "c1", 2)
+def on_a_terminal(*args: str) -> str:
+    """``sidecar ARGS`` with stdout on a pseudo-terminal (colour allowed); what it printed there."""
     controller, terminal = pty.openpty()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "tail", "c1", "--socket", daemon.socket_path],
+            [sys.executable, "-m", "sidecar", *args],
             env={k: v for k, v in child_env().items() if k != "NO_COLOR"},
             stdout=terminal,
             stderr=subprocess.PIPE,
@@ -322,8 +322,34 @@ def test_tail_colours_a_terminal(daemon) -> None:
         os.close(controller)
         if terminal >= 0:
             os.close(terminal)
-    text = out.decode()
+    return out.decode()
+
+
+def test_tail_colours_a_terminal(daemon) -> None:
+    append(daemon.socket_path, "c1", 2)
+    text = on_a_terminal("tail", "c1", "--socket", daemon.socket_path)
     assert text.count("\x1b[") >= 2 and "agent.progress" in text
+
+
+def test_search_prints_hits_best_first_and_says_what_is_wrong_with_a_query(daemon) -> None:
+    with Client(daemon.socket_path) as c:
+        for text in ("the deploy failed: connection refused", "deploy again", "lunch at noon"):
+            c.call("log.append", {"conversation_id": "s1", "type": "note.added", "data": {"text": text}})
+    deadline = time.monotonic() + TIMEOUT  # the index takes each event within a second
+    while (run := sidecar("search", "deploy", "--socket", daemon.socket_path)).stdout.count("s1#") < 2:
+        assert time.monotonic() < deadline, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("s1#") and "note.added" in lines[0] and "\x1b" not in run.stdout
+    assert "**deploy**" in lines[1]
+    run = sidecar("search", '"connection refused"', "--json", "-c", "s1", "--socket", daemon.socket_path)
+    (hit,) = [json.loads(line) for line in run.stdout.splitlines()]
+    assert run.returncode == 0 and hit["event"]["seq"] == 1 and "**connection refused**" in hit["snippet"]
+    bad = sidecar("search", '"unclosed', "--socket", daemon.socket_path)
+    assert bad.returncode == 2 and "unclosed quote" in bad.stderr
+    none = sidecar("search", "zeppelin", "--socket", daemon.socket_path)
+    assert none.returncode == 1 and "no event matches" in none.stderr
+    coloured = on_a_terminal("search", "lunch", "--socket", daemon.socket_path)
+    assert "\x1b[1;33mlunch\x1b[0m" in coloured and "**" not in coloured
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["readable", "json"])

@@ -40,7 +40,7 @@ def test_an_event_is_found_within_a_second_of_its_ack(daemon: DaemonProc) -> Non
         for i in range(5):
             ack = note(c, "s1", f"batch {i}: the flux capacitor needs 1.21 gigawatts")
             started = time.monotonic()
-            hits = within(1.0, lambda: [h for h in found(c, "gigawatts") if h["event"]["id"] == ack["id"]])
+            hits = within(1.0, lambda ack=ack: [h for h in found(c, "gigawatts") if h["event"]["id"] == ack["id"]])
             assert time.monotonic() - started < 1.0
         (hit,) = hits
         assert hit["event"]["seq"] == 5 and "**gigawatts**" in hit["snippet"] and hit["score"] > 0
@@ -136,3 +136,21 @@ def test_context_adds_related_events_and_the_tasks_around_a_focus_task(daemon: D
             raise AssertionError("an unknown focus task was not refused")
         prompt = c.call("narrator.prompt", {"conversation_id": "ctx", "budget_tokens": 3000, "query": "password"})
         assert "## Related earlier events" in prompt["messages"][1]["content"]
+
+
+def test_search_can_be_turned_off(start_daemon: Any) -> None:  # noqa: F811
+    d = start_daemon(config_text="[search]\nenabled = false\n")
+    with Client(d.socket_path) as c:
+        note(c, "off", "nothing indexes this")
+        for method, params in [
+            ("log.search", {"q": "nothing"}),
+            ("context.build", {"conversation_id": "off", "budget_tokens": 500, "query": "nothing"}),
+        ]:
+            try:
+                c.call(method, params)
+            except RpcError as exc:
+                assert exc.code == -32003 and "[search] enabled = false" in exc.message
+            else:
+                raise AssertionError(f"{method} answered with search off")
+        assert c.call("context.build", {"conversation_id": "off", "budget_tokens": 500})["layers"]
+    assert not (d.data_dir / "index").exists()

@@ -67,6 +67,9 @@ __all__ = [
     "QueryFilter",
     "Release",
     "Renew",
+    "SearchHit",
+    "SearchParams",
+    "SearchResult",
     "SinceParams",
     "Snapshot",
     "SnapshotRef",
@@ -181,6 +184,8 @@ class ContextParams(TypedDict):
     conversation_id: str
     budget_tokens: int
     system_prompt: NotRequired[str]
+    query: NotRequired[str | None]
+    focus_task_id: NotRequired[str | None]
 
 
 class ControllerStatus(TypedDict):
@@ -365,6 +370,8 @@ class NarratorPromptParams(TypedDict):
     conversation_id: str
     budget_tokens: int
     reason: NotRequired[str | None]
+    query: NotRequired[str | None]
+    focus_task_id: NotRequired[str | None]
 
 
 class NarratorSay(TypedDict):
@@ -479,6 +486,27 @@ class Renew(TypedDict):
     lease_s: NotRequired[int | None]
 
 
+class SearchHit(TypedDict):
+    event: Event
+    score: float
+    snippet: str
+
+
+class SearchParams(TypedDict):
+    q: str
+    conversation_id: NotRequired[str | None]
+    types: NotRequired[list[str] | None]
+    agent_ids: NotRequired[list[str] | None]
+    start: NotRequired[str | None]
+    end: NotRequired[str | None]
+    limit: NotRequired[int]
+
+
+class SearchResult(TypedDict):
+    hits: list[SearchHit]
+    indexing: NotRequired[bool]
+
+
 class SinceParams(TypedDict):
     timestamp: str
     limit: NotRequired[int]
@@ -519,6 +547,8 @@ class Stats(TypedDict):
     retention_dropped_segments: NotRequired[int]
     compressed_segments: NotRequired[int]
     compression_ratio: NotRequired[float]
+    search_indexed: NotRequired[int]
+    search_queue: NotRequired[int]
     internal_errors: NotRequired[int]
     faults: NotRequired[dict[str, int]]
 
@@ -674,9 +704,9 @@ class SyncMethods:
         """The user speaks: a user.message, visibility user."""
         return cast("AppendResult", self.call("chat.user_message", _given(conversation_id=conversation_id, text=text, data=data)))
 
-    def context_build(self, *, budget_tokens: int, conversation_id: str, system_prompt: str | None = None) -> Context:
-        """Prompt layers for a conversation, within the budget."""
-        return cast("Context", self.call("context.build", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, system_prompt=system_prompt)))
+    def context_build(self, *, budget_tokens: int, conversation_id: str, focus_task_id: str | None = None, query: str | None = None, system_prompt: str | None = None) -> Context:
+        """Prompt layers for a conversation, within the budget; query adds the related older events, focus_task_id the tasks around one."""
+        return cast("Context", self.call("context.build", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, focus_task_id=focus_task_id, query=query, system_prompt=system_prompt)))
 
     def controller_heartbeat(self, *, conversation_id: str, agent_id: str | None = None, task_id: str | None = None) -> Ok:
         """An agent is alive: keeps the idle watchdog quiet, and renews the lease of the task it names if it holds it."""
@@ -730,6 +760,10 @@ class SyncMethods:
         """Events matching a filter, one page at a time."""
         return cast("Page", self.call("log.query", _given(agent_ids=agent_ids, conversation_id=conversation_id, cursor=cursor, end=end, from_seq=from_seq, levels=levels, limit=limit, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
 
+    def log_search(self, *, q: str, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, limit: int | None = None, start: str | None = None, types: list[str] | None = None) -> SearchResult:
+        """Events ranked by how well they match q (BM25 over the type and the strings in data), best first, each with a snippet whose matched words are between ** and **."""
+        return cast("SearchResult", self.call("log.search", _given(q=q, agent_ids=agent_ids, conversation_id=conversation_id, end=end, limit=limit, start=start, types=types)))
+
     def log_since(self, *, timestamp: str, cursor: str | None = None, limit: int | None = None) -> Page:
         """Events of every conversation from a time on, in time order."""
         return cast("Page", self.call("log.since", _given(timestamp=timestamp, cursor=cursor, limit=limit)))
@@ -746,9 +780,9 @@ class SyncMethods:
         """Stop a subscription of this connection."""
         return cast("Ok", self.call("log.unsubscribe", _given(subscription=subscription)))
 
-    def narrator_prompt(self, *, budget_tokens: int, conversation_id: str, reason: str | None = None) -> NarratorPrompt:
+    def narrator_prompt(self, *, budget_tokens: int, conversation_id: str, focus_task_id: str | None = None, query: str | None = None, reason: str | None = None) -> NarratorPrompt:
         """Chat messages for the narrator, within the budget."""
-        return cast("NarratorPrompt", self.call("narrator.prompt", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, reason=reason)))
+        return cast("NarratorPrompt", self.call("narrator.prompt", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, focus_task_id=focus_task_id, query=query, reason=reason)))
 
     def narrator_say(self, *, conversation_id: str, grant_id: str, text: str) -> AppendResult:
         """The narrator speaks, with a valid grant; else -32004."""
@@ -840,9 +874,9 @@ class AsyncMethods:
         """The user speaks: a user.message, visibility user."""
         return cast("AppendResult", await self.call("chat.user_message", _given(conversation_id=conversation_id, text=text, data=data)))
 
-    async def context_build(self, *, budget_tokens: int, conversation_id: str, system_prompt: str | None = None) -> Context:
-        """Prompt layers for a conversation, within the budget."""
-        return cast("Context", await self.call("context.build", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, system_prompt=system_prompt)))
+    async def context_build(self, *, budget_tokens: int, conversation_id: str, focus_task_id: str | None = None, query: str | None = None, system_prompt: str | None = None) -> Context:
+        """Prompt layers for a conversation, within the budget; query adds the related older events, focus_task_id the tasks around one."""
+        return cast("Context", await self.call("context.build", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, focus_task_id=focus_task_id, query=query, system_prompt=system_prompt)))
 
     async def controller_heartbeat(self, *, conversation_id: str, agent_id: str | None = None, task_id: str | None = None) -> Ok:
         """An agent is alive: keeps the idle watchdog quiet, and renews the lease of the task it names if it holds it."""
@@ -896,6 +930,10 @@ class AsyncMethods:
         """Events matching a filter, one page at a time."""
         return cast("Page", await self.call("log.query", _given(agent_ids=agent_ids, conversation_id=conversation_id, cursor=cursor, end=end, from_seq=from_seq, levels=levels, limit=limit, start=start, turn_end=turn_end, turn_start=turn_start, types=types, visibility=visibility)))
 
+    async def log_search(self, *, q: str, agent_ids: list[str] | None = None, conversation_id: str | None = None, end: str | None = None, limit: int | None = None, start: str | None = None, types: list[str] | None = None) -> SearchResult:
+        """Events ranked by how well they match q (BM25 over the type and the strings in data), best first, each with a snippet whose matched words are between ** and **."""
+        return cast("SearchResult", await self.call("log.search", _given(q=q, agent_ids=agent_ids, conversation_id=conversation_id, end=end, limit=limit, start=start, types=types)))
+
     async def log_since(self, *, timestamp: str, cursor: str | None = None, limit: int | None = None) -> Page:
         """Events of every conversation from a time on, in time order."""
         return cast("Page", await self.call("log.since", _given(timestamp=timestamp, cursor=cursor, limit=limit)))
@@ -912,9 +950,9 @@ class AsyncMethods:
         """Stop a subscription of this connection."""
         return cast("Ok", await self.call("log.unsubscribe", _given(subscription=subscription)))
 
-    async def narrator_prompt(self, *, budget_tokens: int, conversation_id: str, reason: str | None = None) -> NarratorPrompt:
+    async def narrator_prompt(self, *, budget_tokens: int, conversation_id: str, focus_task_id: str | None = None, query: str | None = None, reason: str | None = None) -> NarratorPrompt:
         """Chat messages for the narrator, within the budget."""
-        return cast("NarratorPrompt", await self.call("narrator.prompt", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, reason=reason)))
+        return cast("NarratorPrompt", await self.call("narrator.prompt", _given(budget_tokens=budget_tokens, conversation_id=conversation_id, focus_task_id=focus_task_id, query=query, reason=reason)))
 
     async def narrator_say(self, *, conversation_id: str, grant_id: str, text: str) -> AppendResult:
         """The narrator speaks, with a valid grant; else -32004."""

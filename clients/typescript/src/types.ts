@@ -108,6 +108,10 @@ export interface ContextParams {
   budget_tokens: number;
   /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
+  /** @default null */
+  focus_task_id?: string | null;
+  /** @default null */
+  query?: string | null;
   /** @default "" */
   system_prompt?: string;
 }
@@ -318,6 +322,10 @@ export interface NarratorPromptParams {
   /** 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' (it names the log file) */
   conversation_id: string;
   /** @default null */
+  focus_task_id?: string | null;
+  /** @default null */
+  query?: string | null;
+  /** @default null */
   reason?: string | null;
 }
 
@@ -470,6 +478,35 @@ export interface Renew {
   lease_s?: number | null;
 }
 
+export interface SearchHit {
+  event: Event;
+  score: number;
+  snippet: string;
+}
+
+export interface SearchParams {
+  /** @default null */
+  agent_ids?: string[] | null;
+  /** @default null */
+  conversation_id?: string | null;
+  /** @default null */
+  end?: string | null;
+  /** @default 20 */
+  limit?: number;
+  /** words (all of them), "a phrase", a OR b, -excluded, prefix* (see docs/search.md) */
+  q: string;
+  /** @default null */
+  start?: string | null;
+  /** @default null */
+  types?: string[] | null;
+}
+
+export interface SearchResult {
+  hits: SearchHit[];
+  /** @default false */
+  indexing?: boolean;
+}
+
 export interface SinceParams {
   /** @default null */
   cursor?: string | null;
@@ -515,6 +552,10 @@ export interface Stats {
   requests: number;
   /** @default 0 */
   retention_dropped_segments?: number;
+  /** @default 0 */
+  search_indexed?: number;
+  /** @default 0 */
+  search_queue?: number;
   subscriptions: number;
   summary_full_reads: number;
   task_graph_writes: number;
@@ -744,7 +785,7 @@ export interface Methods {
     params: UserMessage;
     result: AppendResult;
   };
-  /** Prompt layers for a conversation, within the budget. */
+  /** Prompt layers for a conversation, within the budget; query adds the related older events, focus_task_id the tasks around one. */
   "context.build": {
     params: ContextParams;
     result: Context;
@@ -813,6 +854,11 @@ export interface Methods {
   "log.query": {
     params: QueryFilter;
     result: Page;
+  };
+  /** Events ranked by how well they match q (BM25 over the type and the strings in data), best first, each with a snippet whose matched words are between ** and **. */
+  "log.search": {
+    params: SearchParams;
+    result: SearchResult;
   };
   /** Events of every conversation from a time on, in time order. */
   "log.since": {
