@@ -114,7 +114,7 @@ class AppendResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     seq: int
     timestamp: str
-    clock: dict[str, int] = {}
+    clock: dict[str, int]  # the event's vector clock: an agent runtime merges it into what it knows
     duplicate: bool = False
 
 

@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sidecar.search.query import MAX_QUERY_CHARS
 from sidecar.web.guard import Guard
 from sidecar.web.link import DaemonDown, DaemonLink
 from sidecar.web.stream import EventStream
@@ -29,6 +30,7 @@ from sidecar.web.stream import EventStream
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 256 * 1024  # a chat message, with room to spare
 HEALTH_DEADLINE_S = 5.0
+SEARCH_LIMIT = (1, 100, 20)  # log.search's limit: least, most, default
 STATUSES = ["pending", "running", "blocked", "done", "failed", "cancelled"]
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -122,6 +124,24 @@ def create_app(socket_path: str, guard: Guard, *, link: DaemonLink | None = None
         wanted = {"conversation_id": params.get("conversation_id"), "text": params.get("text")}
         return JSONResponse(await daemon.call("chat.user_message", wanted))
 
+    async def search(request: Request) -> Response:
+        q = request.query_params.get("q", "")
+        if not q:
+            raise BadRequest("the q query parameter is needed: the words to look for")
+        if len(q) > MAX_QUERY_CHARS:
+            raise BadRequest(f"q is {len(q)} characters, over the limit of {MAX_QUERY_CHARS}")
+        params: dict[str, object] = {"q": q, "limit": _limit(request.query_params.get("limit", ""))}
+        if cid := request.query_params.get("conversation_id", ""):
+            params["conversation_id"] = cid
+        try:
+            return JSONResponse(await daemon.call("log.search", params))
+        except RpcError as exc:  # the daemon's reason, for the person who typed the query
+            if exc.code == -32602:
+                return JSONResponse({"error": exc.message}, 400)
+            if exc.code == -32003:
+                return JSONResponse({"error": exc.message}, 403)
+            raise
+
     async def on_rpc_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RpcError)
         status = 404 if exc.code == -32002 else 503 if exc.code == -32006 else 400
@@ -142,6 +162,7 @@ def create_app(socket_path: str, guard: Guard, *, link: DaemonLink | None = None
             Route("/api/tasks", tasks),
             Route("/api/playbooks", playbooks),
             Route("/api/chat", chat, methods=["POST"]),
+            Route("/api/search", search),
             Route("/api/events", stream),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
@@ -165,6 +186,16 @@ def _needed(request: Request, name: str) -> str:
     if not value:
         raise BadRequest(f"the {name} query parameter is needed")
     return value
+
+
+def _limit(raw: str) -> int:
+    """``limit`` from the query: :data:`SEARCH_LIMIT`'s default when absent, else a whole number in range."""
+    least, most, default = SEARCH_LIMIT
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and least <= int(raw) <= most):
+        raise BadRequest(f"limit must be a whole number from {least} to {most}")
+    return int(raw)
 
 
 async def _body(request: Request) -> bytes:

@@ -67,10 +67,10 @@ def returns(method: str) -> Any:
 
 def test_the_checker_finds_a_drift() -> None:
     """problems() is what the next test relies on: it must see a missing, an extra and a wrong key."""
-    good = {"id": "e", "seq": 1, "timestamp": "t"}
+    good = {"id": "e", "seq": 1, "timestamp": "t", "clock": {"a": 1}}
     assert problems(good, methods.AppendResult) == []
     assert problems({**good, "duplicate": True}, methods.AppendResult) == []
-    assert problems({"id": "e", "seq": 1}, methods.AppendResult) == ["$: no 'timestamp'"]
+    assert problems({"id": "e", "seq": 1, "clock": {}}, methods.AppendResult) == ["$: no 'timestamp'"]
     assert problems({**good, "extra": 1}, methods.AppendResult) == ["$: 'extra' is not in AppendResult"]
     assert problems({**good, "seq": "1"}, methods.AppendResult) == ["$.seq: '1' not an int"]
     assert problems({"events": [{"seq": True}], "next_cursor": None}, methods.Page)  # a bool is no int
@@ -160,7 +160,7 @@ def test_every_wrapper_but_discover_returns_a_named_record() -> None:
     for name in ["AppendResult", "Event", "Task", "Page", "Summary", "Context", "ControllerStatus"]:
         assert getattr(sidecar_client, name) is getattr(methods, name)
         assert name in sidecar_client.__all__
-    assert methods.Event.__optional_keys__ == {"agent_id", "task_id", "turn"}  # NotRequired survives at run time
+    assert methods.Event.__optional_keys__ == {"agent_id", "task_id", "turn", "clock"}  # NotRequired, at run time
 
 
 # --- the generator on documents the daemon does not (yet) serve ------------------------------

@@ -1,12 +1,13 @@
 """The console in a real headless Chromium: what reaches the chat, the rail, the tasks and
-the decisions; live updates and how fast they land; a streamed reply; the send box; hostile
-text; and that the page asks nothing of any other host.
+the decisions; live updates and how fast they land; a streamed reply; the send box; the
+search box; hostile text; and that the page asks nothing of any other host.
 
 Every page here fails its test on a script error, or on a request to anywhere but the console.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,15 @@ def grant(c: Client, after_seq: int) -> str:
             if event["data"].get("speak_now"):
                 return event["data"]["grant_id"]
     raise AssertionError("no grant")
+
+
+def indexed(c: Client, q: str, want: int, timeout: float = 1.0) -> None:
+    """Wait until ``log.search`` finds ``want`` hits for ``q`` (the index follows each
+    acknowledgement within a second), so the page's search has them too."""
+    deadline = time.monotonic() + timeout
+    while len(c.call("log.search", {"q": q})["hits"]) < want:
+        assert time.monotonic() < deadline, f"{q!r} not indexed within {timeout} s"
+        time.sleep(0.02)
 
 
 def test_chat_rail_and_decisions_each_get_their_own_events(daemon: DaemonProc, open_page) -> None:
@@ -186,6 +196,55 @@ def test_the_send_box_sends_a_user_message(daemon: DaemonProc, open_page) -> Non
     assert [e["type"] for e in chat] == ["user.message", "user.message"]
 
 
+def test_the_search_box_finds_marks_and_goes_to_the_hit(daemon: DaemonProc, open_page) -> None:
+    with Client(daemon.socket_path) as c:
+        here = append(c, "agent.progress", agent_id="ci", data={"msg": "the Zeppelin build is green"})
+        append(c, "agent.progress", data={"msg": "something else entirely"})
+        there = c.call("chat.user_message", {"conversation_id": "web2", "text": "Where is the zeppelin?"})["seq"]
+        indexed(c, "zeppelin", 2)
+    page = open_page().open()
+    box = page.get_by_label("Search", exact=True)
+    box.press_sequentially("zeppelin")  # typed: the search goes out when typing pauses
+    hit = page.wait_for_selector('[data-role="search-hit"] mark')
+    assert hit.inner_text() == "Zeppelin"
+    assert roles(page, "search-hit", "data-conversation-id") == [CID]  # this conversation only, by default
+    first = page.locator('[data-role="search-hit"]')
+    assert first.get_attribute("data-seq") == str(here)
+    meta = page.eval_on_selector_all('[data-role="search-hit"] .meta > *', "nodes => nodes.map(n => n.textContent)")
+    assert meta[:3] == [CID, f"#{here}", "agent.progress"] and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", meta[3])
+    first.click()
+    shown = page.wait_for_selector(f'[data-role="activity-item"][data-seq="{here}"][data-hit="true"]')
+    assert shown.is_visible()
+
+    page.get_by_label("all conversations").check()  # every conversation: the other one's hit too
+    page.wait_for_selector('[data-role="search-hit"][data-conversation-id="web2"]')
+    assert sorted(roles(page, "search-hit", "data-conversation-id")) == sorted([CID, "web2"])
+    page.click('[data-role="search-hit"][data-conversation-id="web2"] button')  # that conversation's page
+    landed = page.wait_for_selector(f'[data-role="chat-message"][data-seq="{there}"][data-hit="true"]')
+    assert landed.inner_text().endswith("Where is the zeppelin?")
+    assert page.input_value('[data-role="conversation-picker"]') == "web2"
+    assert page.input_value('[data-role="search-input"]') == "zeppelin"  # the search came along
+    page.wait_for_selector('[data-role="search-hit"][data-conversation-id="web2"][aria-current="true"]')
+
+    box = page.get_by_label("Search", exact=True)
+    box.fill('"zeppelin')
+    box.press("Enter")  # at once
+    error = page.wait_for_selector('[data-role="search-error"]:not(:empty)')
+    assert error.inner_text() == "q has an unclosed quote at character 1"  # the daemon's reason
+    assert page.locator("#search-results").is_hidden()
+    assert box.get_attribute("aria-invalid") == "true"
+    box.fill("")  # an empty box clears it all
+    page.wait_for_selector('[data-role="search-error"]', state="hidden")
+    assert page.locator("#search-results").is_hidden()
+
+    page.get_by_label("Message to the narrator").press("/")  # typed into the message box, as a slash
+    assert page.input_value('[data-role="chat-input"]') == "/"
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("/")  # anywhere else: the search box
+    assert page.evaluate("document.activeElement.dataset.role") == "search-input"
+    assert page.input_value('[data-role="search-input"]') == ""
+
+
 HOSTILE = [
     "<img src=x onerror=\"window.__pwned='img'\">",
     "<script>window.__pwned='script'</script>",
@@ -207,6 +266,14 @@ def test_hostile_text_stays_text(daemon: DaemonProc, open_page) -> None:
     assert page.locator("main img, main script, main svg, main a, main b").count() == 0
     assert HOSTILE[1] in page.locator(f'[data-role="activity-item"][data-seq="{last}"]').inner_text()
     assert HOSTILE[0] in page.locator('[data-role="task"][data-task-id="t1"]').inner_text()
+    with Client(daemon.socket_path) as c:
+        indexed(c, "pwned", 4)
+    page.get_by_label("Search", exact=True).fill("pwned")  # snippets are the users' text too
+    page.wait_for_selector('[data-role="search-hit"]:nth-child(4)')
+    snippets = page.eval_on_selector_all("#hits .snippet", "nodes => nodes.map(n => n.textContent)")
+    assert all("pwned" in s and "**" not in s for s in snippets), snippets
+    assert page.locator("#hits mark").count() >= 4
+    assert page.locator("#hits img, #hits script, #hits svg, #hits a, #hits b").count() == 0
     assert page.evaluate("window.__pwned") is None
 
 

@@ -1,5 +1,5 @@
 """The console's HTTP layer over real HTTP: the token, the Host and Origin checks, the health
-endpoint, the chat endpoint's refusals, the event stream's resume point, and SIGTERM."""
+endpoint, the chat endpoint's refusals, search, the event stream's resume point, and SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from sidecar_client import Client
 from tests.daemon.conftest import DaemonProc
 from tests.web.conftest import Console
 
-PROTECTED = ["/", "/static/console.js", "/api/conversations", "/api/tasks?conversation=c1", "/api/playbooks"]
+PROTECTED = [
+    "/",
+    "/static/console.js",
+    "/api/conversations",
+    "/api/tasks?conversation=c1",
+    "/api/playbooks",
+    "/api/search?q=anything",
+]
 
 
 def poll(
@@ -121,6 +128,57 @@ def test_chat_refusals_name_what_is_wrong_and_write_nothing(daemon: DaemonProc, 
     with Client(daemon.socket_path) as client:
         events = client.call("log.tail", {"conversation_id": "c1", "limit": 10})["events"]
         assert [e["type"] for e in events if e["visibility"] == "user"] == ["user.message"]
+
+
+def test_search_finds_an_appended_event_within_a_second(daemon: DaemonProc, console: Console) -> None:
+    with Client(daemon.socket_path) as client:
+        client.call("log.append", {"conversation_id": "c2", "type": "agent.progress", "data": {"msg": "nothing here"}})
+        seq = client.call(
+            "log.append",
+            {"conversation_id": "c1", "type": "agent.error", "data": {"error": "the Zeppelin deploy failed"}},
+        )["seq"]
+    with console.authed() as c:
+        found = poll(
+            lambda: c.get("/api/search", params={"q": "zeppelin", "conversation_id": "c1"}),
+            lambda a: a.status_code != 200 or bool(a.json()["hits"]),
+            timeout=1.0,  # the index follows each acknowledgement within a second
+        )
+        assert found.status_code == 200, found.text
+        (hit,) = found.json()["hits"]
+        assert hit["event"]["seq"] == seq and hit["event"]["conversation_id"] == "c1"
+        assert hit["snippet"] == "the **Zeppelin** deploy failed" and isinstance(hit["score"], float)
+        everywhere = c.get("/api/search", params={"q": "zeppelin OR nothing", "limit": "5"})
+        assert {h["event"]["conversation_id"] for h in everywhere.json()["hits"]} == {"c1", "c2"}
+        elsewhere = c.get("/api/search", params={"q": "zeppelin", "conversation_id": "c2"})
+        assert elsewhere.status_code == 200 and elsewhere.json()["hits"] == []
+
+
+def test_search_refusals_say_why(console: Console) -> None:
+    with console.authed() as c:
+        unclosed = c.get("/api/search", params={"q": '"open'})
+        assert unclosed.status_code == 400
+        assert unclosed.json() == {"error": "q has an unclosed quote at character 1"}  # the daemon's reason
+        assert c.get("/api/search", params={"q": "-retry"}).status_code == 400  # nothing wanted
+        for limit in ["0", "101", "-1", "ten", "2.5", "9" * 5000]:
+            bad = c.get("/api/search", params={"q": "x", "limit": limit})
+            assert bad.status_code == 400 and "limit" in bad.json()["error"], limit
+        for params in [{}, {"q": ""}, {"q": "x" * 1001}]:
+            bad = c.get("/api/search", params=params)
+            assert bad.status_code == 400 and "q" in bad.json()["error"].split(), params  # names the field
+        assert c.get("/api/search", params={"q": "x" * 1000}).status_code == 200
+        odd = c.get("/api/search", params={"q": "x", "conversation_id": "../etc"})
+        assert odd.status_code == 400 and "conversation_id" in odd.json()["error"]
+
+
+def test_search_is_403_when_the_daemon_has_it_off_and_503_when_the_daemon_is_gone(start_daemon, start_console) -> None:
+    d = start_daemon(config_text="[search]\nenabled = false\n")
+    console = start_console(d.socket_path)
+    with console.authed() as c:
+        off = c.get("/api/search", params={"q": "anything"})
+        assert off.status_code == 403 and "search is off" in off.json()["error"]
+        d.stop()
+        down = c.get("/api/search", params={"q": "anything"})
+        assert down.status_code == 503 and "does not answer" in down.json()["error"]
 
 
 def sse(c: httpx.Client, conversation: str, want: int, **headers: str) -> Iterator[tuple[str, str, dict]]:

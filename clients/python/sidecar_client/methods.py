@@ -113,7 +113,7 @@ class AppendResult(TypedDict):
     id: str
     seq: int
     timestamp: str
-    clock: NotRequired[dict[str, int]]
+    clock: dict[str, int]
     duplicate: NotRequired[bool]
 
 

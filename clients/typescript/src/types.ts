@@ -22,8 +22,7 @@ export interface AppendMany {
 
 /** The acknowledgement of one durable append; ``duplicate`` marks an idempotent repeat. */
 export interface AppendResult {
-  /** @default {} */
-  clock?: Record<string, number>;
+  clock: Record<string, number>;
   /** @default false */
   duplicate?: boolean;
   id: string;

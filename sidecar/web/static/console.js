@@ -8,6 +8,8 @@
 (() => {
   const LEVELS = ["milestone", "decision", "action", "state", "detail"];
   const KEEP = 2000; // rail events held for re-filtering; older ones leave the page
+  const SEARCH_DELAY_MS = 250; // typing pauses this long before the search goes out
+  const SEARCH_LIMIT = 50;
 
   const params = new URLSearchParams(location.search);
   const state = {
@@ -19,6 +21,10 @@
     playbooks: new Map(), // playbook id -> {id, title, matches}
     streaming: new Map(), // grant id -> {node, parts} of a narrator reply still arriving
     source: null,
+    searchTimer: 0,
+    searchAbort: null, // the AbortController of the search in flight
+    pendingSeq: Number(params.get("seq")) || 0, // a search hit to show once its event arrives
+    hitSeq: 0, // the event shown as a search hit: the chat stays put while it is there
   };
   const $ = (id) => document.getElementById(id);
 
@@ -97,6 +103,7 @@
   }
 
   function scrollDown(list) {
+    if (state.hitSeq && list.querySelector('[data-hit="true"]')) return; // the user is looking at a hit
     list.scrollTop = list.scrollHeight;
   }
 
@@ -225,6 +232,188 @@
     );
   }
 
+  // --- search: /api/search, the selected conversation or all of them -----------------------
+
+  // "the **deploy** failed": text, then a <mark>, then text; never parsed as HTML.
+  function snippetNode(snippet) {
+    const parts = String(snippet || "").split("**");
+    if (parts.length % 2 === 0) { // an unpaired ** is the text's own
+      const tail = parts.pop();
+      parts[parts.length - 1] += `**${tail}`;
+    }
+    const node = el("span", { class: "snippet" });
+    parts.forEach((part, i) => {
+      if (part) node.append(i % 2 ? el("mark", {}, part) : document.createTextNode(part));
+    });
+    return node;
+  }
+
+  function when(ts) {
+    return typeof ts === "string" && ts.length >= 19 ? `${ts.slice(0, 10)} ${ts.slice(11, 19)}` : "";
+  }
+
+  function hitNode(hit) {
+    const event = hit.event || {};
+    const current = event.conversation_id === state.cid && event.seq === state.hitSeq;
+    const button = el(
+      "button",
+      { type: "button", class: "hit-button" },
+      el("span", { class: "meta" }, el("span", { class: "conversation" }, String(event.conversation_id)), el("span", {}, `#${event.seq}`), el("span", { class: "type" }, String(event.type)), el("time", { datetime: event.timestamp }, when(event.timestamp))),
+      snippetNode(hit.snippet),
+    );
+    button.addEventListener("click", () => goTo(event.conversation_id, event.seq));
+    return el(
+      "li",
+      { class: "item hit", "data-role": "search-hit", "data-conversation-id": event.conversation_id, "data-seq": event.seq, "data-type": event.type, "aria-current": current ? "true" : null },
+      button,
+    );
+  }
+
+  function searchError(message) {
+    $("search-error").textContent = message;
+    if (message) $("search").setAttribute("aria-invalid", "true");
+    else $("search").removeAttribute("aria-invalid");
+  }
+
+  function clearSearch() {
+    clearTimeout(state.searchTimer);
+    if (state.searchAbort) state.searchAbort.abort();
+    state.searchAbort = null;
+    searchError("");
+    $("hits").replaceChildren();
+    $("search-status").textContent = "";
+    $("search-results").hidden = true;
+    unmark();
+  }
+
+  async function search() {
+    clearTimeout(state.searchTimer);
+    const q = $("search").value;
+    if (!q.trim()) {
+      clearSearch();
+      return;
+    }
+    if (state.searchAbort) state.searchAbort.abort(); // its answer is out of date
+    const abort = new AbortController();
+    state.searchAbort = abort;
+    const all = $("search-all").checked || !state.cid;
+    const query = new URLSearchParams({ q, limit: String(SEARCH_LIMIT) });
+    if (!all) query.set("conversation_id", state.cid);
+    $("hits").setAttribute("aria-busy", "true");
+    try {
+      const response = await fetch(`/api/search?${query}`, { headers: { accept: "application/json" }, signal: abort.signal });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(describeError(body, response.status));
+      const hits = Array.isArray(body.hits) ? body.hits : [];
+      searchError("");
+      $("hits").replaceChildren(...hits.map(hitNode));
+      const where = all ? "in all conversations" : `in ${state.cid}`;
+      const count = hits.length ? `${hits.length === SEARCH_LIMIT ? "the best " : ""}${hits.length} ${hits.length === 1 ? "match" : "matches"} ${where}` : `No match ${where}.`;
+      $("search-status").textContent = body.indexing ? `${count} (the index is still being built: some may be missing)` : count;
+      $("search-results").hidden = false;
+    } catch (failure) {
+      if (abort.signal.aborted) return; // a newer search, or an emptied box, took its place
+      $("hits").replaceChildren();
+      $("search-status").textContent = "";
+      $("search-results").hidden = true;
+      searchError(failure.message);
+    } finally {
+      if (state.searchAbort === abort) {
+        state.searchAbort = null;
+        $("hits").removeAttribute("aria-busy");
+      }
+    }
+  }
+
+  // The event's node in the chat, the rail or the decisions, if the page holds it.
+  function eventNode(seq) {
+    for (const list of ["chat", "rail", "decisions"]) {
+      const node = $(list).querySelector(`[data-seq="${seq}"]`);
+      if (node) return node;
+    }
+    return null;
+  }
+
+  function unmark() {
+    state.hitSeq = 0;
+    for (const node of document.querySelectorAll('main [data-hit="true"]')) node.removeAttribute("data-hit");
+  }
+
+  // Scroll to the event and highlight it, showing it in the rail if the filters hid it.
+  function reveal(seq) {
+    state.pendingSeq = 0;
+    let node = eventNode(seq);
+    const entry = node ? null : state.feed.find((e) => e.event.seq === seq);
+    if (entry) {
+      if (entry.event.visibility === "internal") $("show-all").checked = true;
+      const box = document.getElementById(`level-${entry.event.level}`);
+      if (box) box.checked = true;
+      redrawRail();
+      node = eventNode(seq);
+    }
+    unmark();
+    for (const hit of $("hits").children) {
+      const current = hit.dataset.conversationId === state.cid && Number(hit.dataset.seq) === seq;
+      if (current) hit.setAttribute("aria-current", "true");
+      else hit.removeAttribute("aria-current");
+    }
+    if (!node) return false;
+    state.hitSeq = seq;
+    node.dataset.hit = "true";
+    node.tabIndex = -1;
+    node.scrollIntoView({ block: "center" });
+    node.focus({ preventScroll: true });
+    return true;
+  }
+
+  // A hit chosen: its event here, or the page of its conversation (the search comes along).
+  function goTo(cid, seq) {
+    if (cid !== state.cid) {
+      const next = new URLSearchParams({ conversation: cid, seq: String(seq) });
+      if ($("search").value.trim()) next.set("q", $("search").value);
+      if ($("search-all").checked) next.set("all", "1");
+      location.search = `?${next}`;
+      return;
+    }
+    if (!reveal(seq)) {
+      state.pendingSeq = seq; // shown if it arrives
+      $("search-status").textContent = `Event #${seq} is not on this page: it opens on the newest events of a conversation.`;
+    }
+  }
+
+  function setUpSearch() {
+    const box = $("search");
+    box.value = params.get("q") || "";
+    $("search-all").checked = params.get("all") === "1";
+    $("search-form").addEventListener("submit", (submit) => {
+      submit.preventDefault();
+      search();
+    });
+    box.addEventListener("input", () => {
+      clearTimeout(state.searchTimer);
+      if (!box.value.trim()) clearSearch();
+      else state.searchTimer = setTimeout(search, SEARCH_DELAY_MS);
+    });
+    box.addEventListener("keydown", (key) => {
+      if (key.key === "Enter" && !key.isComposing) {
+        key.preventDefault();
+        search(); // at once
+      }
+    });
+    $("search-all").addEventListener("change", () => {
+      if (box.value.trim()) search();
+    });
+    document.addEventListener("keydown", (key) => {
+      if (key.key !== "/" || key.ctrlKey || key.metaKey || key.altKey || key.isComposing) return;
+      const target = key.target;
+      const typing = target instanceof HTMLElement && (target.isContentEditable || target.matches("textarea, select, input:not([type=checkbox]):not([type=radio]):not([type=button]):not([type=submit])"));
+      if (typing) return;
+      key.preventDefault();
+      box.focus();
+      box.select();
+    });
+  }
+
   // --- the live stream ----------------------------------------------------------------------
 
   function onLog(entry) {
@@ -243,6 +432,7 @@
     if (event.type === "controller.decision") $("decisions").prepend(decisionNode(event));
     const task = event.data && event.data.task;
     if (event.type.startsWith("task.") && task && typeof task === "object" && task.id) showTask(task, entry.playbook);
+    if (event.seq === state.pendingSeq) reveal(event.seq);
   }
 
   function setLink(stateName, text) {
@@ -293,6 +483,7 @@
       });
       if (!response.ok) throw new Error(describeError(await response.json().catch(() => ({})), response.status));
       input.value = "";
+      unmark(); // back to following the chat
     } catch (failure) {
       error.textContent = `Not sent: ${failure.message}`;
     } finally {
@@ -337,7 +528,8 @@
     const { conversations } = await getJSON("/api/conversations");
     if (!state.cid && conversations.length) {
       state.cid = conversations[0].conversation_id;
-      history.replaceState(null, "", `/?conversation=${encodeURIComponent(state.cid)}`);
+      params.set("conversation", state.cid);
+      history.replaceState(null, "", `/?${params}`);
     }
     const ids = conversations.map((c) => c.conversation_id);
     if (state.cid && !ids.includes(state.cid)) ids.unshift(state.cid); // new: no event yet
@@ -351,6 +543,7 @@
   async function start() {
     setUpTheme();
     setUpFilters();
+    setUpSearch();
     $("chat-form").addEventListener("submit", send);
     $("chat-input").addEventListener("keydown", (key) => {
       if (key.key === "Enter" && !key.shiftKey && !key.isComposing) {
@@ -376,6 +569,7 @@
       setLink("error", `could not load the page's data: ${failure.message}`);
     }
     if (state.cid) connect();
+    if ($("search").value.trim()) search(); // the search that led here from another conversation
   }
 
   start();
