@@ -79,7 +79,7 @@ def test_serve_installs_the_package_and_its_console_and_keeps_data_out_of_the_ch
 def test_test_installs_the_test_extra_which_also_serves(dev) -> None:
     dev("serve")
     run, log = dev("test", "tests/x.py")
-    assert [line for line in log if "pip install" in line][0].endswith(" -e .[test,web,mcp]")
+    assert [line for line in log if "pip install" in line][0].endswith(" -e .[test,web,mcp,jetstream]")
     run, log = dev("serve")
     assert not any("pip install" in line for line in log)
 
