@@ -1,0 +1,372 @@
+"""The event log on NATS JetStream: one replicated stream, one subject per conversation.
+
+This is the core of the ``jetstream`` backend (contract §16), usable on its own: several
+processes on several hosts append to the same conversations and each sees all of them.
+
+- **Seqs stay gapless per conversation across daemons.** A conversation's ``seq`` is ours
+  (a stream's sequence counts every subject), so each append names the stream sequence of
+  the conversation's last message in ``Nats-Expected-Last-Subject-Sequence``. An append
+  that raced another daemon's is refused by the stream leader; this process then waits
+  until its feed has taken in what it missed, and tries again with the next seq. The event
+  written always follows exactly the one it was computed after.
+- **Idempotent ids.** The event id is the message's ``Nats-Msg-Id``. So a retry, or two
+  daemons sending the same id at once, is written once within the stream's duplicate
+  window. Beyond the window, ids this process has seen (every event, once caught up) are
+  answered from its index.
+- **Every process keeps an index**, fed by one ordered consumer over every conversation's
+  subject (the *feed*): each conversation's last seq, its stream sequence, the writers'
+  clocks, and where each event is. Reads go straight to the stream by sequence (direct
+  get); the newest events of a conversation come from memory.
+- **Retries.** Appends are retried with the same id and the same expectation while the
+  cluster elects a leader or has a write in flight (no responders, a timeout, NATS errors
+  10158, 10163 and 10164), within a deadline. The id makes a retry of a write that landed
+  come back as that write.
+
+Durability is the cluster's: a publish is acknowledged once a majority of the stream's
+replicas have it, and with ``sync_interval: always`` each of them has written it to disk
+first (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.errors import ConflictError, InvalidParams, StorageError
+from sidecar.log.clocks import DEFAULT_WRITER, ClockState
+from sidecar.log.events import AppendResult, Event, NewEvent, as_new_event, decode_event, encode_event
+from sidecar.log.ids import new_event_id
+from sidecar.log.segments import DECODE_ERRORS
+from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
+from sidecar.log.timestamps import format_timestamp
+
+log = structlog.get_logger("sidecar.jetstream")
+
+RETRY_S = 30.0  # an append keeps retrying (leader changes, writes in flight) this long
+DUPLICATE_WINDOW_S = 600.0  # the stream's: a retried or repeated id within it is written once
+RECENT = 256  # newest events of each conversation kept in memory
+_RETRY_CODES = {10158, 10163, 10164}  # id or expectation of a write still in flight; not ready
+_WRONG_LAST = 10071
+
+
+def subject_of(stream: str, cid: str) -> str:
+    """A conversation's subject: ``{stream}.log.{cid}``, the stream's name keeping streams of
+    several deployments on one cluster apart. A ``.`` of the id would split NATS tokens, so it
+    becomes ``~``, which no conversation id holds."""
+    return f"{stream}.log.{cid.replace('.', '~')}"
+
+
+def cid_of(stream: str, subject: str) -> str:
+    return subject[len(stream) + 5 :].replace("~", ".")
+
+
+@dataclass
+class _Conversation:
+    """What this process knows of one conversation, from its feed and its own appends."""
+
+    last_seq: int = 0
+    last_stream_seq: int = 0  # the stream sequence of its newest message (0: none)
+    last_ts: str = ""
+    clocks: ClockState = field(default_factory=ClockState)
+    where: dict[int, int] = field(default_factory=dict)  # seq -> stream sequence
+    recent: list[Event] = field(default_factory=list)  # the newest, oldest first
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # this process's appends, one at a time
+    moved: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever the feed moves it on
+
+
+@dataclass(frozen=True)
+class JetStreamConfig:
+    servers: list[str]
+    stream: str = "SIDECAR"
+    replicas: int = 3
+
+
+class JetStreamLog:
+    """The log of every conversation on one JetStream stream, for one process."""
+
+    def __init__(
+        self,
+        config: JetStreamConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.max_event_bytes = max_event_bytes
+        self.on_event = on_event  # every event, in stream order, once (subscriptions, the controller)
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._feed: JetStreamContext.PushSubscription | None = None
+        self._convs: dict[str, _Conversation] = {}
+        self._ids: dict[str, tuple[str, int]] = {}  # event id -> (conversation, seq)
+        self._applied = 0  # the stream sequence the feed has taken in
+        self._catch_up_target = 0  # the stream's last sequence at start: caught up once the feed is there
+        self.caught_up = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, make sure the stream exists, and take in the whole log (the feed)."""
+        self._nc = await nats.connect(self.config.servers, max_reconnect_attempts=-1, name="sidecar")
+        self._js = self._nc.jetstream()
+        await self._ensure_stream()
+        info = await self._js.stream_info(self.config.stream)
+        target = info.state.last_seq
+        self._feed = await self._js.subscribe(
+            f"{self.config.stream}.log.>", stream=self.config.stream, ordered_consumer=True, cb=self._on_msg
+        )
+        if target == 0:
+            self.caught_up.set()
+        else:
+            self._catch_up_target = target
+        await self.caught_up.wait()
+
+    async def _ensure_stream(self) -> None:
+        assert self._js is not None
+        cfg = api.StreamConfig(
+            name=self.config.stream,
+            subjects=[f"{self.config.stream}.log.>"],
+            num_replicas=self.config.replicas,
+            storage=api.StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            allow_direct=True,
+            max_msg_size=self.max_event_bytes + 4096,
+        )
+        try:
+            await self._js.stream_info(self.config.stream)
+        except nats.js.errors.NotFoundError:
+            await _retrying(lambda: self._js_add(cfg))
+
+    async def _js_add(self, cfg: api.StreamConfig) -> None:
+        assert self._js is not None
+        try:
+            await self._js.add_stream(cfg)
+        except nats.js.errors.BadRequestError as exc:
+            if "already in use" not in str(exc.description):
+                raise
+
+    async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.unsubscribe()
+        if self._nc is not None:
+            await self._nc.drain()
+
+    # --- the feed --------------------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        meta = msg.metadata
+        stream_seq = meta.sequence.stream
+        try:
+            event = decode_event(msg.data)
+        except DECODE_ERRORS as exc:  # not ours (written by hand?): skipped, never trusted
+            log.warning("jetstream.bad_message", subject=msg.subject, stream_seq=stream_seq, error=str(exc))
+        else:
+            if event.conversation_id == cid_of(self.config.stream, msg.subject):
+                self._take(event, stream_seq)
+        self._applied = stream_seq
+        if not self.caught_up.is_set() and (stream_seq >= self._catch_up_target or meta.num_pending == 0):
+            self.caught_up.set()
+
+    def _take(self, event: Event, stream_seq: int) -> None:
+        """Take in an event written to the stream (by us or another process), once."""
+        conv = self._convs.setdefault(event.conversation_id, _Conversation())
+        if stream_seq <= conv.last_stream_seq:
+            return  # ours, taken in when it was acknowledged
+        conv.last_seq, conv.last_stream_seq, conv.last_ts = event.seq, stream_seq, event.timestamp
+        conv.clocks.observe(event.agent_id or DEFAULT_WRITER, event.clock)
+        conv.where[event.seq] = stream_seq
+        self._ids[event.id] = (event.conversation_id, event.seq)
+        conv.recent.append(event)
+        if len(conv.recent) > 2 * RECENT:
+            del conv.recent[:-RECENT]
+        conv.moved.set()
+        conv.moved = asyncio.Event()
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("jetstream.on_event_failed")
+
+    # --- appending -------------------------------------------------------------------------------
+
+    async def append(self, event: NewEvent | dict[str, object]) -> AppendResult:
+        """Append one event durably (a majority of the replicas have it on disk)."""
+        new = as_new_event(event if isinstance(event, NewEvent) else dict(event))
+        conv = self._convs.setdefault(new.conversation_id, _Conversation())
+        async with conv.lock:
+            return await self._append_locked(conv, new)
+
+    async def _append_locked(self, conv: _Conversation, new: NewEvent) -> AppendResult:
+        assert self._js is not None
+        event_id = new.id or new_event_id(self.clock.now_ns() // 1_000_000)
+        deadline = time.monotonic() + RETRY_S
+        while True:
+            known = self._ids.get(event_id)
+            if known is not None and known[0] == new.conversation_id:
+                return await self._existing(known[0], known[1])
+            if new.expected_seq is not None and new.expected_seq != conv.last_seq:
+                if await self._behind(conv, new.conversation_id, deadline):
+                    continue  # we had not seen the latest: look again with it
+                raise ConflictError(
+                    f"conversation {new.conversation_id!r} is at seq {conv.last_seq}, not {new.expected_seq}",
+                    {
+                        "conversation_id": new.conversation_id,
+                        "expected_seq": new.expected_seq,
+                        "last_seq": conv.last_seq,
+                    },
+                )
+            staged = conv.clocks.overlay()
+            writer = new.agent_id or DEFAULT_WRITER
+            if new.clock is not None:
+                staged.check_sent(writer, new.clock, new.conversation_id)
+                clock = dict(new.clock)
+            else:
+                clock = staged.next_clock(writer, ())
+            stamp = format_timestamp(self.clock.now_ns())
+            built = Event(
+                id=event_id,
+                seq=conv.last_seq + 1,
+                timestamp=max(stamp, conv.last_ts),
+                conversation_id=new.conversation_id,
+                type=new.type,
+                visibility=new.visibility,
+                level=new.level,
+                agent_id=new.agent_id,
+                task_id=new.task_id,
+                turn=new.turn,
+                caused_by=new.caused_by,
+                clock=clock,
+                data=new.data,
+            )
+            line = encode_event(built)
+            if len(line) > self.max_event_bytes:
+                raise InvalidParams(
+                    f"event is {len(line)} bytes encoded, over the limit of {self.max_event_bytes}",
+                    {"bytes": len(line), "max_event_bytes": self.max_event_bytes},
+                )
+            headers = {
+                "Nats-Msg-Id": event_id,
+                "Nats-Expected-Last-Subject-Sequence": str(conv.last_stream_seq),
+            }
+            moved = conv.moved
+            try:
+                ack = await self._js.publish(
+                    subject_of(self.config.stream, new.conversation_id),
+                    line[:-1],
+                    stream=self.config.stream,
+                    headers=headers,
+                )
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == _WRONG_LAST:  # another process wrote first: take it in, then again
+                    await self._wait(moved, deadline)
+                elif exc.err_code in _RETRY_CODES or exc.code in (409, 503):  # a write still in flight
+                    await self._pause(deadline)
+                else:
+                    raise StorageError(f"the stream refused the event: {exc.description}") from None
+                continue
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+                await self._pause(deadline)  # an election, or the outcome unknown: the id settles it
+                continue
+            if ack.duplicate:  # written before (a retry whose first try landed, or the same id elsewhere)
+                msg = await self._js.get_msg(self.config.stream, ack.seq, direct=True)
+                found = decode_event(msg.data or b"")
+                return AppendResult(
+                    id=found.id, seq=found.seq, timestamp=found.timestamp, clock=found.clock, duplicate=True
+                )
+            self._take(built, ack.seq)
+            return AppendResult(id=built.id, seq=built.seq, timestamp=built.timestamp, clock=built.clock)
+
+    async def _behind(self, conv: _Conversation, cid: str, deadline: float) -> bool:
+        """Whether the stream has newer messages of ``cid`` than we have taken in; if so, wait
+        (within ``deadline``) until the feed has brought them."""
+        assert self._js is not None
+        try:
+            last = await self._js.get_last_msg(self.config.stream, subject_of(self.config.stream, cid), direct=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        if last.seq is None or last.seq <= conv.last_stream_seq:
+            return False
+        while conv.last_stream_seq < last.seq:
+            await self._wait(conv.moved, deadline)
+        return True
+
+    async def _wait(self, moved: asyncio.Event, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StorageError("could not append: the conversation kept moving under us; nothing was acknowledged")
+        try:
+            await asyncio.wait_for(moved.wait(), min(left, 2.0))
+        except TimeoutError:
+            pass  # the feed may be reconnecting: try again, the stream says where it stands
+
+    async def _pause(self, deadline: float) -> None:
+        if time.monotonic() >= deadline:
+            raise StorageError("could not append: the NATS cluster did not answer in time; nothing was acknowledged")
+        await asyncio.sleep(0.05)
+
+    async def _existing(self, cid: str, seq: int) -> AppendResult:
+        event = await self.event_at(cid, seq)
+        if event is None:
+            raise StorageError(f"event {cid}#{seq} is indexed but not in the stream")
+        return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=event.clock, duplicate=True)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    async def event_at(self, cid: str, seq: int) -> Event | None:
+        conv = self._convs.get(cid)
+        if conv is None:
+            return None
+        if conv.recent and conv.recent[0].seq <= seq <= conv.recent[-1].seq:
+            event = conv.recent[seq - conv.recent[0].seq]
+            if event.seq == seq:
+                return event
+        stream_seq = conv.where.get(seq)
+        if stream_seq is None:
+            return None
+        assert self._js is not None
+        msg = await self._js.get_msg(self.config.stream, stream_seq, direct=True)
+        return decode_event(msg.data or b"")
+
+    async def get(self, event_id: str) -> Event | None:
+        found = self._ids.get(event_id.lower())
+        return None if found is None else await self.event_at(*found)
+
+    async def tail(self, cid: str, limit: int = 20) -> list[Event]:
+        conv = self._convs.get(cid)
+        if conv is None or limit <= 0:
+            return []
+        first = max(1, conv.last_seq - limit + 1)
+        events = [await self.event_at(cid, seq) for seq in range(first, conv.last_seq + 1)]
+        return [e for e in events if e is not None]
+
+    def last_seq(self, cid: str) -> int:
+        conv = self._convs.get(cid)
+        return conv.last_seq if conv is not None else 0
+
+
+async def _retrying(call: Callable[[], object]) -> None:
+    """``call`` until it gets an answer from the cluster (a stream just made, an election)."""
+    deadline = time.monotonic() + RETRY_S
+    while True:
+        try:
+            result = call()
+            if asyncio.iscoroutine(result):
+                await result
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)

@@ -1,0 +1,172 @@
+"""The JetStream log (sidecar.jetstream.log) on a real 3-node cluster: several processes'
+logs on one stream keep every conversation's seqs gapless, catch stale expectations and
+repeated ids across them, and see each other's appends."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from sidecar.errors import ConflictError
+from sidecar.jetstream.log import JetStreamConfig, JetStreamLog, subject_of
+from sidecar.log.events import Event
+from tests.support_nats import NatsCluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+async def started(urls: list[str], stream: str, **kw: Any) -> JetStreamLog:
+    log = JetStreamLog(JetStreamConfig(servers=urls, stream=stream, replicas=3), **kw)
+    await log.start()
+    return log
+
+
+def ev(cid: str, **kw: Any) -> dict[str, Any]:
+    return {"conversation_id": cid, "type": "agent.progress", "data": {"n": kw.pop("n", 0)}, **kw}
+
+
+def test_subjects_keep_dotted_conversations_apart() -> None:
+    assert subject_of("S", "a.b") == "S.log.a~b" and subject_of("S", "a") != subject_of("S", "a.b")
+
+
+def test_two_processes_append_to_one_conversation_and_seqs_stay_gapless(nats_urls: list[str], token: str) -> None:
+    async def test() -> None:
+        a, b = await started(nats_urls, token), await started(nats_urls, token)
+        try:
+
+            async def writer(log: JetStreamLog, tag: str) -> list[int]:
+                return [(await log.append(ev("c", agent_id=tag, n=i))).seq for i in range(40)]
+
+            seqs_a, seqs_b = await asyncio.gather(writer(a, "A"), writer(b, "B"))
+            assert sorted(seqs_a + seqs_b) == list(range(1, 81))  # gapless, none twice
+            for log in (a, b):
+                await until(lambda log=log: log.last_seq("c") == 80)
+                events = await log.tail("c", 80)
+                assert [e.seq for e in events] == list(range(1, 81))
+                stamps = [e.timestamp for e in events]
+                assert stamps == sorted(stamps)
+            # Each writer's clock counts its own events; the other's entries are what it had seen.
+            last_a = (await a.tail("c", 80))[-1]
+            assert last_a.clock[last_a.agent_id or ""] == 40
+        finally:
+            await a.close()
+            await b.close()
+
+    run(test)
+
+
+def test_expected_seq_and_repeated_ids_are_caught_across_processes(nats_urls: list[str], token: str) -> None:
+    async def test() -> None:
+        a, b = await started(nats_urls, token), await started(nats_urls, token)
+        try:
+            first = await a.append(ev("x"))
+            # b has not necessarily seen a's event yet: its stale view must not pass for the truth.
+            second = await b.append(ev("x", expected_seq=1))
+            assert (first.seq, second.seq) == (1, 2)
+            with pytest.raises(ConflictError) as err:
+                await a.append(ev("x", expected_seq=1))
+            assert err.value.data["last_seq"] == 2
+            same = str(uuid.uuid4())
+            one, two = await asyncio.gather(a.append(ev("x", id=same)), b.append(ev("x", id=same)))
+            assert one.seq == two.seq == 3 and one.id == two.id == same and (one.duplicate or two.duplicate)
+            again = await a.append(ev("x", id=same))
+            assert again.duplicate and again.seq == 3
+            await until(lambda: a.last_seq("x") == b.last_seq("x") == 3)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(test)
+
+
+def test_a_process_sees_what_another_appended_and_a_new_one_catches_up(nats_urls: list[str], token: str) -> None:
+    async def test() -> None:
+        seen: list[Event] = []
+        a = await started(nats_urls, token)
+        b = await started(nats_urls, token, on_event=seen.append)
+        try:
+            acks = [await a.append(ev(cid, n=i)) for i in range(5) for cid in ("p", "q.r")]
+            await until(lambda: len(seen) == 10)
+            assert [(e.conversation_id, e.seq) for e in seen if e.conversation_id == "q.r"] == [
+                ("q.r", s) for s in range(1, 6)
+            ]
+            got = await b.get(acks[-1].id)
+            assert got is not None and got.id == acks[-1].id
+            late = await started(nats_urls, token)  # started after the fact: the feed brings it all
+            try:
+                assert late.last_seq("p") == 5 and [e.seq for e in await late.tail("q.r", 3)] == [3, 4, 5]
+                assert (await late.append(ev("p"))).seq == 6
+            finally:
+                await late.close()
+        finally:
+            await a.close()
+            await b.close()
+
+    run(test)
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a process's feed to take in what another wrote: ask again until the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "the feed never brought it"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_killing_the_stream_leader_under_load_loses_no_acknowledged_event(
+    nats_cluster: NatsCluster, nats_urls: list[str], token: str
+) -> None:
+    """Two processes append to one conversation while the stream's leader is killed -9: every
+    acknowledged event is there afterwards, at its seq, and the seqs have no gap."""
+
+    async def test() -> None:
+        a, b = await started(nats_urls, token), await started(nats_urls, token)
+        acked: list[tuple[int, str]] = []
+        stop = asyncio.Event()
+
+        async def writer(log: JetStreamLog, tag: str) -> None:
+            n = 0
+            while not stop.is_set():
+                ack = await log.append(ev("load", agent_id=tag, n=n))
+                acked.append((ack.seq, ack.id))
+                n += 1
+
+        tasks = [asyncio.create_task(writer(a, "A")), asyncio.create_task(writer(b, "B"))]
+        try:
+            await until(lambda: len(acked) >= 100)
+            assert a._js is not None
+            leader = (await a._js.stream_info(token)).cluster.leader
+            victim = nats_cluster.index_of(leader or "")
+            nats_cluster.kill(victim)
+            before = len(acked)
+            await until(lambda: len(acked) >= before + 100, timeout=60)  # a new leader took over
+            nats_cluster.start(victim)
+            await until(lambda: len(acked) >= before + 200, timeout=60)
+        finally:
+            stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        try:
+            fresh = await started(nats_urls, token)  # reads the stream from scratch
+            try:
+                events = await fresh.tail("load", len(acked) + 10)
+                assert [e.seq for e in events] == list(range(1, len(events) + 1))
+                by_seq = {e.seq: e.id for e in events}
+                assert all(by_seq.get(seq) == event_id for seq, event_id in acked)  # nothing acknowledged lost
+                assert len(events) == len(acked)
+            finally:
+                await fresh.close()
+        finally:
+            await a.close()
+            await b.close()
+
+    run(test)
