@@ -52,7 +52,7 @@ from sidecar.rpc.protocol import (
     error_response,
 )
 from sidecar.search.index import SearchIndex
-from sidecar.search.indexer import Indexer
+from sidecar.search.process import IndexerProcess
 from sidecar.search.service import SearchService
 from sidecar.summary.cache import SummaryCache
 from sidecar.tasks.history import rebuild_missing
@@ -145,7 +145,7 @@ class Daemon:
             retention_dropped_segments=k.dropped_segments,
             compressed_segments=k.compressed_segments,
             compression_ratio=round(k.plain_bytes / k.compressed_bytes, 2) if k.compressed_bytes else 0.0,
-            search_indexed=self.indexer.stats.indexed,
+            search_indexed=self.indexer.indexed,
             search_queue=self.indexer.depth(),
             internal_errors=registry.internal_errors,
             faults=self._faults(),
@@ -223,15 +223,16 @@ class Daemon:
             )
             await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
             await anyio.to_thread.run_sync(self.tasks.load)
-            self.search_index = SearchIndex(self.store.data_dir)
-            self.indexer = Indexer(self.store, self.search_index, enabled=self.config.search.enabled)
-            self.indexer.start()  # opens the index and catches up with the logs, in its thread
+            self.search_index = SearchIndex(self.store.data_dir)  # read here; written by the indexer process
+            self.indexer = IndexerProcess(
+                self.store.data_dir, enabled=self.config.search.enabled, log_format=self.config.server.log_format
+            )
             self.keeper = ArchiveKeeper(
                 self.store.paths,
                 _retention(self.config),
                 clock=self.clock,
                 before_drop=functools.partial(carry_forward, self.store),
-                after_drop=self.indexer.dropped,
+                after_drop=lambda cid, seq: anyio.from_thread.run_sync(self.indexer.dropped, cid, seq),
             )
 
             self.summaries = SummaryCache(self.store)
@@ -302,6 +303,7 @@ class Daemon:
                 await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
                 await tg.start(supervise, "groups", self._flush_groups, self.fault)
                 await tg.start(supervise, "archive", self._keep_archive, self.fault)
+                await tg.start(supervise, "search-indexer", self.indexer.run, self.fault)
                 await tg.start(self._signals)  # handlers in place before READY=1
                 if notifier.watchdog_interval:
                     tg.start_soon(self._watchdog, notifier)
@@ -338,10 +340,9 @@ class Daemon:
                         await anyio.to_thread.run_sync(groups.flush)  # the last acks, on disk
                     except OSError as exc:
                         log.error("daemon.groups_flush_failed", error=str(exc))
-            indexer = getattr(self, "indexer", None)
-            if indexer is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(indexer.stop)  # what is queued is indexed first
+            index = getattr(self, "search_index", None)
+            if index is not None:
+                index.close()
             if hasattr(self, "store"):
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()

@@ -10,7 +10,15 @@ indexed of each conversation is recorded in the same transaction as the events t
 
 The ``docs`` table holds what a hit needs besides the text (where the event is, its type,
 agent and time, for filters); ``fts`` is an external-content FTS5 table over ``docs``'
-``type`` and ``body``, so the text is stored once and snippets come from it.
+``type``, ``body`` and ``scope`` (the conversation, as one token), so the text is stored
+once and snippets come from it. Triggers keep ``fts`` in step with ``docs``, and ``body`` is
+drawn from the event's data by SQLite itself (``json_tree``): the indexer's Python does
+little per event, since it shares the interpreter with the daemon's event loop.
+
+Ranking scores every match, so a word in most events would cost time in proportion to the
+log. A query that matches more than :data:`CANDIDATES` events ranks the newest that many
+(found in rowid order, which FTS5 walks without scoring); the conversation filter is part
+of the match itself, so it narrows that work instead of following it.
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ from sidecar.datadir import open_regular, private_dir
 
 log = structlog.get_logger("sidecar.search")
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 INDEX_DIR = "index"
 INDEX_FILE = "search.sqlite3"
 MAX_BODY_CHARS = 32 * 1024  # of an event's text: a huge tool output is found by its start
+CANDIDATES = 1000  # the most matches a query ranks: the newest, when there are more (bm25: ~5 us each)
 SNIPPET_OPEN, SNIPPET_CLOSE = "**", "**"  # the matched words in a snippet, as in Markdown
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,14 +54,27 @@ CREATE TABLE IF NOT EXISTS docs(
     agent_id TEXT,
     task_id TEXT,
     timestamp TEXT NOT NULL,
+    scope TEXT NOT NULL,
     body TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS docs_place ON docs(conversation_id, seq);
 CREATE INDEX IF NOT EXISTS docs_task ON docs(task_id) WHERE task_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS progress(conversation_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    type, body, content='docs', content_rowid='rowid', tokenize='unicode61 remove_diacritics 2'
+    type, body, scope, content='docs', content_rowid='rowid', tokenize='unicode61 remove_diacritics 2'
 );
+CREATE TRIGGER IF NOT EXISTS docs_added AFTER INSERT ON docs BEGIN
+    INSERT INTO fts(rowid, type, body, scope) VALUES (new.rowid, new.type, new.body, new.scope);
+END;
+CREATE TRIGGER IF NOT EXISTS docs_removed AFTER DELETE ON docs BEGIN
+    INSERT INTO fts(fts, rowid, type, body, scope) VALUES ('delete', old.rowid, old.type, old.body, old.scope);
+END;
+"""
+# One event: its place and labels, then its data as JSON, whose strings become the body.
+_INSERT = f"""
+INSERT OR IGNORE INTO docs(conversation_id, seq, event_id, type, agent_id, task_id, timestamp, scope, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, substr(coalesce(
+    (SELECT group_concat(value, char(10)) FROM json_tree(?) WHERE type = 'text'), ''), 1, {MAX_BODY_CHARS}))
 """
 
 
@@ -62,7 +84,7 @@ class IndexDamaged(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Doc:
-    """What is indexed of one event."""
+    """What is indexed of one event; ``data`` is its data as JSON (SQLite draws the strings)."""
 
     conversation_id: str
     seq: int
@@ -71,7 +93,25 @@ class Doc:
     agent_id: str | None
     task_id: str | None
     timestamp: str
-    body: str
+    data: str
+
+    def row(self) -> tuple[str, int, str, str, str | None, str | None, str, str, str]:
+        return (
+            self.conversation_id,
+            self.seq,
+            self.event_id,
+            self.type,
+            self.agent_id,
+            self.task_id,
+            self.timestamp,
+            scope_of(self.conversation_id),
+            self.data,
+        )
+
+
+def scope_of(cid: str) -> str:
+    """A conversation as one FTS5 token (its hex), so a match can be limited to it exactly."""
+    return "c" + cid.encode().hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +124,16 @@ class Hit:
 
 
 def body_of(data: object) -> str:
-    """The strings in an event's data, depth first, one per line, at most ``MAX_BODY_CHARS``."""
+    """The strings in an event's data, depth first, one per line, at most ``MAX_BODY_CHARS``:
+    what the index draws with ``json_tree``, in Python (the tests and the benchmark's naive
+    scan check the index against it). As in SQLite, a string ends at a NUL character."""
     parts: list[str] = []
     size = 0
     stack: list[object] = [data]
     while stack and size < MAX_BODY_CHARS:
         item = stack.pop()
         if isinstance(item, str):
+            item = item.partition("\x00")[0]
             parts.append(item)
             size += len(item) + 1
         elif isinstance(item, Mapping):
@@ -181,6 +224,8 @@ class SearchIndex:
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            if not os.path.isfile(self.path):  # not made yet: never made here (it would not be 0600)
+                raise sqlite3.OperationalError(f"no index at {self.path} yet")
             conn = sqlite3.connect(self.path, check_same_thread=False)
             conn.execute("PRAGMA query_only = 1")  # a reader: it never writes, whatever it is asked
             self._local.conn = conn
@@ -198,18 +243,10 @@ class SearchIndex:
         """Index ``docs`` and record ``progress`` (conversation -> last seq indexed), in one
         transaction; how many were added (a doc already there is skipped)."""
         w = self._w
-        added = 0
         with _transaction(w):
-            for d in docs:
-                cur = w.execute(
-                    "INSERT OR IGNORE INTO docs"
-                    "(conversation_id, seq, event_id, type, agent_id, task_id, timestamp, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (d.conversation_id, d.seq, d.event_id, d.type, d.agent_id, d.task_id, d.timestamp, d.body),
-                )
-                if cur.rowcount:
-                    w.execute("INSERT INTO fts(rowid, type, body) VALUES (?, ?, ?)", (cur.lastrowid, d.type, d.body))
-                    added += 1
+            before = w.total_changes
+            w.executemany(_INSERT, [d.row() for d in docs])
+            added = (w.total_changes - before) // 2  # each doc, and its fts row by the trigger
             w.executemany(
                 "INSERT INTO progress VALUES (?, ?) "
                 "ON CONFLICT(conversation_id) DO UPDATE SET last_seq = excluded.last_seq",
@@ -225,11 +262,7 @@ class SearchIndex:
             if through_seq is None
             else ("conversation_id = ? AND seq <= ?", [cid, through_seq])
         )
-        with _transaction(w):
-            w.execute(
-                f"INSERT INTO fts(fts, rowid, type, body) SELECT 'delete', rowid, type, body FROM docs WHERE {where}",
-                args,
-            )
+        with _transaction(w):  # the trigger takes each out of fts too
             removed = w.execute(f"DELETE FROM docs WHERE {where}", args).rowcount
             if through_seq is None:
                 w.execute("DELETE FROM progress WHERE conversation_id = ?", (cid,))
@@ -249,11 +282,20 @@ class SearchIndex:
         end: str | None = None,
         before_seq: int | None = None,
     ) -> list[Hit]:
-        """The best ``limit`` matches of an FTS5 expression (see :mod:`sidecar.search.query`)."""
+        """The best ``limit`` matches of an FTS5 expression (see :mod:`sidecar.search.query`),
+        among the newest :data:`CANDIDATES` when there are more."""
+        match = fts_query if conversation_id is None else f'({fts_query}) AND scope : "{scope_of(conversation_id)}"'
+        reader = self._reader()
         where = ["fts MATCH ?"]
-        args: list[Any] = [fts_query]
+        args: list[Any] = [match]
+        oldest = reader.execute(
+            "SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?", (match, CANDIDATES - 1)
+        ).fetchone()
+        if oldest is not None:  # more matches than we rank: the newest of them
+            where.append("fts.rowid >= ?")
+            args.append(oldest[0])
         if conversation_id is not None:
-            where.append("d.conversation_id = ?")
+            where.append("d.conversation_id = ?")  # the scope token is exact; this is belt and braces
             args.append(conversation_id)
         for column, values in (("d.type", types), ("d.agent_id", agent_ids)):
             if values:
@@ -268,13 +310,13 @@ class SearchIndex:
         if before_seq is not None:
             where.append("d.seq < ?")
             args.append(before_seq)
-        sql = (
-            "SELECT d.conversation_id, d.seq, d.event_id, bm25(fts, 2.0, 1.0) AS rank, "
+        sql = (  # CROSS JOIN: the match first, always (the planner may start from docs otherwise)
+            "SELECT d.conversation_id, d.seq, d.event_id, bm25(fts, 2.0, 1.0, 0.0) AS rank, "
             f"snippet(fts, -1, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 16) "
-            f"FROM fts JOIN docs d ON d.rowid = fts.rowid WHERE {' AND '.join(where)} ORDER BY rank LIMIT ?"
+            f"FROM fts CROSS JOIN docs d ON d.rowid = fts.rowid WHERE {' AND '.join(where)} ORDER BY rank LIMIT ?"
         )
         args.append(limit)
-        rows = self._reader().execute(sql, args).fetchall()
+        rows = reader.execute(sql, args).fetchall()
         return [Hit(cid, seq, event_id, round(-rank, 6), snippet) for cid, seq, event_id, rank, snippet in rows]
 
     def newest_of_tasks(self, task_ids: list[str]) -> dict[str, str]:

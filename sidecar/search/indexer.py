@@ -17,18 +17,24 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import structlog
 
 from sidecar.batcher import Batcher
 from sidecar.log.events import Event
 from sidecar.log.store import EventStore
-from sidecar.search.index import Doc, SearchIndex, body_of
+from sidecar.search.index import Doc, SearchIndex
 
 log = structlog.get_logger("sidecar.search")
 
 MAX_QUEUED = 100_000  # events waiting for the indexer; past it, it reads them from the log
+# After each transaction the indexer waits this long, so that what commits meanwhile goes in
+# the next one together: a transaction per event would cost appends far more than this costs
+# freshness (the contract's promise is a second).
+LINGER_S = 0.05
 _PAGE = 2000  # events read back from the log, and indexed, per transaction
 
 
@@ -67,6 +73,9 @@ class IndexerStats:
     catching_up: bool = False
 
 
+_data_encoder = msgspec.json.Encoder()
+
+
 def doc_of(event: Event) -> Doc:
     return Doc(
         conversation_id=event.conversation_id,
@@ -76,7 +85,7 @@ def doc_of(event: Event) -> Doc:
         agent_id=event.agent_id,
         task_id=event.task_id,
         timestamp=event.timestamp,
-        body=body_of(event.data),
+        data=_data_encoder.encode(event.data).decode(),
     )
 
 
@@ -97,6 +106,7 @@ class Indexer:
         self._lock = threading.Lock()
         self._batcher: Batcher[Item] = Batcher(self._work, "sidecar-search")
         self.caught_up = threading.Event()
+        self.on_batch: Callable[[], None] | None = None  # after each batch taken in (the worker reports it)
 
     # --- from the event loop ---------------------------------------------------------------
 
@@ -125,6 +135,12 @@ class Indexer:
                 if event.seq > self._behind.get(event.conversation_id, 0):
                     fresh[event.conversation_id] = self._behind[event.conversation_id] = event.seq
         self._batcher.put([_Behind(cid, seq) for cid, seq in fresh.items()])
+
+    def behind(self, cid: str, seq: int) -> None:
+        """Events of ``cid`` up to ``seq`` are durable: read them from the log (how the worker
+        process of :mod:`sidecar.daemon.search_worker` is told about commits)."""
+        if self.enabled:
+            self._batcher.put([_Behind(cid, seq)])
 
     def forget(self, cid: str) -> None:
         """The conversation was deleted (in commit order: before any event of a new one)."""
@@ -156,6 +172,9 @@ class Indexer:
         finally:
             with self._lock:
                 self._queued -= taken
+        if self.on_batch is not None:
+            self.on_batch()
+        time.sleep(LINGER_S)
 
     def _apply(self, items: list[Item]) -> None:
         run: list[Event] = []

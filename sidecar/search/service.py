@@ -9,6 +9,8 @@ index's copy.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from typing import Protocol
 
 import msgspec
 import structlog
@@ -17,12 +19,11 @@ from sidecar.errors import ForbiddenError, InvalidParams
 from sidecar.log.events import Event
 from sidecar.log.store import EventStore
 from sidecar.search.index import SearchIndex
-from sidecar.search.indexer import Indexer
 from sidecar.search.query import to_fts
 
 log = structlog.get_logger("sidecar.search")
 
-_SPARE = 10  # hits asked for beyond the limit, for those the log no longer has
+_SPARE = 5  # hits asked for beyond the limit, for those the log no longer has
 
 
 class SearchHit(msgspec.Struct, kw_only=True):
@@ -36,8 +37,14 @@ class SearchResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     indexing: bool = False  # the index is still being built from the logs: hits may be missing
 
 
+class IndexerStatus(Protocol):
+    """What search needs to know of whoever keeps the index: whether it has caught up."""
+
+    caught_up: threading.Event
+
+
 class SearchService:
-    def __init__(self, store: EventStore, index: SearchIndex, indexer: Indexer, *, enabled: bool = True) -> None:
+    def __init__(self, store: EventStore, index: SearchIndex, indexer: IndexerStatus, *, enabled: bool = True) -> None:
         self.store = store
         self.index = index
         self.indexer = indexer

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,6 +113,7 @@ def test_context_adds_related_events_and_the_tasks_around_a_focus_task(daemon: D
         c.call("tasks.create", {"id": "c", "type": "ship", "dependency_ids": ["b"], "conversation_id": "ctx"})
         c.call("tasks.create", {"id": "d", "type": "party", "dependency_ids": ["c"], "conversation_id": "ctx"})
         c.call("tasks.create", {"id": "far", "type": "other", "conversation_id": "ctx"})
+        within(1.0, lambda: len(found(c, "created", conversation_id="ctx", types=["task.created"])) == 5)
         ctx = c.call(
             "context.build",
             {"conversation_id": "ctx", "budget_tokens": 4000, "query": "password rotation", "focus_task_id": "a"},
@@ -154,3 +157,32 @@ def test_search_can_be_turned_off(start_daemon: Any) -> None:  # noqa: F811
                 raise AssertionError(f"{method} answered with search off")
         assert c.call("context.build", {"conversation_id": "off", "budget_tokens": 500})["layers"]
     assert not (d.data_dir / "index").exists()
+
+
+def worker_pids(data_dir: Any) -> list[int]:
+    """The indexer processes working on ``data_dir`` (from /proc: their command lines)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"sidecar.daemon.search_worker" in argv and str(data_dir).encode() in argv:
+                pids.append(int(entry))
+    return pids
+
+
+def test_the_indexer_process_is_restarted_and_never_outlives_its_daemon(start_daemon: Any) -> None:  # noqa: F811
+    d = start_daemon()
+    with Client(d.socket_path) as c:
+        note(c, "w", "before the crash: albatross")
+        within(1.0, lambda: found(c, "albatross"))
+        (pid,) = within(5.0, lambda: worker_pids(d.data_dir))
+        os.kill(pid, signal.SIGKILL)
+        note(c, "w", "after the crash: albatross")  # the daemon goes on; a new worker catches up
+        within(10.0, lambda: len(found(c, "albatross")) == 2)
+        assert c.call("sys.stats")["faults"].get("search-indexer", 0) >= 1
+    d.stop(signal.SIGKILL)  # the daemon dies without a word: its worker sees its stdin end
+    within(10.0, lambda: not worker_pids(d.data_dir))

@@ -3,6 +3,7 @@ filters filter, and a damaged file is put aside and built again from the log."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ VOCAB = ["deploy", "Déjà", "timeout", "refused", "agent", "error", "café", "x
 
 
 def doc(i: int, body: str, *, cid: str = "c", type_: str = "note.added", agent: str | None = None) -> Doc:
-    return Doc(cid, i, f"id-{cid}-{i}", type_, agent, None, f"2026-01-01T00:00:{i % 60:02d}.000000Z", body)
+    data = json.dumps({"text": body})
+    return Doc(cid, i, f"id-{cid}-{i}", type_, agent, None, f"2026-01-01T00:00:{i % 60:02d}.000000Z", data)
 
 
 def index_of(tmp_path: Path, docs: list[Doc]) -> SearchIndex:
@@ -88,6 +90,27 @@ def test_body_holds_the_strings_in_data_depth_first_and_bounded() -> None:
     data: dict[str, Any] = {"a": "first", "n": 3, "b": ["second", {"c": "third"}], "d": None}
     assert body_of(data) == "first\nsecond\nthird"
     assert len(body_of({"big": "x" * 100_000})) == 32 * 1024
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.dictionaries(st.text(max_size=5), json_values, max_size=5))
+def test_the_index_draws_the_same_body_as_body_of(tmp_path: Path, data: dict[str, Any]) -> None:
+    """SQLite's json_tree draws the body in the index; body_of is the same rule in Python."""
+    path = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+    path.mkdir()
+    index = index_of(path, [Doc("c", 1, "e", "t.x", None, None, "t", json.dumps(data))])
+    try:
+        (stored,) = index._w.execute("SELECT body FROM docs").fetchone()
+        assert stored == body_of(data)
+    finally:
+        index.close()
 
 
 def test_a_damaged_index_file_is_put_aside_and_built_again_from_the_log(data_dir: Path) -> None:
