@@ -238,7 +238,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2
-    configure(config.server.log_level, args.log_format or config.server.log_format)
+    if args.log_format:  # the flag wins, for the daemon and the processes it starts (the indexer)
+        config.server.log_format = args.log_format
+    configure(config.server.log_level, config.server.log_format)
     return serve(config, args.config or os.environ.get("SIDECAR_CONFIG"))
 
 

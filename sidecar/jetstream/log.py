@@ -43,9 +43,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.errors import ConflictError, InvalidParams, StorageError
+from sidecar.errors import ConflictError, StorageError
 from sidecar.log.clocks import DEFAULT_WRITER, ClockState
-from sidecar.log.events import AppendResult, Event, NewEvent, as_new_event, decode_event, encode_event
+from sidecar.log.events import AppendResult, Event, NewEvent, as_new_event, decode_event, encode_within, placed
 from sidecar.log.ids import new_event_id
 from sidecar.log.segments import DECODE_ERRORS
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
@@ -236,27 +236,10 @@ class JetStreamLog:
             else:
                 clock = staged.next_clock(writer, ())
             stamp = format_timestamp(self.clock.now_ns())
-            built = Event(
-                id=event_id,
-                seq=conv.last_seq + 1,
-                timestamp=max(stamp, conv.last_ts),
-                conversation_id=new.conversation_id,
-                type=new.type,
-                visibility=new.visibility,
-                level=new.level,
-                agent_id=new.agent_id,
-                task_id=new.task_id,
-                turn=new.turn,
-                caused_by=new.caused_by,
-                clock=clock,
-                data=new.data,
+            built = placed(
+                new, event_id=event_id, seq=conv.last_seq + 1, timestamp=max(stamp, conv.last_ts), clock=clock
             )
-            line = encode_event(built)
-            if len(line) > self.max_event_bytes:
-                raise InvalidParams(
-                    f"event is {len(line)} bytes encoded, over the limit of {self.max_event_bytes}",
-                    {"bytes": len(line), "max_event_bytes": self.max_event_bytes},
-                )
+            line = encode_within(built, self.max_event_bytes)
             headers = {
                 "Nats-Msg-Id": event_id,
                 "Nats-Expected-Last-Subject-Sequence": str(conv.last_stream_seq),

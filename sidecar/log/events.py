@@ -174,6 +174,36 @@ def decode_event(line: bytes) -> Event:
     return _event_decoder.decode(line)
 
 
+def placed(new: NewEvent, *, event_id: str, seq: int, timestamp: str, clock: dict[str, int]) -> Event:
+    """The event a writer's ``new`` becomes at its place in a log."""
+    return Event(
+        id=event_id,
+        seq=seq,
+        timestamp=timestamp,
+        conversation_id=new.conversation_id,
+        type=new.type,
+        visibility=new.visibility,
+        level=new.level,
+        agent_id=new.agent_id,
+        task_id=new.task_id,
+        turn=new.turn,
+        caused_by=new.caused_by,
+        clock=clock,
+        data=new.data,
+    )
+
+
+def encode_within(event: Event, limit: int) -> bytes:
+    """The event's line, or :class:`InvalidParams` when it is over ``limit`` bytes encoded."""
+    line = encode_event(event)
+    if len(line) > limit:
+        raise InvalidParams(
+            f"event is {len(line)} bytes encoded, over the limit of {limit}",
+            {"bytes": len(line), "max_event_bytes": limit},
+        )
+    return line
+
+
 def event_to_dict(event: Event) -> dict[str, Any]:
     """Plain builtins for callers of the embedded API."""
     return msgspec.to_builtins(event)

@@ -30,7 +30,7 @@ from sidecar.errors import ConflictError, InvalidParams, SidecarError, StorageEr
 from sidecar.log import files
 from sidecar.log.clocks import DEFAULT_WRITER, Clock, ClockState, writer_of
 from sidecar.log.conversation import Conversation, LogPaths
-from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_event
+from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_within, placed
 from sidecar.log.ids import new_event_id
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal
@@ -503,27 +503,14 @@ class LogWriter:
             p.clocks.observe(writer, clock)
         else:  # taken in as the writer's newest (undone with the request, if it fails)
             clock = p.clocks.next_clock(writer, self._cause_clocks(p, ev.caused_by) if ev.caused_by else ())
-        event = Event(
-            id=ev.id or new_event_id(now_ms),
+        event = placed(
+            ev,
+            event_id=ev.id or new_event_id(now_ms),
             seq=p.next_seq,
             timestamp=max(stamp, p.last_ts),  # never backwards, even when the wall clock is
-            conversation_id=ev.conversation_id,
-            type=ev.type,
-            visibility=ev.visibility,
-            level=ev.level,
-            agent_id=ev.agent_id,
-            task_id=ev.task_id,
-            turn=ev.turn,
-            caused_by=ev.caused_by,
             clock=clock,
-            data=ev.data,
         )
-        line = encode_event(event)
-        if len(line) > self.max_event_bytes:
-            raise InvalidParams(
-                f"event is {len(line)} bytes encoded, over the limit of {self.max_event_bytes}",
-                {"bytes": len(line), "max_event_bytes": self.max_event_bytes},
-            )
+        line = encode_within(event, self.max_event_bytes)
         p.lines.append(line)
         p.events.append(event)
         p.fresh[event.id] = event

@@ -19,32 +19,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import pytest
-from sidecar_client import Agent, AsyncTaskContext, Client, LeaseLost, RpcError, Task, TaskContext
+from sidecar_client import Agent, AsyncTaskContext, LeaseLost, RpcError, Task, TaskContext
 
+from tests.client.agents import WAIT, connect, running, wait_for
 from tests.daemon.conftest import child_env, daemon, start_daemon  # noqa: F401
-
-WAIT = 15.0  # seconds any one thing may take before the test fails instead of hanging
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], what: str, timeout: float = WAIT) -> T:
-    """``check()`` until it is truthy (its value), polled every 20 ms, for at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        time.sleep(0.02)
-
-
-def connect(d: Any) -> Client:
-    return Client(d.socket_path, timeout=WAIT)
 
 
 def get(d: Any, task_id: str) -> Task:
@@ -62,28 +44,6 @@ def status_is(d: Any, task_id: str, *statuses: str) -> Callable[[], Task | None]
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-@contextmanager
-def running(agent: Agent) -> Iterator[Agent]:
-    """``agent.run()`` in a thread of its own; stopped (and checked to return cleanly) after."""
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            agent.run()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, name=f"test agent {agent.agent_id}", daemon=True)
-    thread.start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
-        thread.join(timeout=WAIT)
-        assert not thread.is_alive(), "the agent did not stop"
-        assert not errors, errors
 
 
 # --- outcomes ------------------------------------------------------------------------------------
