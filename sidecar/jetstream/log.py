@@ -218,8 +218,10 @@ class JetStreamLog:
             if known is not None and known[0] == new.conversation_id:
                 return await self._existing(known[0], known[1])
             if new.expected_seq is not None and new.expected_seq != conv.last_seq:
-                if await self._behind(conv, new.conversation_id, deadline):
-                    continue  # we had not seen the latest: look again with it
+                seen = conv.last_stream_seq
+                await self._behind(conv, new.conversation_id, deadline)
+                if conv.last_stream_seq != seen:
+                    continue  # we had not seen the latest (or it came meanwhile): look again with it
                 raise ConflictError(
                     f"conversation {new.conversation_id!r} is at seq {conv.last_seq}, not {new.expected_seq}",
                     {
@@ -272,19 +274,16 @@ class JetStreamLog:
             self._take(built, ack.seq)
             return AppendResult(id=built.id, seq=built.seq, timestamp=built.timestamp, clock=built.clock)
 
-    async def _behind(self, conv: _Conversation, cid: str, deadline: float) -> bool:
-        """Whether the stream has newer messages of ``cid`` than we have taken in; if so, wait
-        (within ``deadline``) until the feed has brought them."""
+    async def _behind(self, conv: _Conversation, cid: str, deadline: float) -> None:
+        """Wait (within ``deadline``) until the feed has brought every message of ``cid`` the
+        stream has now."""
         assert self._js is not None
         try:
             last = await self._js.get_last_msg(self.config.stream, subject_of(self.config.stream, cid), direct=True)
         except nats.js.errors.NotFoundError:
-            return False
-        if last.seq is None or last.seq <= conv.last_stream_seq:
-            return False
-        while conv.last_stream_seq < last.seq:
+            return
+        while last.seq is not None and conv.last_stream_seq < last.seq:
             await self._wait(conv.moved, deadline)
-        return True
 
     async def _wait(self, moved: asyncio.Event, deadline: float) -> None:
         left = deadline - time.monotonic()
