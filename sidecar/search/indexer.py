@@ -1,12 +1,10 @@
-"""The indexer: keeps the search index a projection of the log, off the append path.
+"""The indexer: keeps the search index a projection of the log.
 
-Every durable batch reaches it from the daemon's fan-out (in commit order, with the events
-already decoded) and is queued for its thread, which indexes what it got as one transaction:
-so an event is searchable a few milliseconds after its acknowledgement, and the commit thread
-never waits for SQLite. What the queue may hold is bounded; past it, the indexer is told only
-where each conversation has got to and reads the rest back from the log itself. Reading back
-is also how it catches up at start (a new, stale or damaged index is built from the logs,
-with progress logged) and how it fills any gap it finds.
+It runs in a process of its own (:mod:`sidecar.daemon.search_worker`), told how far each
+conversation's commits have got (:meth:`Indexer.behind`); its thread reads those events back
+from the log, the source of truth, and indexes what came in about 50 ms as one transaction.
+Reading back is also how it catches up at start (a new, stale or damaged index is built from
+the logs, with progress logged).
 
 Deleting a conversation and retention reach it through the same queue, in order, so what
 it removes is exactly what is gone.
@@ -30,7 +28,6 @@ from sidecar.search.index import Doc, SearchIndex
 
 log = structlog.get_logger("sidecar.search")
 
-MAX_QUEUED = 100_000  # events waiting for the indexer; past it, it reads them from the log
 # After each transaction the indexer waits this long, so that what commits meanwhile goes in
 # the next one together: a transaction per event would cost appends far more than this costs
 # freshness (the contract's promise is a second).
@@ -51,7 +48,7 @@ class _Dropped:
 
 @dataclass(frozen=True, slots=True)
 class _Behind:
-    """Events of ``cid`` up to ``seq`` were committed but not queued: read them from the log."""
+    """Events of ``cid`` up to ``seq`` are durable: read them from the log."""
 
     cid: str
     seq: int
@@ -61,7 +58,7 @@ class _CatchUp:
     """Compare the index with every conversation's log and close the gaps (at start)."""
 
 
-Item = Event | _Forget | _Dropped | _Behind | _CatchUp
+Item = _Forget | _Dropped | _Behind | _CatchUp
 
 
 @dataclass
@@ -92,132 +89,61 @@ def doc_of(event: Event) -> Doc:
 class Indexer:
     """The one writer of the search index, in a thread of its own."""
 
-    def __init__(
-        self, store: EventStore, index: SearchIndex, *, max_queued: int = MAX_QUEUED, enabled: bool = True
-    ) -> None:
-        self.enabled = enabled  # off ([search] enabled = false): every call is a no-op
+    def __init__(self, store: EventStore, index: SearchIndex) -> None:
         self.store = store
         self.index = index
-        self.max_queued = max_queued
         self.stats = IndexerStats()
         self._indexed: dict[str, int] = {}  # conversation -> last seq indexed
-        self._queued = 0  # events put and not yet indexed
-        self._behind: dict[str, int] = {}  # overflowed conversations, and how far they got
-        self._lock = threading.Lock()
         self._batcher: Batcher[Item] = Batcher(self._work, "sidecar-search")
         self.caught_up = threading.Event()
         self.on_batch: Callable[[], None] | None = None  # after each batch taken in (the worker reports it)
 
-    # --- from the event loop ---------------------------------------------------------------
-
     def start(self) -> None:
         """Open the index (a damaged one is put aside) and catch up with the logs, in the
         indexer's thread."""
-        if not self.enabled:
-            self.caught_up.set()
-            return
         self._batcher.put([_CatchUp()])
 
-    def offer(self, events: list[Event]) -> None:
-        """A durable batch (the daemon's fan-out calls this in commit order)."""
-        if not self.enabled:
-            return
-        with self._lock:
-            room = self._queued + len(events) <= self.max_queued
-            if room:
-                self._queued += len(events)
-        if room:
-            self._batcher.put(list(events))
-            return
-        with self._lock:  # too much waiting: say only how far each conversation got
-            fresh = {}
-            for event in events:
-                if event.seq > self._behind.get(event.conversation_id, 0):
-                    fresh[event.conversation_id] = self._behind[event.conversation_id] = event.seq
-        self._batcher.put([_Behind(cid, seq) for cid, seq in fresh.items()])
-
     def behind(self, cid: str, seq: int) -> None:
-        """Events of ``cid`` up to ``seq`` are durable: read them from the log (how the worker
-        process of :mod:`sidecar.daemon.search_worker` is told about commits)."""
-        if self.enabled:
-            self._batcher.put([_Behind(cid, seq)])
+        """Events of ``cid`` up to ``seq`` are durable: read them from the log."""
+        self._batcher.put([_Behind(cid, seq)])
 
     def forget(self, cid: str) -> None:
         """The conversation was deleted (in commit order: before any event of a new one)."""
-        if self.enabled:
-            self._batcher.put([_Forget(cid)])
+        self._batcher.put([_Forget(cid)])
 
     def dropped(self, cid: str, through_seq: int) -> None:
         """Retention dropped the conversation's events up to ``through_seq``."""
-        if self.enabled:
-            self._batcher.put([_Dropped(cid, through_seq)])
+        self._batcher.put([_Dropped(cid, through_seq)])
 
     def stop(self) -> None:
+        """Finish what was asked, then close the index."""
         self._batcher.stop()
         self.index.close()
-
-    def depth(self) -> int:
-        return self._queued
 
     # --- the indexer's thread ------------------------------------------------------------------
 
     def _work(self, items: list[Item]) -> None:
-        taken = sum(isinstance(item, Event) for item in items)
         try:
-            self._apply(items)
+            for item in items:
+                self._apply(item)
         except sqlite3.DatabaseError as exc:  # the file went bad under us: build it again
             self._rebuild(str(exc))
         except Exception:
             log.exception("search.indexing_failed")
-        finally:
-            with self._lock:
-                self._queued -= taken
         if self.on_batch is not None:
             self.on_batch()
         time.sleep(LINGER_S)
 
-    def _apply(self, items: list[Item]) -> None:
-        run: list[Event] = []
-        for item in items:
-            if isinstance(item, Event):
-                run.append(item)
-                continue
-            self._add(run)
-            run = []
-            if isinstance(item, _CatchUp):
-                self._catch_up()
-            elif isinstance(item, _Forget):
-                self.index.remove(item.cid)
-                self._indexed.pop(item.cid, None)
-            elif isinstance(item, _Dropped):
-                self.index.remove(item.cid, through_seq=item.through_seq)
-            else:
-                self._read_back(item.cid, item.seq)
-                with self._lock:
-                    if self._behind.get(item.cid, 0) <= item.seq:
-                        self._behind.pop(item.cid, None)
-        self._add(run)
-
-    def _add(self, events: list[Event]) -> None:
-        """Index events in commit order; a gap before one (events not seen) is read from the log."""
-        if not events:
-            return
-        docs: list[Doc] = []
-        progress: dict[str, int] = {}
-        for event in events:
-            cid = event.conversation_id
-            last = progress.get(cid, self._indexed.get(cid, 0))
-            if event.seq <= last:
-                continue
-            if event.seq > last + 1:
-                self._flush(docs, progress)
-                docs, progress = [], {}
-                self._read_back(cid, event.seq - 1)
-                if event.seq <= self._indexed.get(cid, 0):
-                    continue
-            docs.append(doc_of(event))
-            progress[cid] = event.seq
-        self._flush(docs, progress)
+    def _apply(self, item: Item) -> None:
+        if isinstance(item, _CatchUp):
+            self._catch_up()
+        elif isinstance(item, _Forget):
+            self.index.remove(item.cid)
+            self._indexed.pop(item.cid, None)
+        elif isinstance(item, _Dropped):
+            self.index.remove(item.cid, through_seq=item.through_seq)
+        else:
+            self._read_back(item.cid, item.seq)
 
     def _flush(self, docs: list[Doc], progress: dict[str, int]) -> None:
         if not progress:

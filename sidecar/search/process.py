@@ -16,12 +16,9 @@ from collections import OrderedDict
 
 import anyio
 import anyio.abc
-import structlog
 from anyio.streams.text import TextReceiveStream
 
 from sidecar.log.events import Event
-
-log = structlog.get_logger("sidecar.search")
 
 STOP_S = 5.0  # on stop: how long the worker may take to finish what it was told
 # How often what was committed is told to the worker: a wake-up per commit would cost the
@@ -38,7 +35,6 @@ class IndexerProcess:
         self.log_format = log_format
         self.caught_up = threading.Event()
         self.indexed = 0  # events the worker reports it has taken in since it started
-        self.starts = 0
         # Commands not yet written, in order; a behind line is kept once per conversation
         # (the highest seq), unless a forget or a drop of it came after.
         self._queue: OrderedDict[tuple[str, str], str] = OrderedDict()
@@ -88,7 +84,6 @@ class IndexerProcess:
         command = [sys.executable, "-m", "sidecar.daemon.search_worker", "--data-dir", self.data_dir]
         command += ["--log-format", self.log_format]
         async with await anyio.open_process(command, stderr=None) as proc:
-            self.starts += 1
             self.caught_up.clear()
             assert proc.stdin is not None and proc.stdout is not None
             task_status.started()
