@@ -266,8 +266,7 @@ class JetStreamLog:
                 await self._pause(deadline)  # an election, or the outcome unknown: the id settles it
                 continue
             if ack.duplicate:  # written before (a retry whose first try landed, or the same id elsewhere)
-                msg = await self._js.get_msg(self.config.stream, ack.seq, direct=True)
-                found = decode_event(msg.data or b"")
+                found = await self._read(ack.seq)
                 return AppendResult(
                     id=found.id, seq=found.seq, timestamp=found.timestamp, clock=found.clock, duplicate=True
                 )
@@ -279,7 +278,8 @@ class JetStreamLog:
         stream has now."""
         assert self._js is not None
         try:
-            last = await self._js.get_last_msg(self.config.stream, subject_of(self.config.stream, cid), direct=True)
+            # From the leader: a replica answering a direct get may not have the newest yet.
+            last = await self._js.get_last_msg(self.config.stream, subject_of(self.config.stream, cid))
         except nats.js.errors.NotFoundError:
             return
         while last.seq is not None and conv.last_stream_seq < last.seq:
@@ -318,8 +318,16 @@ class JetStreamLog:
         stream_seq = conv.where.get(seq)
         if stream_seq is None:
             return None
+        return await self._read(stream_seq)
+
+    async def _read(self, stream_seq: int) -> Event:
+        """The event at ``stream_seq``: from any replica (a direct get), else from the leader,
+        for a replica that has not caught up with a message the leader acknowledged."""
         assert self._js is not None
-        msg = await self._js.get_msg(self.config.stream, stream_seq, direct=True)
+        try:
+            msg = await self._js.get_msg(self.config.stream, stream_seq, direct=True)
+        except nats.js.errors.NotFoundError:
+            msg = await self._js.get_msg(self.config.stream, stream_seq)
         return decode_event(msg.data or b"")
 
     async def get(self, event_id: str) -> Event | None:
