@@ -34,13 +34,13 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.datadir import open_regular
 from sidecar.log.compressed import COMPRESSED_SUFFIX, TEMP_SUFFIX, compress_segment
 from sidecar.log.conversation import LogPaths
-from sidecar.log.events import CONVERSATION_ID_PATTERN
 from sidecar.log.files import fsync_dir
 from sidecar.log.segments import (
     DECODE_ERRORS,
     DROPPED_SUFFIX,
     SUFFIX,
     ArchivedSegment,
+    archive_files,
     close_source,
     dropped_path,
     iter_lines_backward,
@@ -52,8 +52,6 @@ from sidecar.log.timestamps import format_timestamp
 
 log = structlog.get_logger("sidecar.log")
 
-_CID_RE = re.compile(CONVERSATION_ID_PATTERN)
-_FILE_RE = re.compile(r"(?P<cid>.+)\.(?P<first>\d{12})-(?P<last>\d{12})(?P<kind>\.jsonl|\.jsonl\.zst|\.dropped)")
 DAY_NS = 86_400 * 1_000_000_000
 
 
@@ -237,13 +235,7 @@ class ArchiveKeeper:
 
 
 def _archive_files(archive_dir: str) -> list[tuple[str, re.Match[str]]]:
-    out = []
-    with os.scandir(archive_dir) as entries:
-        for entry in entries:
-            m = _FILE_RE.fullmatch(entry.name)
-            if m and _CID_RE.match(m["cid"]) and entry.is_file(follow_symlinks=False):
-                out.append((entry.name, m))
-    return out
+    return [(entry.name, m) for entry, m in archive_files(archive_dir)]
 
 
 def _newest_timestamp(seg: ArchivedSegment) -> str:

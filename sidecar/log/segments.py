@@ -116,6 +116,24 @@ def dropped_path(archive_dir: str, cid: str, last_seq: int) -> str:
     return os.path.join(archive_dir, f"{check_cid(cid)}.{1:012d}-{last_seq:012d}{DROPPED_SUFFIX}")
 
 
+def archive_files(archive_dir: str, *, warn: bool = False) -> list[tuple[os.DirEntry[str], re.Match[str]]]:
+    """The archive's segments (plain or compressed) and drop markers, each with its name's
+    parts: names checked again (a conversation id read back from a file name is not trusted),
+    and only regular files (``warn``: log the others, a symlink or a directory in the way)."""
+    out = []
+    with os.scandir(archive_dir) as entries:
+        for entry in entries:
+            m = _ARCHIVE_RE.fullmatch(entry.name)
+            if not m or not _CID_RE.match(m["cid"]):
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                if warn:
+                    log.error("log.segment_refused", path=entry.path, reason="not a regular file (a symlink?)")
+                continue
+            out.append((entry, m))
+    return out
+
+
 def list_archive(archive_dir: str) -> tuple[dict[str, list[ArchivedSegment]], dict[str, int]]:
     """Every archived segment, grouped by conversation, oldest first; and for each
     conversation retention has touched, the last seq it dropped.
@@ -128,22 +146,15 @@ def list_archive(archive_dir: str) -> tuple[dict[str, list[ArchivedSegment]], di
     """
     found: dict[str, dict[int, ArchivedSegment]] = {}
     dropped: dict[str, int] = {}
-    with os.scandir(archive_dir) as entries:
-        for entry in entries:
-            m = _ARCHIVE_RE.fullmatch(entry.name)
-            if not m or not _CID_RE.match(m["cid"]):
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                log.error("log.segment_refused", path=entry.path, reason="not a regular file (a symlink?)")
-                continue
-            cid, last = m["cid"], int(m["last"])
-            if m["kind"] == DROPPED_SUFFIX:
-                dropped[cid] = max(dropped.get(cid, 0), last)
-                continue
-            seg = ArchivedSegment(entry.path, int(m["first"]), last)
-            mine = found.setdefault(cid, {})
-            if seg.first_seq not in mine or seg.compressed:
-                mine[seg.first_seq] = seg
+    for entry, m in archive_files(archive_dir, warn=True):
+        cid, last = m["cid"], int(m["last"])
+        if m["kind"] == DROPPED_SUFFIX:
+            dropped[cid] = max(dropped.get(cid, 0), last)
+            continue
+        seg = ArchivedSegment(entry.path, int(m["first"]), last)
+        mine = found.setdefault(cid, {})
+        if seg.first_seq not in mine or seg.compressed:
+            mine[seg.first_seq] = seg
     segments = {
         cid: sorted((s for s in by_first.values() if s.last_seq > dropped.get(cid, 0)), key=lambda s: s.first_seq)
         for cid, by_first in found.items()
