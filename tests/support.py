@@ -1,5 +1,6 @@
 """Helpers shared by several test modules: events as the log hands them over, a policy with
-the defaults the tests assume, log lines as our writer writes them, realistic agent traffic."""
+the defaults the tests assume, log lines as our writer writes them, realistic agent traffic,
+and waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -7,14 +8,28 @@ import itertools
 import json
 import random
 import socket
+import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from sidecar.controller.policy import RulePolicy
 from sidecar.log.events import Event, encode_event
 
 _seq = itertools.count(1)
+T = TypeVar("T")
+
+
+def within(seconds: float, check: Callable[[], T], what: str = "the condition") -> T:
+    """``check()`` once it is truthy (its value), asked again every 20 ms; the assertion fails
+    at the deadline. How a test waits for background work without sleeping in its place."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not hold within {seconds} s (last: {value!r})"
+        time.sleep(0.02)
 
 
 def ev(

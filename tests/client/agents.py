@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sidecar_client import Agent, Client
 
+from tests.support import within
+
 WAIT = 15.0  # seconds any one thing may take before the test fails instead of hanging
 T = TypeVar("T")
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float = WAIT) -> T:
-    """``check()`` until it is truthy (its value), polled every 20 ms, for at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        time.sleep(0.02)
+    """``check()`` until it is truthy (its value), for at most ``timeout``."""
+    return within(timeout, check, what)
 
 
 def connect(d: Any) -> Client:

@@ -4,7 +4,6 @@ in the background under appends and a live subscription, log.delete_conversation
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
@@ -15,6 +14,7 @@ from sidecar_client import Client, RpcError
 from sidecar.log import EventStore
 from sidecar.tasks.history import rebuild
 from tests.daemon.conftest import DaemonProc, daemon, start_daemon  # noqa: F401
+from tests.support import within
 
 RETAIN = 12_000
 CONFIG = f"[log]\nrotate_bytes = 2000\nretain_bytes = {RETAIN}\ncompress_archive = true\n"
@@ -26,17 +26,6 @@ def refused(call: Callable[[], Any]) -> RpcError:
     except RpcError as exc:
         return exc
     raise AssertionError("not refused")
-
-
-def until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Wait for a background effect (the keeper's pass) by asking again; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            assert found, "the condition never held"
-            return found
-        time.sleep(0.05)
 
 
 def append(c: Client, cid: str, agent: str | None = None, **kw: Any) -> dict[str, Any]:
@@ -102,7 +91,7 @@ def test_retention_and_compression_keep_what_the_policy_says_under_appends_and_a
             compressed = not list((d.data_dir / "archive").glob("r1.*.jsonl"))
             return info if info["first_seq"] > 1 and compressed and disk_bytes(d.data_dir, "r1") <= RETAIN else None
 
-        info = until(settled)
+        info = within(30.0, settled, "retention and compression")
         first = info["first_seq"]
         assert (info["last_seq"], info["event_count"]) == (total, total - first + 1)
         stats = c.call("sys.stats")

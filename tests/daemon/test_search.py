@@ -6,28 +6,17 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 from sidecar_client import Client, RpcError
 
 from tests.daemon.conftest import DaemonProc, daemon, start_daemon  # noqa: F401
+from tests.support import within
 
 
 def found(c: Client, q: str, **params: Any) -> list[dict[str, Any]]:
     hits: list[dict[str, Any]] = c.call("log.search", {"q": q, **params})["hits"]
     return hits
-
-
-def within(seconds: float, check: Callable[[], Any]) -> Any:
-    """``check()`` once it holds, asking again until the deadline (then the assertion fails)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            assert result, f"not within {seconds} s"
-            return result
-        time.sleep(0.01)
 
 
 def note(c: Client, cid: str, text: str, **kw: Any) -> dict[str, Any]:
