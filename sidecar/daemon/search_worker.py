@@ -5,7 +5,9 @@ The daemon starts it and tells it, on its stdin, one line per commit and convers
 (the conversation was deleted) and ``dropped CID SEQ`` (retention dropped them). It answers
 on stdout: ``caught-up`` once the index has caught up with the logs at start, then
 ``indexed N`` (events taken in so far) after each batch. End of stdin: it finishes what it
-was told and exits.
+was told and exits. It ignores SIGINT and SIGTERM: a Ctrl-C, honcho or systemd signals the
+whole group at once, and the daemon, draining, still has lines to tell it; the daemon ends it
+by closing its stdin (and a daemon that dies closes it too).
 
 Why a process: SQLite's tokenizing is most of indexing's cost, and in the daemon's process
 even a thread of the lowest priority holds the interpreter's lock at moments the event loop
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     args = parser.parse_args(argv)
     configure("info", args.log_format)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _idle_priority()
     store = EventStore(args.data_dir, journal=False)  # a reader: it never appends
     indexer = Indexer(store, SearchIndex(store.data_dir))
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for line in sys.stdin:
             _command(indexer, line.split())
-    except (KeyboardInterrupt, BrokenPipeError):
+    except BrokenPipeError:
         pass
     finally:
         indexer.stop()

@@ -83,7 +83,9 @@ class IndexerProcess:
             await anyio.sleep_forever()
         command = [sys.executable, "-m", "sidecar.daemon.search_worker", "--data-dir", self.data_dir]
         command += ["--log-format", self.log_format]
-        async with await anyio.open_process(command, stderr=None) as proc:
+        # Its own session: a signal to the daemon's process group (Ctrl-C, honcho) is the
+        # daemon's to act on; the worker ends when the daemon closes its stdin.
+        async with await anyio.open_process(command, stderr=None, start_new_session=True) as proc:
             self.caught_up.clear()
             assert proc.stdin is not None and proc.stdout is not None
             task_status.started()
@@ -105,7 +107,10 @@ class IndexerProcess:
             await anyio.sleep(TELL_EVERY_S)
             if self._queue:
                 lines, self._queue = "".join(self._queue.values()), OrderedDict()
-                await stdin.send(lines.encode())
+                try:
+                    await stdin.send(lines.encode())
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # it exited; run() says so, and the new worker catches up from the log
 
     async def _listen(self, stdout: anyio.abc.ByteReceiveStream, scope: anyio.CancelScope) -> None:
         buffer = ""

@@ -175,3 +175,22 @@ def test_the_indexer_process_is_restarted_and_never_outlives_its_daemon(start_da
         assert c.call("sys.stats")["faults"].get("search-indexer", 0) >= 1
     d.stop(signal.SIGKILL)  # the daemon dies without a word: its worker sees its stdin end
     within(10.0, lambda: not worker_pids(d.data_dir))
+
+
+def test_a_signal_to_the_whole_process_group_is_left_to_the_daemon(start_daemon: Any) -> None:  # noqa: F811
+    """Ctrl-C, honcho and systemd signal every process at once; the worker must outlive the
+    signal so that the daemon, draining, can still tell it what was committed."""
+    d = start_daemon()
+    with Client(d.socket_path) as c:
+        note(c, "g", "before the signals: cormorant")
+        within(1.0, lambda: found(c, "cormorant"))  # the worker is up and past its set-up
+        (pid,) = worker_pids(d.data_dir)
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        note(c, "g", "after the signals: cormorant")
+        within(1.0, lambda: len(found(c, "cormorant")) == 2)
+        assert worker_pids(d.data_dir) == [pid]
+        assert c.call("sys.stats")["faults"].get("search-indexer", 0) == 0
+    assert d.stop(signal.SIGTERM) == 0
+    assert '"level": "error"' not in d.stderr(), d.stderr()
+    within(10.0, lambda: not worker_pids(d.data_dir))
