@@ -203,3 +203,36 @@ def ensure_layout(data_dir: str | os.PathLike[str]) -> str:
     finally:
         os.close(fd)
     return root
+
+
+BACKEND_FILE = "log-backend"  # whose log this directory holds: "file", or "jetstream STREAM"
+
+
+def claim_backend(data_dir: str, backend: str) -> str | None:
+    """Hold ``data_dir`` to one storage backend: a directory keeps the log of the backend that
+    first wrote it (the ``file`` backend's own, or a copy of one JetStream stream), so the two
+    are never mixed in one ``logs/``. Returns why ``backend`` may not use it, or None."""
+    path = os.path.join(data_dir, BACKEND_FILE)
+    try:
+        recorded = read_regular(path, 256).decode("utf-8", "replace").strip()
+    except FileNotFoundError:
+        recorded = None
+    if recorded is None:
+        with os.scandir(os.path.join(data_dir, "logs")) as entries:
+            written = any(True for _ in entries)
+        if written and backend != "file":  # written before the marker existed: the file backend's
+            recorded = "file"
+        else:
+            fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                os.write(fd, backend.encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return None
+    if recorded == backend:
+        return None
+    return (
+        f"the data directory {data_dir} holds the log of the {recorded!r} backend ({path}), "
+        f"not of {backend!r}: give this backend a data directory of its own"
+    )

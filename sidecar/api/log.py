@@ -35,7 +35,8 @@ from sidecar.tasks.service import SYSTEM
 
 APPEND_ERRORS = {
     -32001: "expected_seq is given and the conversation's last seq is another",
-    -32003: "visibility is user: only chat.user_message and narrator.say write user-visible text",
+    -32003: "visibility is user: only chat.user_message and narrator.say write user-visible text; or, "
+    "on the jetstream backend, log.append_many with more than one event (not all-or-none there yet)",
     -32006: STORAGE,
 }
 
@@ -216,6 +217,12 @@ def log_append_now(req: Request, s: Session) -> bool:
 )
 async def log_append_many(p: AppendMany, s: Session) -> list[AppendResult]:
     _no_user_text(p.events)
+    if len(p.events) > 1 and not s.services.appender.atomic:
+        raise ForbiddenError(
+            "log.append_many of more than one event is not all-or-none on this daemon's storage "
+            "backend (jetstream) yet: append them one at a time with log.append",
+            {"events": len(p.events), "max_events": 1},
+        )
     return await s.services.appender.append_valid(p.events)
 
 
@@ -383,11 +390,15 @@ async def log_conversations(p: NoParams, s: Session) -> Conversations:
     "Replay from from_seq (or, with a group, from after its acked seq), then live log.event notifications.",
     errors={
         -32001: "another connection is the live subscriber of this group and conversation",
+        -32003: "a group, on the jetstream backend (its positions are not shared by the daemons yet)",
         -32005: "this connection already has [server] max_subscriptions subscriptions",
     },
     example={"conversation_id": CID, "from_seq": 1, "types": ["narrator.message"]},
 )
 async def log_subscribe(p: SubscribeParams, s: Session) -> Subscribed:
+    why = s.services.unserved.get("log.ack") if p.group is not None else None
+    if why is not None:  # a group's position is not shared by this backend's daemons yet
+        raise ForbiddenError(why, {"field": "group"})
     return Subscribed(subscription=s.subscribe(p))
 
 

@@ -7,13 +7,13 @@ has these few members.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.context.service import ContextService
 from sidecar.controller.loop import Controller
-from sidecar.log.aio import AsyncAppender
+from sidecar.log.aio import Appender
 from sidecar.log.groups import Positions
 from sidecar.log.store import EventStore
 from sidecar.narrator.service import Narrator
@@ -32,8 +32,8 @@ if TYPE_CHECKING:  # defined beside the methods that answer with them
 class Services:
     """The daemon's services, made once at start-up and shared by every session."""
 
-    store: EventStore  # reads
-    appender: AsyncAppender  # every append
+    store: EventStore  # reads: the log's files, or this daemon's copy of a shared stream
+    appender: Appender  # every append (the storage seam: the file backend's or jetstream's)
     tasks: TaskService
     summaries: SummaryCache
     context: ContextService
@@ -45,6 +45,8 @@ class Services:
     search: SearchService  # log.search, and the context's related layer
     health: Callable[[], Health]
     stats: Callable[[], Stats]
+    # methods this daemon does not serve (its storage backend cannot yet), and why: -32003
+    unserved: Mapping[str, str] = field(default_factory=dict)
 
 
 class Session(Protocol):

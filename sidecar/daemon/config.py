@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from sidecar.datadir import DEFAULT_DATA_DIR
+from sidecar.jetstream.config import JetStreamConfig
 from sidecar.log.events import MAX_EVENT_DEPTH
 from sidecar.log.store import DEFAULT_JOURNAL_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_ROTATE_BYTES
 from sidecar.paths import default_socket_path  # the clients keep the same definition
@@ -65,6 +66,9 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # dropped beyond it; 0 keeps everything. rotate_bytes is how fine-grained a drop is
     retain_bytes: Annotated[int, Meta(ge=0)] = 0
     compress_archive: bool = False  # sealed segments stored zstd-compressed (every read still works)
+    # where the log lives: "file" (this data directory) or "jetstream" (a NATS JetStream
+    # stream shared by several daemons: [jetstream], docs/scale-out.md); read at start-up
+    backend: Literal["file", "jetstream"] = "file"
 
 
 class ControllerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -128,6 +132,7 @@ class Config(msgspec.Struct, kw_only=True):
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
     search: SearchConfig = msgspec.field(default_factory=SearchConfig)
+    jetstream: JetStreamConfig = msgspec.field(default_factory=JetStreamConfig)
 
     @property
     def socket_path(self) -> str:

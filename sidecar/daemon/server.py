@@ -34,9 +34,9 @@ from sidecar.daemon.connection import Connection
 from sidecar.daemon.subscriptions import Hub
 from sidecar.daemon.supervisor import supervise
 from sidecar.daemon.systemd import Notifier
-from sidecar.datadir import ensure_layout
+from sidecar.datadir import claim_backend, ensure_layout
 from sidecar.errors import ForbiddenError, OverloadedError, SidecarError
-from sidecar.log.aio import AsyncAppender
+from sidecar.log.aio import Appender, AsyncAppender
 from sidecar.log.events import Event
 from sidecar.log.groups import Positions
 from sidecar.log.keeper import ArchiveKeeper, RetentionPolicy
@@ -63,6 +63,19 @@ from sidecar.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 log = structlog.get_logger("sidecar.daemon")
 
 DRAIN_SECONDS = 4.0
+JETSTREAM_START_S = 60.0  # connecting to the cluster and copying what the stream has that we lack
+# What the jetstream backend does not serve yet (answered -32003 with the reason): each needs
+# state shared by the daemons that is still kept by each one (see docs/scale-out.md).
+_NOT_YET = "is not served by the jetstream backend yet (docs/scale-out.md): "
+UNSERVED_ON_JETSTREAM = {
+    **{
+        f"tasks.{name}": f"tasks.{name} {_NOT_YET}the task graph is still each daemon's own"
+        for name in ("at", "claim", "create", "get", "history", "list_active", "ready", "release", "renew", "update")
+    },
+    "log.delete_conversation": f"log.delete_conversation {_NOT_YET}it would delete one daemon's copy only",
+    "log.ack": f"consumer groups {_NOT_YET}their positions are still each daemon's own",
+    "log.groups": f"consumer groups {_NOT_YET}their positions are still each daemon's own",
+}
 KEEPER_EVERY_S = 60.0  # a retention pass at least this often (and soon after each sealed segment)
 GROUPS_FLUSH_S = 0.5  # consumer groups' acks reach the disk at least this often (contract: within 1 s)
 
@@ -93,7 +106,7 @@ class Daemon:
         self.faults: dict[str, int] = {}  # failures contained, by where they happened
         self._consumers: dict[str, Callable[[list[Event]], None]] = {}  # of every commit
         self.store: EventStore
-        self.appender: AsyncAppender
+        self.appender: Appender
         self.services: Services
 
     def uptime(self) -> float:
@@ -171,6 +184,10 @@ class Daemon:
             unix.prepare_directory(os.path.dirname(path))
             self._locks.append(unix.acquire_lock(path + ".lock", "socket"))
         self._locks.append(unix.acquire_lock(os.path.join(data_dir, "sidecar.lock"), "data directory"))
+        backend = "file" if cfg.log.backend == "file" else f"jetstream {cfg.jetstream.stream}"
+        refusal = claim_backend(data_dir, backend)
+        if refusal is not None:
+            raise ConfigError(refusal)
         return inherited if inherited is not None else unix.bind_listener(path)
 
     def _load_store(self) -> EventStore:
@@ -206,7 +223,8 @@ class Daemon:
         listener.setblocking(False)
         try:
             self.store = await anyio.to_thread.run_sync(self._load_store)
-            self.appender = AsyncAppender(self.store, on_commit=self._fan_out, on_forget=self._forget)
+            writer = AsyncAppender(self.store, on_commit=self._fan_out, on_forget=self._forget)
+            self.appender = writer if self.config.log.backend == "file" else await self._jetstream(writer)
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
             self.playbooks = await anyio.to_thread.run_sync(
@@ -281,6 +299,7 @@ class Daemon:
                 search=self.search,
                 health=self.health,
                 stats=self.stats,
+                unserved=UNSERVED_ON_JETSTREAM if self.config.log.backend == "jetstream" else {},
             )
 
             now = self.clock.monotonic()
@@ -347,6 +366,36 @@ class Daemon:
                 await anyio.to_thread.run_sync(self.store.close)
             self._cleanup()
             log.info("daemon.stopped")
+
+    async def _jetstream(self, writer: AsyncAppender) -> Appender:
+        """The ``jetstream`` backend: appends to the shared stream, this data directory a copy
+        of it (read everything from; fed to subscriptions, the controller and search)."""
+        try:
+            from sidecar.jetstream.log import JetStreamLog
+            from sidecar.jetstream.mirror import JetStreamAppender
+        except ImportError as exc:
+            raise ConfigError(
+                f"[log] backend = 'jetstream' needs the jetstream extra (pip install 'sidecar[jetstream]'): {exc}"
+            ) from None
+        jc = self.config.jetstream
+        stream = JetStreamLog(jc, clock=self.clock, max_event_bytes=self.config.log.max_event_bytes)
+        copied = {
+            info.conversation_id: info.last_seq for info in await anyio.to_thread.run_sync(self.store.conversations)
+        }
+        appender = JetStreamAppender(stream, writer, copied, self.fault)
+        log.info("daemon.jetstream_connecting", servers=jc.servers, stream=jc.stream, replicas=jc.replicas)
+        try:
+            with anyio.fail_after(JETSTREAM_START_S):
+                await appender.start()
+        except Exception as exc:
+            with anyio.CancelScope(shield=True):
+                await stream.close()
+            why = f"no answer within {JETSTREAM_START_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
+            raise ConfigError(
+                f"cannot use the JetStream stream {jc.stream!r} at {', '.join(jc.servers)}: {why}"
+            ) from None
+        log.info("daemon.jetstream_ready", stream=jc.stream, conversations=len(copied))
+        return appender
 
     async def _flush_groups(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consumer groups' acks on disk within a second, batched: never an fsync per ack."""
@@ -579,6 +628,8 @@ def _limits(config: Config) -> Limits:
 
 def _retention(config: Config) -> RetentionPolicy:
     lc = config.log
+    if lc.backend == "jetstream":  # the copy keeps what the stream keeps (compressed, if asked)
+        return RetentionPolicy(compress=lc.compress_archive)
     return RetentionPolicy(retain_days=lc.retain_days, retain_bytes=lc.retain_bytes, compress=lc.compress_archive)
 
 

@@ -44,6 +44,7 @@ from nats.js import JetStreamContext, api
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import ConflictError, StorageError
+from sidecar.jetstream.config import JetStreamConfig
 from sidecar.log.clocks import DEFAULT_WRITER, ClockState
 from sidecar.log.events import AppendResult, Event, NewEvent, as_new_event, decode_event, encode_within, placed
 from sidecar.log.ids import new_event_id
@@ -83,13 +84,6 @@ class _Conversation:
     recent: list[Event] = field(default_factory=list)  # the newest, oldest first
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # this process's appends, one at a time
     moved: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever the feed moves it on
-
-
-@dataclass(frozen=True)
-class JetStreamConfig:
-    servers: list[str]
-    stream: str = "SIDECAR"
-    replicas: int = 3
 
 
 class JetStreamLog:
@@ -204,7 +198,11 @@ class JetStreamLog:
 
     async def append(self, event: NewEvent | dict[str, object]) -> AppendResult:
         """Append one event durably (a majority of the replicas have it on disk)."""
-        new = as_new_event(event if isinstance(event, NewEvent) else dict(event))
+        return await self.append_valid(as_new_event(event if isinstance(event, NewEvent) else dict(event)))
+
+    async def append_valid(self, new: NewEvent) -> AppendResult:
+        """:meth:`append` for an event already validated (decoded from a request, or built
+        by the daemon itself)."""
         conv = self._convs.setdefault(new.conversation_id, _Conversation())
         async with conv.lock:
             return await self._append_locked(conv, new)

@@ -17,7 +17,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -31,6 +31,26 @@ from sidecar.log.store import EventStore
 log = structlog.get_logger("sidecar.log")
 
 
+class Appender(Protocol):
+    """Every write to the log, as the daemon's handlers and services make it: the storage
+    seam. :class:`AsyncAppender` writes this data directory's files; the ``jetstream``
+    backend (:class:`sidecar.jetstream.mirror.JetStreamAppender`) a shared stream. Reads are
+    always served by an :class:`EventStore`: the log itself, or a copy of the stream."""
+
+    # Whether several events of one call are written all or none (log.append_many).
+    atomic: bool
+
+    async def append_valid(self, new: list[NewEvent]) -> list[AppendResult]: ...
+
+    def append_soon(self, events: list[NewEvent], answer: Callable[[AppendRequest], None]) -> object: ...
+
+    async def delete_conversation(self, cid: str) -> int: ...
+
+    def depth(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
 class AsyncAppender:
     """Append to an :class:`EventStore` from async code. Make it in the event loop that
     will use it (it answers there); :meth:`aclose` waits for every answer.
@@ -38,6 +58,8 @@ class AsyncAppender:
     ``on_commit(events)``, if given, is called in the loop with every durable batch's
     events (whoever appended them), in commit order and before that batch's answers: the
     store's one commit listener is then this appender's."""
+
+    atomic = True
 
     def __init__(
         self,
@@ -79,12 +101,15 @@ class AsyncAppender:
         await waiters.wait()
         return req.outcome()
 
-    def append_soon(self, events: list[NewEvent], answer: Callable[[AppendRequest], None]) -> AppendRequest:
+    def append_soon(
+        self, events: list[NewEvent], answer: Callable[[AppendRequest], None], *, placed: list[Event] | None = None
+    ) -> AppendRequest:
         """Queue events; ``answer(request)`` is called in the event loop once they are durable
-        (or failed). No task waits: the cheapest way for a server to append."""
+        (or failed). No task waits: the cheapest way for a server to append. ``placed``
+        events are a replica's copies (:meth:`EventStore.copy`), in place of ``events``."""
         if self._closed:
             raise RuntimeError("the event store is closed")
-        req = AppendRequest(events, sink=self, answer=answer)
+        req = AppendRequest(events, placed=placed, sink=self, answer=answer)
         self._gathered.append(req)
         if len(self._gathered) == 1 and not self._handed:  # hand them over at this turn's end
             self._loop.call_soon(self._hand_over)

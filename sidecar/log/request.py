@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.errors import SidecarError
-from sidecar.log.events import AppendResult, NewEvent
+from sidecar.log.events import AppendResult, Event, NewEvent
 
 
 class Sink(Protocol):
@@ -23,18 +23,23 @@ class AppendRequest:
 
     Without a ``sink`` a thread waits in :meth:`wait`. With one, the commit thread gives the
     finished request to ``sink.deliver``, which calls ``answer(request)`` in its loop.
+
+    ``placed`` events are copies of events another log placed (a replica's, see
+    :mod:`sidecar.jetstream.mirror`): written as they are, each at exactly its own seq.
     """
 
-    __slots__ = ("events", "results", "error", "sink", "answer", "_pending")
+    __slots__ = ("events", "placed", "results", "error", "sink", "answer", "_pending")
 
     def __init__(
         self,
         events: list[NewEvent],
         *,
+        placed: list[Event] | None = None,
         sink: Sink | None = None,
         answer: Callable[[AppendRequest], None] | None = None,
     ) -> None:
         self.events = events
+        self.placed = placed
         self.results: list[AppendResult] = []
         self.error: SidecarError | None = None
         self.sink = sink

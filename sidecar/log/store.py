@@ -136,6 +136,13 @@ class EventStore:
         many conversations as the writer holds files open (:class:`InvalidParams` beyond)."""
         return self._append_valid([as_new_event(e) for e in events])
 
+    def copy(self, events: list[Event]) -> list[AppendResult]:
+        """Write events another log placed, as they are, each at its own seq (a replica's
+        write: see :mod:`sidecar.jetstream.mirror`); one already here is a duplicate."""
+        req = AppendRequest([], placed=events)
+        self.append_requests([req])
+        return req.wait()
+
     def _append_valid(self, events: list[NewEvent]) -> list[AppendResult]:
         if not events:
             return []

@@ -19,7 +19,7 @@ import itertools
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,7 +30,7 @@ from sidecar.errors import ConflictError, InvalidParams, SidecarError, StorageEr
 from sidecar.log import files
 from sidecar.log.clocks import DEFAULT_WRITER, Clock, ClockState, writer_of
 from sidecar.log.conversation import Conversation, LogPaths
-from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_within, placed
+from sidecar.log.events import AppendResult, Event, NewEvent, decode_event, encode_event, encode_within, placed
 from sidecar.log.ids import new_event_id
 from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal
@@ -346,7 +346,7 @@ class LogWriter:
         part: list[AppendRequest] = []
         wanted: set[str] = set()  # the conversations this part writes to
         for req in batch:
-            events = req.events
+            events: Sequence[NewEvent | Event] = req.events if req.placed is None else req.placed
             if len(events) == 1:  # the usual request: one event, one conversation
                 cid = events[0].conversation_id
                 if cid not in wanted and len(wanted) >= limit:
@@ -467,14 +467,17 @@ class LogWriter:
     ) -> None:
         marks: dict[str, tuple[int, str, int]] = {}
         try:
-            for ev in req.events:
+            for ev in req.events if req.placed is None else req.placed:
                 cid = ev.conversation_id
                 if cid in unopened:
                     raise unopened[cid]
                 p = pendings[cid]
                 if cid not in marks:
                     marks[cid] = p.mark()
-                req.results.append(self._stage_one(p, ev, stamp, now_ms))
+                if isinstance(ev, Event):
+                    req.results.append(self._stage_placed(p, ev))
+                else:
+                    req.results.append(self._stage_one(p, ev, stamp, now_ms))
         except SidecarError as exc:
             for cid, mark in marks.items():
                 pendings[cid].rollback(mark)
@@ -517,6 +520,32 @@ class LogWriter:
         p.next_seq += 1
         p.last_ts = event.timestamp
         return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=clock)
+
+    def _stage_placed(self, p: _Pending, event: Event) -> AppendResult:
+        """A replica's copy of an event the source log placed: written as it is, at its own
+        seq. One already here (a feed's redelivery) is answered as a duplicate; any other
+        seq, or another event at that seq, means this copy no longer follows its source."""
+        p.conv.refuse_if_corrupt()
+        next_seq = p.next_seq
+        if event.seq < next_seq:
+            seen = p.fresh.get(event.id) or self.find_existing(p.conv, event.id, p.fd)
+            if seen is not None and seen.seq == event.seq:
+                return AppendResult(
+                    id=seen.id, seq=seen.seq, timestamp=seen.timestamp, clock=seen.clock, duplicate=True
+                )
+        if event.seq != next_seq:
+            raise ConflictError(
+                f"the copy of conversation {event.conversation_id!r} is at seq {next_seq - 1}; "
+                f"event {event.id} is at seq {event.seq}",
+                {"conversation_id": event.conversation_id, "seq": event.seq, "last_seq": next_seq - 1},
+            )
+        p.clocks.observe(writer_of(event.agent_id), event.clock)
+        p.lines.append(encode_event(event))
+        p.events.append(event)
+        p.fresh[event.id] = event
+        p.next_seq += 1
+        p.last_ts = max(p.last_ts, event.timestamp)
+        return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=event.clock)
 
     def _cause_clocks(self, p: _Pending, caused_by: list[str]) -> list[dict[str, int]]:
         """The clocks of the events in ``caused_by`` that are in this conversation: from this

@@ -1,0 +1,182 @@
+"""The ``jetstream`` backend in the daemon: appends go to the shared stream, and every event of
+the stream (this daemon's and every other's) is copied, in stream order, into this daemon's
+own :class:`~sidecar.log.store.EventStore`.
+
+The copy is a projection of the stream like the task graph or the search index are of a
+log: it serves every read (``log.query``, ``log.causality``, search, summaries), and its
+commits are what subscriptions, the controller and the indexer are fed, so all of them see
+the appends of every daemon, each conversation in seq order, once. An append is answered
+once the cluster has acknowledged it *and* this daemon's copy has it: a client that reads
+after writing, on the same daemon, sees its write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from sidecar.errors import ForbiddenError, SidecarError, StorageError
+from sidecar.jetstream.log import JetStreamLog
+from sidecar.log.aio import AsyncAppender
+from sidecar.log.events import AppendResult, Event, NewEvent
+from sidecar.log.request import AppendRequest
+
+log = structlog.get_logger("sidecar.jetstream")
+
+
+class JetStreamAppender:
+    """Every write of a daemon on the ``jetstream`` backend (an :class:`~sidecar.log.aio.Appender`)."""
+
+    atomic = False  # several events of one call are appended one by one
+
+    def __init__(
+        self,
+        stream: JetStreamLog,
+        copier: AsyncAppender,
+        copied: dict[str, int],
+        fault: Callable[[str], None],
+    ) -> None:
+        """``copier`` writes the copy (its store's commits fan out as the file backend's do);
+        ``copied`` is each conversation's last seq in the copy at start."""
+        self.stream = stream
+        self._copier = copier
+        self._copied = dict(copied)
+        self._broken: dict[str, str] = {}  # conversations whose copy stopped following the stream
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._fault = fault
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        stream.on_event = self._copy
+
+    async def start(self) -> None:
+        """Connect and copy what the stream has and the copy lacks, before serving."""
+        await self.stream.start()
+        for cid, seq in self._copied.items():
+            if seq > self.stream.last_seq(cid):
+                self._stop_copying(
+                    cid, f"this daemon's copy is at seq {seq}, the stream at {self.stream.last_seq(cid)}"
+                )
+
+    # --- the copy --------------------------------------------------------------------------------
+
+    def _copy(self, event: Event) -> None:
+        """The stream's next event (any daemon's), in order: into the copy's next batch."""
+        if event.conversation_id not in self._broken:
+            self._copier.append_soon([], self._copied_one, placed=[event])
+
+    def _copied_one(self, req: AppendRequest) -> None:
+        assert req.placed is not None
+        event = req.placed[0]
+        cid = event.conversation_id
+        if req.error is not None:
+            self._stop_copying(cid, req.error.message)
+            return
+        if event.seq > self._copied.get(cid, 0):
+            self._copied[cid] = event.seq
+        waiting = self._waiters.get(cid)
+        if waiting:
+            still = []
+            for seq, future in waiting:
+                if seq <= event.seq:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    still.append((seq, future))
+            self._waiters[cid] = still
+
+    def _stop_copying(self, cid: str, why: str) -> None:
+        """The copy of ``cid`` no longer follows the stream (written by something else, or
+        the stream was made again): it is left as it is, and appends to it fail, rather
+        than serve reads that disagree with the stream."""
+        if cid in self._broken:
+            return
+        self._broken[cid] = why
+        self._fault("jetstream-copy")
+        log.error("jetstream.copy_stopped", conversation_id=cid, reason=why)
+        for _, future in self._waiters.pop(cid, []):
+            if not future.done():
+                future.set_exception(self._copy_failed(cid))
+
+    def _copy_failed(self, cid: str) -> StorageError:
+        return StorageError(
+            f"the stream has the event, but this daemon's copy of {cid!r} stopped following it "
+            f"({self._broken[cid]}); its reads here are stale until the copy is moved aside and the daemon restarted",
+            {"conversation_id": cid},
+        )
+
+    async def _in_copy(self, cid: str, seq: int) -> None:
+        if self._copied.get(cid, 0) >= seq:
+            return
+        if cid in self._broken:
+            raise self._copy_failed(cid)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(cid, []).append((seq, future))
+        await future
+
+    # --- appending (the Appender protocol) ---------------------------------------------------------
+
+    async def append_valid(self, new: list[NewEvent]) -> list[AppendResult]:
+        if self._closed:
+            raise StorageError("the daemon is stopping: nothing was appended")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            results = []
+            for event in new:
+                result = await self.stream.append_valid(event)
+                await self._in_copy(event.conversation_id, result.seq)
+                results.append(result)
+            return results
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    def append_soon(self, events: list[NewEvent], answer: Callable[[AppendRequest], None]) -> AppendRequest:
+        req = AppendRequest(events, sink=self, answer=answer)
+        task = asyncio.get_running_loop().create_task(self._settle(req))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return req
+
+    async def _settle(self, req: AppendRequest) -> None:
+        try:
+            req.results = await self.append_valid(req.events)
+        except SidecarError as exc:
+            req.error = exc
+        except Exception as exc:  # a bug, or the client library's: this append fails, nothing else
+            log.exception("jetstream.append_failed")
+            req.error = StorageError(f"could not append: {exc}")
+        self.deliver([req])
+
+    def deliver(self, done: list[AppendRequest]) -> None:
+        for req in done:
+            assert req.answer is not None
+            try:
+                req.answer(req)
+            except Exception:
+                log.exception("jetstream.answer_failed")
+
+    async def delete_conversation(self, cid: str) -> int:
+        raise ForbiddenError(
+            "log.delete_conversation is not served by the jetstream backend yet", {"conversation_id": cid}
+        )
+
+    def depth(self) -> int:
+        """Appends on their way to the cluster (``append_queue``)."""
+        return self._in_flight
+
+    async def aclose(self) -> None:
+        """Take no more appends; wait for those taken, then stop following the stream and
+        finish the copy's last writes."""
+        while self._tasks:  # the last fast-path appends, answered
+            await asyncio.wait(set(self._tasks))
+        self._closed = True
+        await self._idle.wait()
+        await self.stream.close()
+        await self._copier.aclose()

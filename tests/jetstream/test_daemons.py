@@ -1,0 +1,164 @@
+"""Daemons on the ``jetstream`` backend (contract §16), on the real 3-node cluster: several
+daemons, each with its own data directory and socket, share the conversations."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sidecar_client import Client, RpcError
+
+from tests.daemon.conftest import DaemonProc, start_daemon  # noqa: F401
+from tests.support import within
+
+SHARED_ID = "0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b"
+
+
+def jetstream_config(urls: list[str], stream: str) -> str:
+    servers = ", ".join(f'"{u}"' for u in urls)
+    return f'[log]\nbackend = "jetstream"\n\n[jetstream]\nservers = [{servers}]\nstream = "{stream}"\nreplicas = 3\n'
+
+
+@pytest.fixture
+def start_shared(start_daemon: Any, tmp_path: Path, nats_urls: list[str], token: str) -> Any:  # noqa: F811
+    """``start_shared(n)``: the n-th daemon of this test's stream (its own data directory)."""
+
+    def start(n: int, **kw: Any) -> DaemonProc:
+        return start_daemon(config_text=jetstream_config(nats_urls, token), data_dir=tmp_path / f"data{n}", **kw)
+
+    return start
+
+
+def progress(c: Client, cid: str, **extra: Any) -> dict[str, Any]:
+    return c.call("log.append", {"conversation_id": cid, "type": "agent.progress", **extra})
+
+
+def test_two_daemons_append_to_one_conversation_and_seqs_stay_gapless(start_shared: Any) -> None:
+    a, b = start_shared(1), start_shared(2)
+    per_daemon = 60
+    errors: list[BaseException] = []
+
+    def writer(d: DaemonProc, name: str) -> None:
+        try:
+            with Client(d.socket_path) as c:
+                for i in range(per_daemon):
+                    progress(c, "shared", agent_id=name, data={"i": i})
+        except BaseException as exc:  # reported below, with the test's own assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(d, name)) for d, name in ((a, "A"), (b, "B"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for d in (a, b):
+        with Client(d.socket_path) as c:
+            events = within(
+                10.0,
+                lambda c=c: (
+                    (e := c.call("log.tail", {"conversation_id": "shared", "limit": 1000})["events"])
+                    and len(e) == 2 * per_daemon
+                    and e
+                ),
+            )
+            assert [e["seq"] for e in events] == list(range(1, 2 * per_daemon + 1))
+            for name in ("A", "B"):  # each writer's own order, and its clock counting its events
+                mine = [e for e in events if e["agent_id"] == name]
+                assert [e["data"]["i"] for e in mine] == list(range(per_daemon))
+                assert [e["clock"][name] for e in mine] == list(range(1, per_daemon + 1))
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:  # the same log, event for event
+        assert ca.call("log.query", {"conversation_id": "shared"}) == cb.call(
+            "log.query", {"conversation_id": "shared"}
+        )
+
+
+def test_expected_seq_and_duplicate_ids_are_caught_across_daemons(start_shared: Any) -> None:
+    a, b = start_shared(1), start_shared(2)
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        first = progress(ca, "c", id=SHARED_ID, expected_seq=0)
+        assert first["seq"] == 1
+        again = progress(cb, "c", id=SHARED_ID)  # the same id, on the other daemon
+        assert again["duplicate"] is True and again["seq"] == 1 and again["timestamp"] == first["timestamp"]
+        with pytest.raises(RpcError) as conflict:  # b has seen seq 1: expecting 0 is stale
+            progress(cb, "c", expected_seq=0)
+        assert conflict.value.code == -32001 and conflict.value.data["last_seq"] == 1
+        assert progress(cb, "c", expected_seq=1)["seq"] == 2
+        with pytest.raises(RpcError) as stale:  # a has not been told of seq 2 by b: the stream has
+            progress(ca, "c", expected_seq=1)
+        assert stale.value.code == -32001 and stale.value.data["last_seq"] == 2
+        assert [e["seq"] for e in ca.call("log.tail", {"conversation_id": "c"})["events"]] == [1, 2]
+
+
+def test_a_subscription_on_one_daemon_sees_appends_made_on_another(start_shared: Any) -> None:
+    a, b = start_shared(1), start_shared(2)
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        progress(cb, "live", data={"n": 0})
+        sub = ca.subscribe({"conversation_id": "live", "from_seq": 1, "types": ["agent.progress"]})
+        for n in range(1, 4):
+            progress(cb, "live", data={"n": n})
+        seen = [next(sub) for _ in range(4)]
+        assert [e["seq"] for e in seen] == [1, 2, 3, 4] and [e["data"]["n"] for e in seen] == [0, 1, 2, 3]
+
+
+def test_a_daemon_started_later_copies_what_the_stream_has(start_shared: Any) -> None:
+    a = start_shared(1)
+    with Client(a.socket_path) as ca:
+        for i in range(5):
+            progress(ca, "before", data={"i": i})
+    b = start_shared(2)
+    with Client(b.socket_path) as cb:
+        assert [e["data"]["i"] for e in cb.call("log.tail", {"conversation_id": "before"})["events"]] == list(range(5))
+        found = cb.call("log.get", {"event_id": ca_id(a)})
+        assert found["conversation_id"] == "before"
+    assert b.stop(signal.SIGTERM) == 0
+    with Client(a.socket_path) as ca:
+        progress(ca, "before", data={"i": 5})  # while b is down
+    b = start_shared(2)  # the same data directory: it copies only what it lacks
+    with Client(b.socket_path) as cb:
+        assert [e["seq"] for e in cb.call("log.tail", {"conversation_id": "before", "limit": 10})["events"]] == list(
+            range(1, 7)
+        )
+
+
+def ca_id(d: DaemonProc) -> str:
+    with Client(d.socket_path) as c:
+        return str(c.call("log.tail", {"conversation_id": "before", "limit": 1})["events"][0]["id"])
+
+
+def test_what_jetstream_does_not_serve_yet_is_refused_by_name(start_shared: Any) -> None:
+    a = start_shared(1)
+    with Client(a.socket_path) as c:
+        for method, params in [
+            ("tasks.create", {"title": "t"}),
+            ("log.delete_conversation", {"conversation_id": "x", "confirm": "x"}),
+            ("log.ack", {"group": "g", "conversation_id": "x", "seq": 1}),
+            (
+                "log.append_many",
+                {"events": [{"conversation_id": "x", "type": "a.b"}, {"conversation_id": "x", "type": "a.b"}]},
+            ),
+        ]:
+            with pytest.raises(RpcError) as refused:
+                c.call(method, params)
+            assert refused.value.code == -32003 and "jetstream" in refused.value.message, method
+        assert c.call("log.tail", {"conversation_id": "x"})["events"] == []  # nothing was written
+        one = c.call("log.append_many", {"events": [{"conversation_id": "x", "type": "a.b"}]})
+        assert one[0]["seq"] == 1
+
+
+def test_a_data_directory_keeps_to_one_backend(
+    start_daemon: Any,  # noqa: F811
+    tmp_path: Path,
+    nats_urls: list[str],
+    token: str,
+) -> None:
+    plain = start_daemon(data_dir=tmp_path / "d")
+    with Client(plain.socket_path) as c:
+        progress(c, "mine")
+    assert plain.stop() == 0
+    refused = start_daemon(config_text=jetstream_config(nats_urls, token), data_dir=tmp_path / "d", wait=False)
+    assert refused.proc.wait(timeout=30) == 1
+    assert "holds the log of the 'file' backend" in refused.stderr()
