@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from sidecar.clock import Clock
 from sidecar.errors import GateClosedError
-from sidecar.log.timestamps import format_timestamp
+from sidecar.log.events import Event
+from sidecar.log.timestamps import format_timestamp, timestamp_ns
 
 
 @dataclass
@@ -67,6 +68,40 @@ class GrantBook:
             del by_id[oldest.grant_id]
             if self._current.get(oldest.conversation_id) is oldest:
                 del self._current[oldest.conversation_id]
+
+    def learn(self, event: Event) -> None:
+        """Take in a grant another daemon's controller issued, or the use of one, from the log
+        (the jetstream backend: any daemon honours any grant). A grant issued here is known
+        already; expiry is the issuer's ``expires_at`` on this host's clock."""
+        data = event.data
+        if not isinstance(data, dict) or not isinstance(data.get("grant_id"), str):
+            return
+        grant_id = data["grant_id"]
+        known = self._by_id.get(grant_id)
+        if event.type == "narrator.message":
+            if known is not None:
+                known.used = True
+            return
+        if known is not None or event.type != "controller.decision" or data.get("speak_now") is not True:
+            return
+        try:
+            expires_at = str(data["expires_at"])
+            left_s = (timestamp_ns(expires_at) - self.clock.now_ns()) / 1e9
+        except (KeyError, ValueError, OverflowError):
+            return  # not a grant this controller could have written: never honoured
+        now = self.clock.monotonic()
+        grant = Grant(
+            grant_id=grant_id,
+            conversation_id=event.conversation_id,
+            reason=str(data.get("reason", "")),
+            expires_mono=now + min(left_s, self.ttl_s),
+            expires_at=expires_at,
+        )
+        self._forget(now)
+        self._by_id[grant_id] = grant
+        current = self._current.get(event.conversation_id)
+        if current is None or current.expires_mono <= grant.expires_mono:
+            self._current[event.conversation_id] = grant
 
     def redeem(self, cid: str, grant_id: str) -> Grant:
         """Use a grant once; -32004 says why not (unknown, used, expired, other conversation)."""

@@ -36,6 +36,7 @@ SummaryRef = Callable[[str], Awaitable[str | None]]
 Advisor = Callable[[str, str], Awaitable[tuple[bool, str]]]
 Sleep = Callable[[float], Awaitable[None]]
 
+GRANT_TYPES = frozenset({"controller.decision", "narrator.message"})  # what a grant book learns from
 MAX_LISTED_TASKS = 100  # task ids named in one watchdog.idle: it must fit in one event
 
 
@@ -101,6 +102,8 @@ class Controller:
         on_grant: Callable[[Grant], None] | None = None,
         playbooks: PlaybookLibrary | None = None,
         *,
+        acts_for: Callable[[str], Awaitable[bool]] | None = None,
+        relay: Callable[[str, str | None], None] | None = None,
         fault_backoff_s: float = 0.05,
         max_fault_backoff_s: float = 2.0,
         sleep: Sleep = anyio.sleep,
@@ -113,6 +116,10 @@ class Controller:
         self.advisor = advisor
         self.on_grant = on_grant
         self.playbooks = playbooks
+        # With several daemons (jetstream): whether this one speaks for a conversation now (its
+        # lease), and how a heartbeat reaches every daemon's watchdog. Unset: this one, alone.
+        self.acts_for = acts_for
+        self.relay = relay
         self.fault_backoff_s = fault_backoff_s
         self.max_fault_backoff_s = max_fault_backoff_s
         self._sleep = sleep
@@ -127,6 +134,8 @@ class Controller:
         now = self.clock.monotonic()
         for event in events:
             try:
+                if event.type in GRANT_TYPES:
+                    self.grants.learn(event)
                 self.policy.observe(event, now)
                 if self.playbooks is not None:
                     self._note_playbook(event, now)
@@ -151,7 +160,19 @@ class Controller:
         return st.last_playbook if st is not None else None
 
     def heartbeat(self, cid: str, task_id: str | None) -> None:
+        if self.relay is not None:  # to every daemon, this one included (then heard())
+            self.relay(cid, task_id)
+        else:
+            self.heard(cid, task_id)
+
+    def heard(self, cid: str, task_id: str | None) -> None:
+        """A heartbeat, from this daemon's clients or (jetstream) relayed from another's."""
         self.policy.heartbeat(cid, task_id, self.clock.monotonic())
+        self._wakeup.set()
+
+    def taken_over(self, cid: str) -> None:
+        """This daemon now speaks for ``cid`` (its lease came from a daemon that stopped)."""
+        self.policy.taken_over(cid, self.clock.monotonic())
         self._wakeup.set()
 
     # --- output ----------------------------------------------------------------------------------
@@ -164,6 +185,8 @@ class Controller:
         issued: list[Grant] = []
         for d in decisions:
             st = self.policy.conversations[d.conversation_id]
+            if not await self._acts_for(d.conversation_id):
+                continue  # another daemon speaks for it: the same events made it decide the same
             if self._advice is not None and self._needs_advice(d):
                 # Under run(), the LLM is asked on the side: however slow it is, the other
                 # conversations' decisions (a waiting user's above all) go out on time.
@@ -182,6 +205,15 @@ class Controller:
         if self.on_grant is not None:
             for grant in issued:
                 self.on_grant(grant)
+
+    async def _acts_for(self, cid: str) -> bool:
+        if self.acts_for is None:
+            return True
+        try:
+            return await self.acts_for(cid)
+        except Exception as exc:  # the lease cannot be checked: say nothing rather than twice
+            self.faults.report("controller.lease_failed", exc, conversation_id=cid)
+            return False
 
     def _needs_advice(self, d: Decision) -> bool:
         return d.speak_now and self.advisor is not None and d.reason != "user_message"

@@ -218,6 +218,15 @@ class RulePolicy:
         if earlier:  # else the entry already in the heap comes first: nothing to reschedule
             self._dirty[cid] = None
 
+    def taken_over(self, cid: str, now: float) -> None:
+        """This controller now speaks for ``cid`` in place of one that stopped (the jetstream
+        backend): a user still waiting is a trigger again, since the decision that was due
+        may have died with the other daemon."""
+        st = self.conversations.get(cid)
+        if st is not None and st.user_waiting_since is not None:
+            self._trigger(st, "user_message", now)
+            self._dirty[cid] = None
+
     def _active(self, st: ConversationState, now: float) -> None:
         st.last_activity = now
         st.idle_strikes = 0

@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -59,6 +60,10 @@ from sidecar.tasks.history import rebuild_missing
 from sidecar.tasks.retention import carry_forward
 from sidecar.tasks.service import TaskService
 from sidecar.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
+
+if TYPE_CHECKING:  # the jetstream extra is optional: imported when the backend is chosen
+    from sidecar.jetstream.control import ControlPlane
+    from sidecar.jetstream.mirror import JetStreamAppender
 
 log = structlog.get_logger("sidecar.daemon")
 
@@ -107,6 +112,7 @@ class Daemon:
         self._consumers: dict[str, Callable[[list[Event]], None]] = {}  # of every commit
         self.store: EventStore
         self.appender: Appender
+        self.control: ControlPlane | None = None  # the jetstream backend's controller leases
         self.services: Services
 
     def uptime(self) -> float:
@@ -224,7 +230,8 @@ class Daemon:
         try:
             self.store = await anyio.to_thread.run_sync(self._load_store)
             writer = AsyncAppender(self.store, on_commit=self._fan_out, on_forget=self._forget)
-            self.appender = writer if self.config.log.backend == "file" else await self._jetstream(writer)
+            shared = None if self.config.log.backend == "file" else await self._jetstream(writer)
+            self.appender = writer if shared is None else shared
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
             self.playbooks = await anyio.to_thread.run_sync(
@@ -285,6 +292,9 @@ class Daemon:
                 playbooks=self.playbooks,
             )
 
+            if shared is not None:
+                self.control = await self._control_plane(shared)
+
             self.services = Services(
                 store=self.store,
                 appender=self.appender,
@@ -317,6 +327,8 @@ class Daemon:
                 self._tg = tg
                 await tg.start(supervise, "tasks", self.tasks.run, self.fault)
                 await tg.start(supervise, "controller", self.controller.run, self.fault)
+                if self.control is not None:
+                    await tg.start(supervise, "controller-leases", self._leases, self.fault)
                 await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
                 await tg.start(supervise, "playbooks", self.playbooks.watch, self.fault)
                 await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
@@ -342,6 +354,8 @@ class Daemon:
                         if self.connections:
                             await self._all_closed.wait()
                     conns.cancel_scope.cancel()
+                if self.control is not None:
+                    await self.control.close()
                 await self.appender.aclose()
                 tg.cancel_scope.cancel()
         finally:
@@ -367,7 +381,7 @@ class Daemon:
             self._cleanup()
             log.info("daemon.stopped")
 
-    async def _jetstream(self, writer: AsyncAppender) -> Appender:
+    async def _jetstream(self, writer: AsyncAppender) -> JetStreamAppender:
         """The ``jetstream`` backend: appends to the shared stream, this data directory a copy
         of it (read everything from; fed to subscriptions, the controller and search)."""
         try:
@@ -396,6 +410,30 @@ class Daemon:
             ) from None
         log.info("daemon.jetstream_ready", stream=jc.stream, conversations=len(copied))
         return appender
+
+    async def _control_plane(self, appender: JetStreamAppender) -> ControlPlane:
+        """One controller per conversation across the stream's daemons (KV leases)."""
+        from sidecar.jetstream.control import ControlPlane
+
+        jc = self.config.jetstream
+        control = ControlPlane(
+            appender.stream.client,
+            jc.stream,
+            replicas=jc.replicas,
+            lease_s=jc.controller_lease_s,
+            on_takeover=self.controller.taken_over,
+            on_heartbeat=self.controller.heard,
+        )
+        await control.start()
+        self.controller.acts_for = control.acts_for
+        self.controller.relay = control.relay
+        log.info("daemon.controller_leases", daemon=control.name, lease_s=jc.controller_lease_s)
+        return control
+
+    async def _leases(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self.control is not None
+        task_status.started()
+        await self.control.run()
 
     async def _flush_groups(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consumer groups' acks on disk within a second, batched: never an fsync per ack."""

@@ -30,3 +30,6 @@ class JetStreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = "SIDECAR"
     # copies of each event, on as many servers: an append is acknowledged once a majority has it
     replicas: Annotated[int, Meta(ge=1, le=5)] = 3
+    # a daemon that has not renewed its lease this long is taken for dead: another daemon
+    # takes over the controller of its conversations (at most this long without one)
+    controller_lease_s: Annotated[float, Meta(ge=1, le=300)] = 10.0

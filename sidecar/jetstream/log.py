@@ -158,6 +158,12 @@ class JetStreamLog:
         if self._nc is not None:
             await self._nc.drain()
 
+    @property
+    def client(self) -> NatsClient:
+        """The connection (started): the control plane's KV buckets and heartbeats share it."""
+        assert self._nc is not None, "start() first"
+        return self._nc
+
     # --- the feed --------------------------------------------------------------------------------
 
     async def _on_msg(self, msg: Msg) -> None:

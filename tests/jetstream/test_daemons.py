@@ -13,13 +13,18 @@ from sidecar_client import Client, RpcError
 
 from tests.daemon.conftest import DaemonProc, start_daemon  # noqa: F401
 from tests.support import within
+from tests.support_nats import NatsCluster
 
+LEASE_S = 2.0  # short, so that a takeover is quick to see
 SHARED_ID = "0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b"
 
 
 def jetstream_config(urls: list[str], stream: str) -> str:
     servers = ", ".join(f'"{u}"' for u in urls)
-    return f'[log]\nbackend = "jetstream"\n\n[jetstream]\nservers = [{servers}]\nstream = "{stream}"\nreplicas = 3\n'
+    return (
+        f'[log]\nbackend = "jetstream"\n\n[jetstream]\nservers = [{servers}]\nstream = "{stream}"\n'
+        f"replicas = 3\ncontroller_lease_s = {LEASE_S}\n"
+    )
 
 
 @pytest.fixture
@@ -136,6 +141,7 @@ def test_what_jetstream_does_not_serve_yet_is_refused_by_name(start_shared: Any)
             ("tasks.create", {"title": "t"}),
             ("log.delete_conversation", {"conversation_id": "x", "confirm": "x"}),
             ("log.ack", {"group": "g", "conversation_id": "x", "seq": 1}),
+            ("log.subscribe", {"conversation_id": "x", "group": "g"}),
             (
                 "log.append_many",
                 {"events": [{"conversation_id": "x", "type": "a.b"}, {"conversation_id": "x", "type": "a.b"}]},
@@ -162,3 +168,101 @@ def test_a_data_directory_keeps_to_one_backend(
     refused = start_daemon(config_text=jetstream_config(nats_urls, token), data_dir=tmp_path / "d", wait=False)
     assert refused.proc.wait(timeout=30) == 1
     assert "holds the log of the 'file' backend" in refused.stderr()
+
+
+@pytest.mark.slow
+def test_killing_a_nats_node_under_load_loses_no_acknowledged_event(
+    start_shared: Any, nats_cluster: NatsCluster, token: str
+) -> None:
+    """Two daemons append while the stream's leader node is killed -9 and started again: every
+    acknowledged event is in both daemons' copies, at its seq, with no gap, and the node that
+    came back has caught up (it reports healthy only then)."""
+    a, b = start_shared(1), start_shared(2)
+    acked: list[tuple[int, str]] = []
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(d: DaemonProc, name: str) -> None:
+        try:
+            with Client(d.socket_path, timeout=60) as c:
+                n = 0
+                while not stop.is_set():
+                    ack = progress(c, "load", agent_id=name, data={"n": n})
+                    acked.append((ack["seq"], ack["id"]))
+                    n += 1
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(d, name)) for d, name in ((a, "A"), (b, "B"))]
+    for t in threads:
+        t.start()
+    try:
+        within(30.0, lambda: len(acked) >= 100)
+        within(10.0, lambda: nats_cluster.stream_leader(token) is not None)
+        victim = nats_cluster.stream_leader(token)
+        assert victim is not None
+        nats_cluster.kill(victim)
+        before = len(acked)
+        within(60.0, lambda: len(acked) >= before + 100)  # a new leader took over
+        nats_cluster.start(victim)  # returns once it is healthy: caught up with the stream
+        within(60.0, lambda: len(acked) >= before + 200)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=90)
+    assert not failed, failed
+    last = max(seq for seq, _ in acked)
+    for d in (a, b):
+        with Client(d.socket_path) as c:
+            events = within(30.0, lambda c=c: (e := tail(c, "load", last)) and e[-1]["seq"] == last and e)
+            assert [e["seq"] for e in events] == list(range(1, last + 1))
+            by_seq = {e["seq"]: e["id"] for e in events}
+            assert all(by_seq[seq] == event_id for seq, event_id in acked)
+
+
+def tail(c: Client, cid: str, n: int) -> list[dict[str, Any]]:
+    return list(c.call("log.tail", {"conversation_id": cid, "limit": n})["events"])
+
+
+def granted(sub: Any) -> dict[str, Any]:
+    """The next decision of a subscription to controller.decision that grants speech."""
+    for event in sub:
+        if event["data"].get("speak_now"):
+            return dict(event)
+    raise AssertionError("the subscription ended")
+
+
+def test_one_daemon_decides_and_a_grant_is_honoured_on_any_daemon(start_shared: Any) -> None:
+    a, b = start_shared(1), start_shared(2)
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        decisions = cb.subscribe({"conversation_id": "talk", "types": ["controller.decision"]})
+        ca.call("chat.user_message", {"conversation_id": "talk", "text": "hello?"})
+        grant = granted(decisions)["data"]["grant_id"]
+        said = cb.call("narrator.say", {"conversation_id": "talk", "grant_id": grant, "text": "Hello!"})
+        with pytest.raises(RpcError) as used:  # single use, across daemons
+            ca.call("narrator.say", {"conversation_id": "talk", "grant_id": grant, "text": "Hello again!"})
+        assert used.value.code == -32004 and used.value.data["reason"] == "used"
+        for c in (ca, cb):  # both copies have the decision once and the message once
+            events = within(10.0, lambda c=c: (e := tail(c, "talk", 100)) and e[-1]["id"] == said["id"] and e)
+            assert [e["type"] for e in events].count("controller.decision") == 1
+            assert [e["type"] for e in events].count("narrator.message") == 1
+
+
+@pytest.mark.slow
+def test_a_daemon_killed_hands_its_conversations_controller_to_another(start_shared: Any) -> None:
+    a = start_shared(1)
+    with Client(a.socket_path) as ca:
+        decisions = ca.subscribe({"conversation_id": "x", "types": ["controller.decision"]})
+        ca.call("chat.user_message", {"conversation_id": "x", "text": "first"})
+        grant = granted(decisions)["data"]["grant_id"]
+        ca.call("narrator.say", {"conversation_id": "x", "grant_id": grant, "text": "answered"})
+    b = start_shared(2)  # a speaks for x; b copies everything and decides nothing for it
+    a.stop(signal.SIGKILL)
+    with Client(b.socket_path) as cb:
+        decisions = cb.subscribe({"conversation_id": "x", "types": ["controller.decision"]})
+        cb.call("chat.user_message", {"conversation_id": "x", "text": "anyone there?"})
+        taken = granted(decisions)  # once a's lease has aged out, b speaks for x
+        grant = taken["data"]["grant_id"]
+        said = cb.call("narrator.say", {"conversation_id": "x", "grant_id": grant, "text": "I am."})
+        assert said["seq"] > taken["seq"]
+        assert cb.call("sys.stats")["faults"] == {}
