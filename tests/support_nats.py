@@ -421,3 +421,13 @@ class NatsServer(NatsCluster):
     def __enter__(self) -> NatsServer:
         self.start_all()
         return self
+
+
+def jetstream_config(urls: list[str], stream: str, *, lease_s: float = 2.0) -> str:
+    """A daemon's config file for the ``jetstream`` backend on this cluster and stream (a short
+    controller lease, so that a takeover is quick to see)."""
+    servers = ", ".join(f'"{u}"' for u in urls)
+    return (
+        f'[log]\nbackend = "jetstream"\n\n[jetstream]\nservers = [{servers}]\nstream = "{stream}"\n'
+        f"replicas = 3\ncontroller_lease_s = {lease_s}\n"
+    )

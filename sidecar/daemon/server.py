@@ -73,10 +73,6 @@ JETSTREAM_START_S = 60.0  # connecting to the cluster and copying what the strea
 # state shared by the daemons that is still kept by each one (see docs/scale-out.md).
 _NOT_YET = "is not served by the jetstream backend yet (docs/scale-out.md): "
 UNSERVED_ON_JETSTREAM = {
-    **{
-        f"tasks.{name}": f"tasks.{name} {_NOT_YET}the task graph is still each daemon's own"
-        for name in ("at", "claim", "create", "get", "history", "list_active", "ready", "release", "renew", "update")
-    },
     "log.delete_conversation": f"log.delete_conversation {_NOT_YET}it would delete one daemon's copy only",
     "log.ack": f"consumer groups {_NOT_YET}their positions are still each daemon's own",
     "log.groups": f"consumer groups {_NOT_YET}their positions are still each daemon's own",
@@ -239,15 +235,18 @@ class Daemon:
             )
             self.groups = Positions(self.store.data_dir)
             await anyio.to_thread.run_sync(self.groups.load)
-            self.tasks = TaskService(
-                self.store.data_dir,
-                audit=self.appender.append_valid,
-                clock=self.clock,
-                max_pending=self.config.tasks.max_pending,
-                max_event_bytes=self.config.log.max_event_bytes,
-            )
-            await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
-            await anyio.to_thread.run_sync(self.tasks.load)
+            if shared is None:
+                self.tasks = TaskService(
+                    self.store.data_dir,
+                    audit=self.appender.append_valid,
+                    clock=self.clock,
+                    max_pending=self.config.tasks.max_pending,
+                    max_event_bytes=self.config.log.max_event_bytes,
+                )
+                await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
+                await anyio.to_thread.run_sync(self.tasks.load)
+            else:
+                self.tasks = await self._shared_tasks(shared)
             self.search_index = SearchIndex(self.store.data_dir)  # read here; written by the indexer process
             self.indexer = IndexerProcess(
                 self.store.data_dir, enabled=self.config.search.enabled, log_format=self.config.server.log_format
@@ -410,6 +409,24 @@ class Daemon:
             ) from None
         log.info("daemon.jetstream_ready", stream=jc.stream, conversations=len(copied))
         return appender
+
+    async def _shared_tasks(self, appender: JetStreamAppender) -> TaskService:
+        """The task graph in the stream's KV bucket, shared by its daemons."""
+        from sidecar.jetstream.tasks import SharedTaskService
+
+        jc = self.config.jetstream
+        tasks = SharedTaskService(
+            appender.stream.client,
+            jc.stream,
+            data_dir=self.store.data_dir,
+            replicas=jc.replicas,
+            audit=self.appender.append_valid,
+            clock=self.clock,
+            max_pending=self.config.tasks.max_pending,
+            max_event_bytes=self.config.log.max_event_bytes,
+        )
+        await tasks.start()
+        return tasks
 
     async def _control_plane(self, appender: JetStreamAppender) -> ControlPlane:
         """One controller per conversation across the stream's daemons (KV leases)."""

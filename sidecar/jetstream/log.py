@@ -240,7 +240,7 @@ class JetStreamLog:
                 staged.check_sent(writer, new.clock, new.conversation_id)
                 clock = dict(new.clock)
             else:
-                clock = staged.next_clock(writer, ())
+                clock = staged.next_clock(writer, await self._cause_clocks(new.conversation_id, new.caused_by))
             stamp = format_timestamp(self.clock.now_ns())
             built = placed(
                 new, event_id=event_id, seq=conv.last_seq + 1, timestamp=max(stamp, conv.last_ts), clock=clock
@@ -276,6 +276,18 @@ class JetStreamLog:
                 )
             self._take(built, ack.seq)
             return AppendResult(id=built.id, seq=built.seq, timestamp=built.timestamp, clock=built.clock)
+
+    async def _cause_clocks(self, cid: str, caused_by: list[str] | None) -> list[dict[str, int]]:
+        """The clocks of the events in ``caused_by`` that are in this conversation (as the file
+        backend's writer merges them): from memory, else read from the stream."""
+        clocks = []
+        for ref in caused_by or ():
+            found = self._ids.get(ref)
+            if found is not None and found[0] == cid:
+                event = await self.event_at(cid, found[1])
+                if event is not None and event.id == ref:
+                    clocks.append(event.clock)
+        return clocks
 
     async def _behind(self, conv: _Conversation, cid: str, deadline: float) -> None:
         """Wait (within ``deadline``) until the feed has brought every message of ``cid`` the

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support_nats import jetstream_config
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -160,3 +162,13 @@ def start_daemon(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def daemon(start_daemon) -> DaemonProc:
     return start_daemon()
+
+
+@pytest.fixture(params=["file", "jetstream"])
+def backend_daemon(request: pytest.FixtureRequest, start_daemon) -> DaemonProc:
+    """A daemon on each storage backend in turn: the suites that use it are the contract both
+    keep (the jetstream one on the shared 3-node cluster, a stream of its own)."""
+    if request.param == "file":
+        return start_daemon()
+    urls = request.getfixturevalue("nats_urls")
+    return start_daemon(config_text=jetstream_config(urls, request.getfixturevalue("token")))

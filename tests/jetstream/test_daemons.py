@@ -13,18 +13,9 @@ from sidecar_client import Client, RpcError
 
 from tests.daemon.conftest import DaemonProc, start_daemon  # noqa: F401
 from tests.support import within
-from tests.support_nats import NatsCluster
+from tests.support_nats import NatsCluster, jetstream_config
 
-LEASE_S = 2.0  # short, so that a takeover is quick to see
 SHARED_ID = "0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b"
-
-
-def jetstream_config(urls: list[str], stream: str) -> str:
-    servers = ", ".join(f'"{u}"' for u in urls)
-    return (
-        f'[log]\nbackend = "jetstream"\n\n[jetstream]\nservers = [{servers}]\nstream = "{stream}"\n'
-        f"replicas = 3\ncontroller_lease_s = {LEASE_S}\n"
-    )
 
 
 @pytest.fixture
@@ -266,3 +257,34 @@ def test_a_daemon_killed_hands_its_conversations_controller_to_another(start_sha
         said = cb.call("narrator.say", {"conversation_id": "x", "grant_id": grant, "text": "I am."})
         assert said["seq"] > taken["seq"]
         assert cb.call("sys.stats")["faults"] == {}
+
+
+def test_claims_stay_exclusive_across_daemons_and_versions_are_checked(start_shared: Any) -> None:
+    a, b = start_shared(1), start_shared(2)
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        for i in range(30):
+            (ca if i % 2 else cb).call("tasks.create", {"id": f"j{i}", "type": "job"})
+        made = cb.call("tasks.create", {"id": "doc", "type": "write"})
+        ca.call("tasks.update", {"id": "doc", "priority": 3, "expected_version": made["version"]})
+        with pytest.raises(RpcError) as stale:  # b's version is stale: a changed it
+            cb.call("tasks.update", {"id": "doc", "priority": 4, "expected_version": made["version"]})
+        assert stale.value.code == -32001
+    claimed: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def worker(d: DaemonProc, name: str) -> None:
+        with Client(d.socket_path) as c:
+            while (task := c.call("tasks.claim", {"agent_id": name, "types": ["job"]})["task"]) is not None:
+                with lock:
+                    claimed.append((task["id"], name))
+
+    threads = [threading.Thread(target=worker, args=(d, f"{d.data_dir.name}-{i}")) for d in (a, b) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(task for task, _ in claimed) == sorted(f"j{i}" for i in range(30))  # each once
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        for task, name in claimed:  # and both daemons agree on who holds it
+            assert ca.call("tasks.get", {"id": task})["lease_owner"] == name
+            assert within(5.0, lambda task=task: cb.call("tasks.get", {"id": task})["lease_owner"]) == name

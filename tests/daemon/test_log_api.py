@@ -1,0 +1,80 @@
+"""The ``log.*`` contract, on both storage backends (``backend_daemon``: the file log, then a
+JetStream stream on the 3-node cluster): what a client sees must not depend on the backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sidecar_client import Client, RpcError
+
+from tests.daemon.conftest import DaemonProc
+
+ID = "0190a1b2-c3d4-7e5f-8a6b-9c0d1e2f3a4b"
+
+
+def append(c: Client, cid: str, type_: str = "agent.progress", **fields: Any) -> dict[str, Any]:
+    return dict(c.call("log.append", {"conversation_id": cid, "type": type_, **fields}))
+
+
+def test_appends_are_gapless_ordered_and_read_back_every_way(backend_daemon: DaemonProc) -> None:
+    with Client(backend_daemon.socket_path) as c:
+        first = append(c, "a", agent_id="planner", turn=1, data={"n": 1})
+        second = append(c, "a", "tool.finished", level="detail", turn=2, caused_by=[first["id"]])
+        other = append(c, "b", data={"n": 3})
+        assert (first["seq"], second["seq"], other["seq"]) == (1, 2, 1)
+        assert first["clock"] == {"planner": 1} and first["timestamp"] <= second["timestamp"]
+
+        tail = c.call("log.tail", {"conversation_id": "a", "limit": 10})["events"]
+        assert [e["id"] for e in tail] == [first["id"], second["id"]]
+        assert c.call("log.get", {"event_id": second["id"]}) == tail[1]
+        assert c.call("log.query", {"conversation_id": "a", "types": ["tool.finished"]})["events"] == [tail[1]]
+        assert c.call("log.query", {"conversation_id": "a", "turn_start": 1, "turn_end": 1})["events"] == [tail[0]]
+        assert [e["id"] for e in c.call("log.by_type", {"types": ["agent.progress"]})["events"]] == [
+            first["id"],
+            other["id"],
+        ]
+        since = c.call("log.since", {"timestamp": first["timestamp"]})["events"]
+        assert {e["id"] for e in since} == {first["id"], second["id"], other["id"]}
+        causality = c.call("log.causality", {"event_id": second["id"]})
+        assert [e["id"] for e in causality["upstream"]] == [first["id"]]
+        assert c.call("log.compare", {"a": first["id"], "b": second["id"]})["order"] == "before"
+        infos = {i["conversation_id"]: i for i in c.call("log.conversations")["conversations"]}
+        assert (infos["a"]["last_seq"], infos["a"]["event_count"], infos["b"]["last_seq"]) == (2, 2, 1)
+
+
+def test_expected_seq_and_idempotent_ids(backend_daemon: DaemonProc) -> None:
+    with Client(backend_daemon.socket_path) as c:
+        made = append(c, "e", id=ID, expected_seq=0)
+        again = append(c, "e", id=ID)
+        assert again["duplicate"] is True and (again["seq"], again["timestamp"]) == (made["seq"], made["timestamp"])
+        with pytest.raises(RpcError) as conflict:
+            append(c, "e", expected_seq=0)
+        assert conflict.value.code == -32001 and conflict.value.data["last_seq"] == 1
+        assert append(c, "e", expected_seq=1)["seq"] == 2
+        assert [e["seq"] for e in c.call("log.tail", {"conversation_id": "e"})["events"]] == [1, 2]
+
+
+def test_bad_appends_are_refused_by_name_and_write_nothing(backend_daemon: DaemonProc) -> None:
+    with Client(backend_daemon.socket_path) as c:
+        with pytest.raises(RpcError) as user_text:
+            append(c, "r", visibility="user", data={"text": "hi"})
+        assert user_text.value.code == -32003
+        with pytest.raises(RpcError) as bad:
+            append(c, "r", seq=4)
+        assert bad.value.code == -32602 and "seq" in bad.value.message
+        with pytest.raises(RpcError) as missing:
+            c.call("log.get", {"event_id": ID})
+        assert missing.value.code == -32002
+        assert c.call("log.tail", {"conversation_id": "r"})["events"] == []
+
+
+def test_a_subscription_replays_then_goes_live_without_gap_or_repeat(backend_daemon: DaemonProc) -> None:
+    with Client(backend_daemon.socket_path) as writer, Client(backend_daemon.socket_path) as reader:
+        for n in range(3):
+            append(writer, "s", data={"n": n})
+        sub = reader.subscribe({"conversation_id": "s", "from_seq": 2, "types": ["agent.progress"]})
+        for n in range(3, 6):
+            append(writer, "s", data={"n": n})
+        assert [next(sub)["data"]["n"] for _ in range(4)] == [1, 2, 3, 4]
+        assert next(sub)["seq"] == 6
