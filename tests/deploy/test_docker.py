@@ -71,7 +71,8 @@ def test_compose_has_an_llm_server_and_the_sidecar_sharing_a_socket_volume() -> 
     doc = compose()
     assert "version" not in doc  # obsolete in the compose specification
     services, volumes = doc["services"], doc["volumes"]
-    assert set(services) == {"llm", "sidecar"}
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == {"llm", "sidecar"}  # the rest only with a profile (test_compose_jetstream.py)
 
     llm = services["llm"]
     assert llm["image"].startswith("ghcr.io/ggml-org/llama.cpp:server")
@@ -104,7 +105,7 @@ def strict_parse(text: str) -> PyCompose:
 def test_compose_parses_under_a_strict_implementation_of_the_specification() -> None:
     parsed = strict_parse(COMPOSE.read_text())
     parsed.validate()  # networks, volumes, configs and secrets that services name are declared
-    assert sorted(parsed.service_names()) == ["llm", "sidecar"]
+    assert sorted(parsed.service_names()) == ["llm", "nats-1", "nats-2", "nats-3", "sidecar", "sidecar-a", "sidecar-b"]
 
 
 @pytest.mark.parametrize(
