@@ -41,6 +41,9 @@ APPEND_ERRORS = {
 }
 
 
+NO_GROUPS = "the jetstream backend, which does not share consumer groups' positions among its daemons yet"
+
+
 class AppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     events: Annotated[list[NewEvent], Meta(min_length=1, max_length=10_000)]
 
@@ -327,7 +330,7 @@ async def log_causality(p: CausalityParams, s: Session) -> Causality:
     "Delete a conversation for good (the right to be forgotten): its logs, summaries and group "
     "positions, not its tasks. conversation.deleted is written in system; the id, used again, "
     "starts at seq 1.",
-    errors={-32003: "system cannot be deleted", -32006: STORAGE},
+    errors={-32003: "system cannot be deleted; or the jetstream backend, which does not serve it yet", -32006: STORAGE},
     example={"conversation_id": "old-chat", "confirm": "old-chat"},
 )
 async def log_delete_conversation(p: DeleteParams, s: Session) -> Deleted:
@@ -390,7 +393,7 @@ async def log_conversations(p: NoParams, s: Session) -> Conversations:
     "Replay from from_seq (or, with a group, from after its acked seq), then live log.event notifications.",
     errors={
         -32001: "another connection is the live subscriber of this group and conversation",
-        -32003: "a group, on the jetstream backend (its positions are not shared by the daemons yet)",
+        -32003: NO_GROUPS,
         -32005: "this connection already has [server] max_subscriptions subscriptions",
     },
     example={"conversation_id": CID, "from_seq": 1, "types": ["narrator.message"]},
@@ -427,7 +430,10 @@ async def _last_seq(s: Session, cid: str) -> int:
     Acked,
     "A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its "
     "position moves forward, never back, and is on disk within a second.",
-    errors={-32005: "the daemon keeps as many group positions as it may (100,000): reuse a group name"},
+    errors={
+        -32003: NO_GROUPS,
+        -32005: "the daemon keeps as many group positions as it may (100,000): reuse a group name",
+    },
     example={"group": "indexer", "conversation_id": CID, "seq": 1},
 )
 async def log_ack(p: AckParams, s: Session) -> Acked:
@@ -446,7 +452,7 @@ async def log_ack(p: AckParams, s: Session) -> Acked:
     NoParams,
     Groups,
     "Every consumer group's position in each conversation, and how far behind it is.",
-    errors={},
+    errors={-32003: NO_GROUPS},
     example={},
 )
 async def log_groups(p: NoParams, s: Session) -> Groups:

@@ -59,7 +59,7 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     journal: bool = True
     # past this, the journal is checkpointed (the conversation files synced, the journal emptied)
     journal_bytes: Positive = DEFAULT_JOURNAL_BYTES
-    # Retention (docs/retention.md): sealed segments whose newest event is older than this many
+    # Retention (docs/history.md): sealed segments whose newest event is older than this many
     # days are dropped, in the background; 0 keeps everything
     retain_days: Annotated[float, Meta(ge=0)] = 0.0
     # bytes on disk per conversation (its active segment too), the oldest sealed segments

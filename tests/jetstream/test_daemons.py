@@ -129,7 +129,6 @@ def test_what_jetstream_does_not_serve_yet_is_refused_by_name(start_shared: Any)
     a = start_shared(1)
     with Client(a.socket_path) as c:
         for method, params in [
-            ("tasks.create", {"title": "t"}),
             ("log.delete_conversation", {"conversation_id": "x", "confirm": "x"}),
             ("log.ack", {"group": "g", "conversation_id": "x", "seq": 1}),
             ("log.subscribe", {"conversation_id": "x", "group": "g"}),
