@@ -1,9 +1,11 @@
 """Every benchmark, into bench/results/: README.md (a table per section), results.json and PNG plots.
 
-    ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s), search 140 s more
-    ./dev bench --quick              # small sizes, about 25 s (search 20 s more): checks that it all works
+    ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s), search 140 s
+                                     # and scaleout 80 s more
+    ./dev bench --quick              # small sizes, about 25 s (search 20 s, scaleout 15 s more): checks
+                                     # that it all works
     ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims, groups,
-                                     # clocks, compression, search)
+                                     # clocks, compression, search, scaleout)
 
 Sections: durable appends against clients (sidecar, the plain loop, SQLite, Redis), queries and
 daemon start-up against log size, summaries and context, the task graph's ready(), task claims
@@ -12,9 +14,10 @@ groups (one consumer drains a conversation and acks, beside Redis Streams with a
 of vector clocks on appends (on against off, beside the plain loop), compressed segments (ratio
 and reads against the same data plain, beside gzip and SQLite), full-text search (latency against
 the log's size beside a naive scan, the index's size and throughput, the cost of indexing on
-appends). Every
-figure sits beside a baseline measured in the same run: these machines are noisy, so compare
-ratios, not absolute numbers from different runs. Run it on a quiet machine.
+appends), scale-out on NATS JetStream (durable appends with 1, 2 and 3 daemons on a 3-node
+cluster of real nats-servers, beside the file backend and a single NATS node). Every figure
+sits beside a baseline measured in the same run: these machines are noisy, so compare ratios,
+not absolute numbers from different runs. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import bench_clocks  # noqa: E402
 import bench_compression  # noqa: E402
 import bench_groups  # noqa: E402
 import bench_log  # noqa: E402
+import bench_scaleout  # noqa: E402
 import bench_search  # noqa: E402
 import bench_summary  # noqa: E402
 import bench_tasks  # noqa: E402
@@ -56,6 +60,7 @@ SECTIONS: dict[str, Callable[[Config], list[Section]]] = {
     "clocks": bench_clocks.run,
     "compression": bench_compression.run,
     "search": bench_search.run,
+    "scaleout": bench_scaleout.run,
 }
 
 

@@ -51,7 +51,7 @@ def test_the_reference_covers_everything() -> None:
     sections = {s.name: {k.name for k in s.keys} for s in config_sections()}
     tables = {f.name: f.type for f in msgspec.structs.fields(Config) if isinstance(f.type, type)}
     tables = {name: kind for name, kind in tables.items() if issubclass(kind, msgspec.Struct)}
-    assert set(sections) == {"", *tables} == {"", "server", "log", "controller", "llm", "tasks", "search"}
+    assert set(sections) == {"", *tables} == {"", "server", "log", "controller", "llm", "tasks", "search", "jetstream"}
     assert sections[""] == {f.name for f in msgspec.structs.fields(Config)} - set(tables)
     for name, kind in tables.items():  # every key, in its own table
         assert sections[name] == {f.name for f in msgspec.structs.fields(kind)}

@@ -35,8 +35,7 @@ from sidecar.tasks.service import SYSTEM
 
 APPEND_ERRORS = {
     -32001: "expected_seq is given and the conversation's last seq is another",
-    -32003: "visibility is user: only chat.user_message and narrator.say write user-visible text; or, "
-    "on the jetstream backend, log.append_many with more than one event (not all-or-none there yet)",
+    -32003: "visibility is user: only chat.user_message and narrator.say write user-visible text",
     -32006: STORAGE,
 }
 
@@ -220,12 +219,6 @@ def log_append_now(req: Request, s: Session) -> bool:
 )
 async def log_append_many(p: AppendMany, s: Session) -> list[AppendResult]:
     _no_user_text(p.events)
-    if len(p.events) > 1 and not s.services.appender.atomic:
-        raise ForbiddenError(
-            "log.append_many of more than one event is not all-or-none on this daemon's storage "
-            "backend (jetstream) yet: append them one at a time with log.append",
-            {"events": len(p.events), "max_events": 1},
-        )
     return await s.services.appender.append_valid(p.events)
 
 

@@ -30,7 +30,11 @@ first (docs/scale-out.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +47,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
-from sidecar.errors import ConflictError, StorageError
+from sidecar.errors import ConflictError, InvalidParams, StorageError
 from sidecar.jetstream.config import JetStreamConfig
 from sidecar.log.clocks import DEFAULT_WRITER, ClockState
 from sidecar.log.events import AppendResult, Event, NewEvent, as_new_event, decode_event, encode_within, placed
@@ -59,6 +63,10 @@ DUPLICATE_WINDOW_S = 600.0  # the stream's: a retried or repeated id within it i
 RECENT = 256  # newest events of each conversation kept in memory
 _RETRY_CODES = {10158, 10163, 10164}  # id or expectation of a write still in flight; not ready
 _WRONG_LAST = 10071
+_WRONG_LAST_IN_FLIGHT = 10164  # in an atomic batch: an expectation that failed
+_DUPLICATE_IN_BATCH = 10201  # an atomic batch holding an id the stream has
+MAX_BATCH = 1000  # events of one atomic batch (the server's limit)
+_BATCH_TIMEOUT_S = 5.0
 
 
 def subject_of(stream: str, cid: str) -> str:
@@ -137,12 +145,16 @@ class JetStreamLog:
             storage=api.StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_S,
             allow_direct=True,
+            allow_atomic=True,  # log.append_many: all or none (nats-server 2.12 and later)
             max_msg_size=self.max_event_bytes + 4096,
         )
         try:
-            await self._js.stream_info(self.config.stream)
+            info = await self._js.stream_info(self.config.stream)
         except nats.js.errors.NotFoundError:
             await _retrying(lambda: self._js_add(cfg))
+            return
+        if not info.config.allow_atomic:  # made by an earlier version: atomic batches are needed now
+            await self._js.update_stream(dataclasses.replace(info.config, allow_atomic=True))
 
     async def _js_add(self, cfg: api.StreamConfig) -> None:
         assert self._js is not None
@@ -270,12 +282,139 @@ class JetStreamLog:
                 await self._pause(deadline)  # an election, or the outcome unknown: the id settles it
                 continue
             if ack.duplicate:  # written before (a retry whose first try landed, or the same id elsewhere)
-                found = await self._read(ack.seq)
-                return AppendResult(
-                    id=found.id, seq=found.seq, timestamp=found.timestamp, clock=found.clock, duplicate=True
-                )
+                return _result(await self._read(ack.seq), duplicate=True)
             self._take(built, ack.seq)
-            return AppendResult(id=built.id, seq=built.seq, timestamp=built.timestamp, clock=built.clock)
+            return _result(built)
+
+    async def append_batch(self, news: list[NewEvent]) -> list[AppendResult]:
+        """Append events of any conversations, all or none (an atomic batch publish; at most
+        :data:`MAX_BATCH` events). Events whose ids are known are answered as duplicates."""
+        if len(news) > MAX_BATCH:
+            raise InvalidParams(
+                f"{len(news)} events in one call; the jetstream backend writes at most {MAX_BATCH} all or none",
+                {"field": "events", "events": len(news), "max_events": MAX_BATCH},
+            )
+        cids = sorted({new.conversation_id for new in news})
+        convs = {cid: self._convs.setdefault(cid, _Conversation()) for cid in cids}
+        async with contextlib.AsyncExitStack() as held:
+            for cid in cids:  # in one order everywhere: two batches never wait on each other
+                await held.enter_async_context(convs[cid].lock)
+            return await self._batch_locked(convs, news)
+
+    async def _batch_locked(self, convs: dict[str, _Conversation], news: list[NewEvent]) -> list[AppendResult]:
+        assert self._nc is not None
+        now_ms = self.clock.now_ns() // 1_000_000
+        ids = [new.id or new_event_id(now_ms) for new in news]
+        deadline = time.monotonic() + RETRY_S
+        while True:
+            results: list[AppendResult | None] = [None] * len(news)
+            for i, (new, event_id) in enumerate(zip(news, ids)):
+                known = self._ids.get(event_id)
+                if known is not None and known[0] == new.conversation_id:
+                    results[i] = await self._existing(*known)
+            built, lines = await self._build_batch(convs, news, ids, results, deadline)
+            if built is None:
+                continue  # the conversation moved under an expected_seq: looked again
+            if not lines:
+                return [r for r in results if r is not None]
+            error = await self._publish_batch(convs, built, lines)
+            if error is None:
+                for cid in {e.conversation_id for e in built}:
+                    last = max(e.seq for e in built if e.conversation_id == cid)
+                    while convs[cid].last_seq < last:  # the feed brings them: then they are ours
+                        await self._wait(convs[cid].moved, deadline)
+                by_id = {e.id: e for e in built}
+                return [
+                    r if r is not None else _result(by_id[event_id]) for r, event_id in zip(results, ids, strict=True)
+                ]
+            if error in (_WRONG_LAST, _WRONG_LAST_IN_FLIGHT, _DUPLICATE_IN_BATCH):
+                for cid, conv in convs.items():  # another process wrote first: take it in, then again
+                    await self._behind(conv, cid, deadline)
+            else:
+                await self._pause(deadline)
+
+    async def _build_batch(
+        self,
+        convs: dict[str, _Conversation],
+        news: list[NewEvent],
+        ids: list[str],
+        results: list[AppendResult | None],
+        deadline: float,
+    ) -> tuple[list[Event] | None, list[tuple[str, bytes, dict[str, str]]]]:
+        """The batch's events at their places, and its messages: ``(None, [])`` when an
+        ``expected_seq`` failed against what this process had seen and it has now looked again."""
+        staged = {cid: conv.clocks.overlay() for cid, conv in convs.items()}
+        next_seq = {cid: conv.last_seq + 1 for cid, conv in convs.items()}
+        last_ts = {cid: conv.last_ts for cid, conv in convs.items()}
+        stamp = format_timestamp(self.clock.now_ns())
+        built: list[Event] = []
+        lines: list[tuple[str, bytes, dict[str, str]]] = []
+        in_batch: dict[str, Event] = {}
+        for new, event_id, done in zip(news, ids, results):
+            if done is not None:
+                continue
+            cid = new.conversation_id
+            conv = convs[cid]
+            if new.expected_seq is not None and new.expected_seq != next_seq[cid] - 1:
+                seen = conv.last_stream_seq
+                await self._behind(conv, cid, deadline)
+                if conv.last_stream_seq != seen:
+                    return None, []
+                raise ConflictError(
+                    f"conversation {cid!r} is at seq {next_seq[cid] - 1}, not {new.expected_seq}",
+                    {"conversation_id": cid, "expected_seq": new.expected_seq, "last_seq": next_seq[cid] - 1},
+                )
+            writer = new.agent_id or DEFAULT_WRITER
+            if new.clock is not None:
+                staged[cid].check_sent(writer, new.clock, cid)
+                clock = dict(new.clock)
+                staged[cid].observe(writer, clock)
+            else:
+                causes = [in_batch[ref].clock for ref in new.caused_by or () if ref in in_batch]
+                causes += await self._cause_clocks(cid, [ref for ref in new.caused_by or () if ref not in in_batch])
+                clock = staged[cid].next_clock(writer, causes)
+            event = placed(new, event_id=event_id, seq=next_seq[cid], timestamp=max(stamp, last_ts[cid]), clock=clock)
+            line = encode_within(event, self.max_event_bytes)
+            headers = {"Nats-Msg-Id": event_id}
+            if next_seq[cid] == conv.last_seq + 1:  # the first of its conversation in the batch
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(conv.last_stream_seq)
+            next_seq[cid] += 1
+            last_ts[cid] = event.timestamp
+            built.append(event)
+            in_batch[event_id] = event
+            lines.append((subject_of(self.config.stream, cid), line[:-1], headers))
+        return built, lines
+
+    async def _publish_batch(
+        self, convs: dict[str, _Conversation], built: list[Event], lines: list[tuple[str, bytes, dict[str, str]]]
+    ) -> int | None:
+        """Publish ``lines`` as one atomic batch; None once committed, else the error code
+        (0: no answer, which a retry settles: the ids make a batch that landed a duplicate)."""
+        assert self._nc is not None
+        batch = uuid.uuid4().hex
+        try:
+            for i, (subject, data, headers) in enumerate(lines, 1):
+                headers = {**headers, "Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(i)}
+                if i < len(lines):
+                    await self._nc.publish(subject, data, headers=headers)
+                    continue
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await self._nc.request(subject, data, headers=headers, timeout=_BATCH_TIMEOUT_S)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return 0
+        try:
+            answer = json.loads(reply.data)
+        except ValueError:
+            return 0
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if error is None:
+            return None
+        code = int(error.get("err_code") or 0)
+        if code not in (_WRONG_LAST, _WRONG_LAST_IN_FLIGHT, _DUPLICATE_IN_BATCH, *_RETRY_CODES) and error.get(
+            "code"
+        ) not in (409, 503):
+            raise StorageError(f"the stream refused the events: {error.get('description')}")
+        return code
 
     async def _cause_clocks(self, cid: str, caused_by: list[str] | None) -> list[dict[str, int]]:
         """The clocks of the events in ``caused_by`` that are in this conversation (as the file
@@ -319,7 +458,7 @@ class JetStreamLog:
         event = await self.event_at(cid, seq)
         if event is None:
             raise StorageError(f"event {cid}#{seq} is indexed but not in the stream")
-        return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=event.clock, duplicate=True)
+        return _result(event, duplicate=True)
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -361,6 +500,10 @@ class JetStreamLog:
     def last_seq(self, cid: str) -> int:
         conv = self._convs.get(cid)
         return conv.last_seq if conv is not None else 0
+
+
+def _result(event: Event, *, duplicate: bool = False) -> AppendResult:
+    return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=event.clock, duplicate=duplicate)
 
 
 async def _retrying(call: Callable[[], object]) -> None:

@@ -29,8 +29,6 @@ log = structlog.get_logger("sidecar.jetstream")
 class JetStreamAppender:
     """Every write of a daemon on the ``jetstream`` backend (an :class:`~sidecar.log.aio.Appender`)."""
 
-    atomic = False  # several events of one call are appended one by one
-
     def __init__(
         self,
         stream: JetStreamLog,
@@ -126,11 +124,12 @@ class JetStreamAppender:
         self._in_flight += 1
         self._idle.clear()
         try:
-            results = []
-            for event in new:
-                result = await self.stream.append_valid(event)
+            if len(new) == 1:
+                results = [await self.stream.append_valid(new[0])]
+            else:
+                results = await self.stream.append_batch(new)
+            for event, result in zip(new, results, strict=True):
                 await self._in_copy(event.conversation_id, result.seq)
-                results.append(result)
             return results
         finally:
             self._in_flight -= 1

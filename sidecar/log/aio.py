@@ -37,9 +37,6 @@ class Appender(Protocol):
     backend (:class:`sidecar.jetstream.mirror.JetStreamAppender`) a shared stream. Reads are
     always served by an :class:`EventStore`: the log itself, or a copy of the stream."""
 
-    # Whether several events of one call are written all or none (log.append_many).
-    atomic: bool
-
     async def append_valid(self, new: list[NewEvent]) -> list[AppendResult]: ...
 
     def append_soon(self, events: list[NewEvent], answer: Callable[[AppendRequest], None]) -> object: ...
@@ -58,8 +55,6 @@ class AsyncAppender:
     ``on_commit(events)``, if given, is called in the loop with every durable batch's
     events (whoever appended them), in commit order and before that batch's answers: the
     store's one commit listener is then this appender's."""
-
-    atomic = True
 
     def __init__(
         self,

@@ -78,3 +78,41 @@ def test_a_subscription_replays_then_goes_live_without_gap_or_repeat(backend_dae
             append(writer, "s", data={"n": n})
         assert [next(sub)["data"]["n"] for _ in range(4)] == [1, 2, 3, 4]
         assert next(sub)["seq"] == 6
+
+
+def test_append_many_is_all_or_none(backend_daemon: DaemonProc) -> None:
+    with Client(backend_daemon.socket_path) as c:
+        append(c, "m1")
+        made = c.call(
+            "log.append_many",
+            {
+                "events": [
+                    {"conversation_id": "m1", "type": "tool.started", "agent_id": "a"},
+                    {"conversation_id": "m2", "type": "tool.started"},
+                    {"conversation_id": "m1", "type": "tool.finished", "agent_id": "a"},
+                ]
+            },
+        )
+        assert [r["seq"] for r in made] == [2, 1, 3] and [r["clock"].get("a") for r in made] == [1, None, 2]
+        with pytest.raises(RpcError) as conflict:  # the second fails: the first is not written either
+            c.call(
+                "log.append_many",
+                {
+                    "events": [
+                        {"conversation_id": "m2", "type": "a.b"},
+                        {"conversation_id": "m1", "type": "a.b", "expected_seq": 0},
+                    ]
+                },
+            )
+        assert conflict.value.code == -32001
+        assert [e["seq"] for e in c.call("log.tail", {"conversation_id": "m2"})["events"]] == [1]
+        again = c.call(  # a known id is answered as what it was; the rest are written
+            "log.append_many",
+            {
+                "events": [
+                    {"conversation_id": "m1", "type": "tool.started", "id": made[0]["id"]},
+                    {"conversation_id": "m1", "type": "a.b"},
+                ]
+            },
+        )
+        assert (again[0]["duplicate"], again[0]["seq"], again[1]["seq"]) == (True, 2, 4)
