@@ -1,8 +1,8 @@
 """Every benchmark, into bench/results/: README.md (a table per section), results.json and PNG plots.
 
     ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s), search 140 s
-                                     # and scaleout 80 s more
-    ./dev bench --quick              # small sizes, about 25 s (search 20 s, scaleout 15 s more): checks
+                                     # and scaleout 50 s more
+    ./dev bench --quick              # small sizes, about 25 s (search 20 s, scaleout 12 s more): checks
                                      # that it all works
     ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims, groups,
                                      # clocks, compression, search, scaleout)

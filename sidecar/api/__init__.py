@@ -9,8 +9,6 @@ from __future__ import annotations
 from sidecar.api import chat, context, controller, log, narrator, playbooks, search, summary, sys, tasks
 from sidecar.api.common import registry
 
-registry.unserved = lambda name, session: session.services.unserved.get(name)
-
 __all__ = [
     "chat",
     "context",

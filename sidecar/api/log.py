@@ -30,7 +30,7 @@ from sidecar.log.request import AppendRequest
 from sidecar.rpc.dispatch import BadParams, NoParams
 from sidecar.rpc.protocol import Request, encode, error_response, result_response
 from sidecar.summary.files import delete_summaries
-from sidecar.tasks.retention import carry_forward
+from sidecar.tasks.retention import CHUNK, carried_events
 from sidecar.tasks.service import SYSTEM
 
 APPEND_ERRORS = {
@@ -38,9 +38,6 @@ APPEND_ERRORS = {
     -32003: "visibility is user: only chat.user_message and narrator.say write user-visible text",
     -32006: STORAGE,
 }
-
-
-NO_GROUPS = "the jetstream backend, which does not share consumer groups' positions among its daemons yet"
 
 
 class AppendMany(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -323,7 +320,7 @@ async def log_causality(p: CausalityParams, s: Session) -> Causality:
     "Delete a conversation for good (the right to be forgotten): its logs, summaries and group "
     "positions, not its tasks. conversation.deleted is written in system; the id, used again, "
     "starts at seq 1.",
-    errors={-32003: "system cannot be deleted; or the jetstream backend, which does not serve it yet", -32006: STORAGE},
+    errors={-32003: "system cannot be deleted", -32006: STORAGE},
     example={"conversation_id": "old-chat", "confirm": "old-chat"},
 )
 async def log_delete_conversation(p: DeleteParams, s: Session) -> Deleted:
@@ -339,11 +336,13 @@ async def log_delete_conversation(p: DeleteParams, s: Session) -> Deleted:
     store = svc.store
     # The tasks stay (contract §14), so their newest versions go to system first: the log alone
     # still gives every task once this conversation's events are gone.
-    carried = await in_thread(lambda: carry_forward(store, cid, 2**62, into=SYSTEM))
-    last_seq = await svc.appender.delete_conversation(cid)  # the daemon forgets its views in commit order
+    carried = await in_thread(lambda: carried_events(store, cid, 2**62, into=SYSTEM))
+    for i in range(0, len(carried), CHUNK):
+        await svc.appender.append_valid(carried[i : i + CHUNK])
     summaries = await in_thread(lambda: delete_summaries(cid, data_dir=store.data_dir))
+    last_seq = await svc.appender.delete_conversation(cid)  # the daemon forgets its views in commit order
     groups = svc.groups.forget(cid)
-    await in_thread(svc.groups.flush)
+    await svc.groups.save()
     deleted = NewEvent(
         conversation_id=SYSTEM,
         type="conversation.deleted",
@@ -352,7 +351,9 @@ async def log_delete_conversation(p: DeleteParams, s: Session) -> Deleted:
         data={"conversation_id": cid, "last_seq": last_seq, "summaries": summaries, "groups": groups},
     )
     await svc.appender.append_valid([deleted])
-    return Deleted(conversation_id=cid, last_seq=last_seq, summaries=summaries, groups=groups, tasks_carried=carried)
+    return Deleted(
+        conversation_id=cid, last_seq=last_seq, summaries=summaries, groups=groups, tasks_carried=len(carried)
+    )
 
 
 @registry.method(
@@ -385,17 +386,23 @@ async def log_conversations(p: NoParams, s: Session) -> Conversations:
     Subscribed,
     "Replay from from_seq (or, with a group, from after its acked seq), then live log.event notifications.",
     errors={
-        -32001: "another connection is the live subscriber of this group and conversation",
-        -32003: NO_GROUPS,
+        -32001: "another connection (of this daemon, or of another on the jetstream backend) is the live "
+        "subscriber of this group and conversation",
         -32005: "this connection already has [server] max_subscriptions subscriptions",
     },
     example={"conversation_id": CID, "from_seq": 1, "types": ["narrator.message"]},
 )
 async def log_subscribe(p: SubscribeParams, s: Session) -> Subscribed:
-    why = s.services.unserved.get("log.ack") if p.group is not None else None
-    if why is not None:  # a group's position is not shared by this backend's daemons yet
-        raise ForbiddenError(why, {"field": "group"})
-    return Subscribed(subscription=s.subscribe(p))
+    groups = s.services.groups
+    group = (p.group, p.conversation_id) if p.group is not None and p.conversation_id is not None else None
+    if group is not None:
+        await groups.reserve(*group)  # other daemons' subscribers (jetstream), before ours
+    try:
+        return Subscribed(subscription=s.subscribe(p))
+    except Exception:
+        if group is not None:
+            groups.unreserve(*group)
+        raise
 
 
 @registry.method(
@@ -423,10 +430,7 @@ async def _last_seq(s: Session, cid: str) -> int:
     Acked,
     "A consumer group has handled a conversation up to seq (not beyond its last seq: -32602): its "
     "position moves forward, never back, and is on disk within a second.",
-    errors={
-        -32003: NO_GROUPS,
-        -32005: "the daemon keeps as many group positions as it may (100,000): reuse a group name",
-    },
+    errors={-32005: "the daemon keeps as many group positions as it may (100,000): reuse a group name"},
     example={"group": "indexer", "conversation_id": CID, "seq": 1},
 )
 async def log_ack(p: AckParams, s: Session) -> Acked:
@@ -445,7 +449,7 @@ async def log_ack(p: AckParams, s: Session) -> Acked:
     NoParams,
     Groups,
     "Every consumer group's position in each conversation, and how far behind it is.",
-    errors={-32003: NO_GROUPS},
+    errors={},
     example={},
 )
 async def log_groups(p: NoParams, s: Session) -> Groups:

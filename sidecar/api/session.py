@@ -7,8 +7,8 @@ has these few members.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.context.service import ContextService
@@ -45,8 +45,6 @@ class Services:
     search: SearchService  # log.search, and the context's related layer
     health: Callable[[], Health]
     stats: Callable[[], Stats]
-    # methods this daemon does not serve (its storage backend cannot yet), and why: -32003
-    unserved: Mapping[str, str] = field(default_factory=dict)
 
 
 class Session(Protocol):

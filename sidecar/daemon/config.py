@@ -185,10 +185,16 @@ def load_config(
     if socket:
         raw["socket"] = socket
     try:
-        return msgspec.convert(raw, Config)
+        config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         hint = _allowed_values(str(exc))
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {exc}{hint}") from None
+    if config.log.backend == "jetstream" and (config.log.retain_days or config.log.retain_bytes):
+        raise ConfigError(
+            "[log] retain_days and retain_bytes apply to the file backend; on jetstream the stream keeps "
+            "the log (docs/scale-out.md): leave them at 0"
+        )
+    return config
 
 
 def _allowed_values(message: str) -> str:

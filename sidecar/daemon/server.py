@@ -56,6 +56,7 @@ from sidecar.search.index import SearchIndex
 from sidecar.search.process import IndexerProcess
 from sidecar.search.service import SearchService
 from sidecar.summary.cache import SummaryCache
+from sidecar.summary.files import delete_summaries
 from sidecar.tasks.history import rebuild_missing
 from sidecar.tasks.retention import carry_forward
 from sidecar.tasks.service import TaskService
@@ -69,14 +70,6 @@ log = structlog.get_logger("sidecar.daemon")
 
 DRAIN_SECONDS = 4.0
 JETSTREAM_START_S = 60.0  # connecting to the cluster and copying what the stream has that we lack
-# What the jetstream backend does not serve yet (answered -32003 with the reason): each needs
-# state shared by the daemons that is still kept by each one (see docs/scale-out.md).
-_NOT_YET = "is not served by the jetstream backend yet (docs/scale-out.md): "
-UNSERVED_ON_JETSTREAM = {
-    "log.delete_conversation": f"log.delete_conversation {_NOT_YET}it would delete one daemon's copy only",
-    "log.ack": f"consumer groups {_NOT_YET}their positions are still each daemon's own",
-    "log.groups": f"consumer groups {_NOT_YET}their positions are still each daemon's own",
-}
 KEEPER_EVERY_S = 60.0  # a retention pass at least this often (and soon after each sealed segment)
 GROUPS_FLUSH_S = 0.5  # consumer groups' acks reach the disk at least this often (contract: within 1 s)
 
@@ -109,6 +102,7 @@ class Daemon:
         self.store: EventStore
         self.appender: Appender
         self.control: ControlPlane | None = None  # the jetstream backend's controller leases
+        self._forgotten: list[str] = []  # conversations deleted before the indexer was made
         self.services: Services
 
     def uptime(self) -> float:
@@ -233,7 +227,7 @@ class Daemon:
             self.playbooks = await anyio.to_thread.run_sync(
                 PlaybookLibrary, os.path.join(self.store.data_dir, "playbooks")
             )
-            self.groups = Positions(self.store.data_dir)
+            self.groups = Positions(self.store.data_dir)  # on jetstream, shared ones (below)
             await anyio.to_thread.run_sync(self.groups.load)
             if shared is None:
                 self.tasks = TaskService(
@@ -260,6 +254,8 @@ class Daemon:
             )
 
             self.summaries = SummaryCache(self.store)
+            for cid in self._forgotten:  # deleted through another daemon while this one was away
+                self.indexer.forget(cid)
             self.search = SearchService(self.store, self.search_index, self.indexer, enabled=self.config.search.enabled)
             self.context = ContextService(self.tasks, self.summaries, self.counter, self.search)
 
@@ -293,6 +289,7 @@ class Daemon:
 
             if shared is not None:
                 self.control = await self._control_plane(shared)
+                self.groups = await self._shared_groups(shared, self.control)
 
             self.services = Services(
                 store=self.store,
@@ -308,7 +305,6 @@ class Daemon:
                 search=self.search,
                 health=self.health,
                 stats=self.stats,
-                unserved=UNSERVED_ON_JETSTREAM if self.config.log.backend == "jetstream" else {},
             )
 
             now = self.clock.monotonic()
@@ -328,6 +324,7 @@ class Daemon:
                 await tg.start(supervise, "controller", self.controller.run, self.fault)
                 if self.control is not None:
                     await tg.start(supervise, "controller-leases", self._leases, self.fault)
+                    await tg.start(supervise, "groups-follow", self._follow_groups, self.fault)
                 await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
                 await tg.start(supervise, "playbooks", self.playbooks.watch, self.fault)
                 await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
@@ -354,6 +351,10 @@ class Daemon:
                             await self._all_closed.wait()
                     conns.cancel_scope.cancel()
                 if self.control is not None:
+                    try:
+                        await self.groups.save()  # the last acks, in the cluster
+                    except SidecarError as exc:
+                        log.error("daemon.groups_flush_failed", error=exc.message)
                     await self.control.close()
                 await self.appender.aclose()
                 tg.cancel_scope.cancel()
@@ -447,6 +448,29 @@ class Daemon:
         log.info("daemon.controller_leases", daemon=control.name, lease_s=jc.controller_lease_s)
         return control
 
+    async def _shared_groups(self, appender: JetStreamAppender, control: ControlPlane) -> Positions:
+        """Consumer groups' positions and live subscribers in the stream's KV bucket."""
+        from sidecar.jetstream.groups import SharedPositions
+
+        jc = self.config.jetstream
+        groups = SharedPositions(
+            appender.stream.client,
+            jc.stream,
+            data_dir=self.store.data_dir,
+            replicas=jc.replicas,
+            name=lambda: control.name,
+            is_alive=control.is_alive,
+        )
+        await groups.start()
+        return groups
+
+    async def _follow_groups(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        from sidecar.jetstream.groups import SharedPositions
+
+        assert isinstance(self.groups, SharedPositions)
+        task_status.started()
+        await self.groups.follow()
+
     async def _leases(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         assert self.control is not None
         task_status.started()
@@ -458,8 +482,8 @@ class Daemon:
         while True:
             await anyio.sleep(GROUPS_FLUSH_S)
             try:
-                await anyio.to_thread.run_sync(self.groups.flush)
-            except OSError as exc:  # the disk refuses: kept dirty, tried again next time
+                await self.groups.save()
+            except (OSError, SidecarError) as exc:  # the disk or cluster refuses: kept, tried again next time
                 log.error("daemon.groups_flush_failed", error=str(exc))
 
     async def _keep_archive(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -481,8 +505,17 @@ class Daemon:
 
     def _forget(self, cid: str) -> None:
         """A conversation was deleted: what the daemon holds of it goes too (in commit order,
-        before any event of a new conversation of that id)."""
+        before any event of a new conversation of that id). On jetstream, deleted through any
+        daemon: its summary files here go too (the daemon that was asked deleted its own)."""
         self.hub.forget(cid)
+        if self.config.log.backend == "jetstream":
+            try:
+                delete_summaries(cid, data_dir=self.store.data_dir)  # a few files: no thread for it
+            except SidecarError as exc:
+                log.error("daemon.summaries_not_deleted", conversation_id=cid, error=exc.message)
+        if not hasattr(self, "indexer"):  # the jetstream copy catching up at start: told once made
+            self._forgotten.append(cid)
+            return
         self.summaries.forget(cid)
         self.indexer.forget(cid)
 

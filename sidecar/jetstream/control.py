@@ -39,6 +39,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
+from sidecar.jetstream.log import retrying
+
 log = structlog.get_logger("sidecar.jetstream")
 
 DEFAULT_LEASE_S = 10.0
@@ -86,14 +88,16 @@ class ControlPlane:
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        self._daemons = await js.create_key_value(
-            bucket=f"{self.stream}_daemons", ttl=self.lease_s, history=1, replicas=self.replicas
+        self._daemons = await retrying(
+            lambda: js.create_key_value(
+                bucket=f"{self.stream}_daemons", ttl=self.lease_s, history=1, replicas=self.replicas
+            )
         )
-        self._controllers = await js.create_key_value(
-            bucket=f"{self.stream}_controllers", history=1, replicas=self.replicas
+        self._controllers = await retrying(
+            lambda: js.create_key_value(bucket=f"{self.stream}_controllers", history=1, replicas=self.replicas)
         )
-        await self._announce()
-        self._watcher = await self._controllers.watchall()
+        await retrying(self._announce)
+        self._watcher = await retrying(self._controllers.watchall)
         self._hb_sub = await self.nc.subscribe(f"{self.stream}.heartbeat.>", cb=self._heard)
 
     async def close(self) -> None:
@@ -142,7 +146,12 @@ class ControlPlane:
             watching.cancel()
 
     async def _announce(self) -> None:
-        self._alive_rev = await self._daemons.create(self.name, b"")
+        while True:
+            try:
+                self._alive_rev = await self._daemons.create(self.name, b"")
+                break
+            except nats.js.errors.KeyWrongLastSequenceError:  # a try that landed, unanswered: anew
+                self.name = _new_name()
         self._renewed = time.monotonic()
 
     async def _renew(self) -> None:
@@ -161,7 +170,7 @@ class ControlPlane:
             if owner == self.name:
                 continue
             if owner not in gone:
-                gone[owner] = not await self._is_alive(owner)
+                gone[owner] = not await self.is_alive(owner)
             if not gone[owner]:
                 continue
             try:
@@ -173,7 +182,7 @@ class ControlPlane:
             log.info("jetstream.controller_taken_over", conversation_id=cid, previous=owner)
             self.on_takeover(cid)
 
-    async def _is_alive(self, daemon: str) -> bool:
+    async def is_alive(self, daemon: str) -> bool:
         try:
             await self._daemons.get(daemon)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):

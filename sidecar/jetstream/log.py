@@ -35,8 +35,9 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import nats
 import nats.errors
@@ -57,12 +58,14 @@ from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
 from sidecar.log.timestamps import format_timestamp
 
 log = structlog.get_logger("sidecar.jetstream")
+T = TypeVar("T")
 
 RETRY_S = 30.0  # an append keeps retrying (leader changes, writes in flight) this long
 DUPLICATE_WINDOW_S = 600.0  # the stream's: a retried or repeated id within it is written once
 RECENT = 256  # newest events of each conversation kept in memory
 _RETRY_CODES = {10158, 10163, 10164}  # id or expectation of a write still in flight; not ready
 _WRONG_LAST = 10071
+DELETED_HEADER = "Sidecar-Deleted"  # a conversation's tombstone; its value: the last seq it had
 _WRONG_LAST_IN_FLIGHT = 10164  # in an atomic batch: an expectation that failed
 _DUPLICATE_IN_BATCH = 10201  # an atomic batch holding an id the stream has
 MAX_BATCH = 1000  # events of one atomic batch (the server's limit)
@@ -91,6 +94,7 @@ class _Conversation:
     where: dict[int, int] = field(default_factory=dict)  # seq -> stream sequence
     recent: list[Event] = field(default_factory=list)  # the newest, oldest first
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # this process's appends, one at a time
+    gone: bool = False  # deleted: a fresh _Conversation stands for it now
     moved: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever the feed moves it on
 
 
@@ -109,6 +113,7 @@ class JetStreamLog:
         self.clock = clock
         self.max_event_bytes = max_event_bytes
         self.on_event = on_event  # every event, in stream order, once (subscriptions, the controller)
+        self.on_deleted: Callable[[str], None] | None = None  # a conversation deleted (by any process)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._feed: JetStreamContext.PushSubscription | None = None
@@ -151,7 +156,7 @@ class JetStreamLog:
         try:
             info = await self._js.stream_info(self.config.stream)
         except nats.js.errors.NotFoundError:
-            await _retrying(lambda: self._js_add(cfg))
+            await retrying(lambda: self._js_add(cfg))
             return
         if not info.config.allow_atomic:  # made by an earlier version: atomic batches are needed now
             await self._js.update_stream(dataclasses.replace(info.config, allow_atomic=True))
@@ -181,6 +186,15 @@ class JetStreamLog:
     async def _on_msg(self, msg: Msg) -> None:
         meta = msg.metadata
         stream_seq = meta.sequence.stream
+        if msg.headers and msg.headers.get(DELETED_HEADER):
+            self._deleted(cid_of(self.config.stream, msg.subject), stream_seq)
+        else:
+            self._event_msg(msg, stream_seq)
+        self._applied = stream_seq
+        if not self.caught_up.is_set() and (stream_seq >= self._catch_up_target or meta.num_pending == 0):
+            self.caught_up.set()
+
+    def _event_msg(self, msg: Msg, stream_seq: int) -> None:
         try:
             event = decode_event(msg.data)
         except DECODE_ERRORS as exc:  # not ours (written by hand?): skipped, never trusted
@@ -188,9 +202,26 @@ class JetStreamLog:
         else:
             if event.conversation_id == cid_of(self.config.stream, msg.subject):
                 self._take(event, stream_seq)
-        self._applied = stream_seq
-        if not self.caught_up.is_set() and (stream_seq >= self._catch_up_target or meta.num_pending == 0):
-            self.caught_up.set()
+
+    def _deleted(self, cid: str, stream_seq: int) -> None:
+        """A conversation's tombstone (:meth:`delete`, by any process): everything before it is
+        gone, and the conversation starts again at seq 1 after it."""
+        old = self._convs.get(cid)
+        if old is not None and stream_seq <= old.last_stream_seq:
+            return  # seen already
+        fresh = _Conversation(last_stream_seq=stream_seq)
+        self._convs[cid] = fresh
+        if old is not None:
+            old.gone = True  # an append waiting on it starts again on the fresh one
+            old.moved.set()
+            for event_id in [i for i, (c, _) in self._ids.items() if c == cid]:
+                del self._ids[event_id]
+        fresh.moved.set()
+        if self.on_deleted is not None:
+            try:
+                self.on_deleted(cid)
+            except Exception:
+                log.exception("jetstream.on_deleted_failed")
 
     def _take(self, event: Event, stream_seq: int) -> None:
         """Take in an event written to the stream (by us or another process), once."""
@@ -221,15 +252,53 @@ class JetStreamLog:
     async def append_valid(self, new: NewEvent) -> AppendResult:
         """:meth:`append` for an event already validated (decoded from a request, or built
         by the daemon itself)."""
-        conv = self._convs.setdefault(new.conversation_id, _Conversation())
-        async with conv.lock:
-            return await self._append_locked(conv, new)
+        while True:
+            conv = self._convs.setdefault(new.conversation_id, _Conversation())
+            async with conv.lock:
+                try:
+                    return await self._append_locked(conv, new)
+                except _Gone:
+                    continue  # deleted meanwhile: append to the conversation that starts over
+
+    async def delete(self, cid: str) -> int:
+        """Delete a conversation for every process: a tombstone on its subject (after its last
+        message, checked), then every older message purged. Returns the last seq it had."""
+        assert self._js is not None
+        subject = subject_of(self.config.stream, cid)
+        deadline = time.monotonic() + RETRY_S
+        while True:
+            conv = self._convs.setdefault(cid, _Conversation())
+            async with conv.lock:
+                if conv.gone:
+                    continue
+                last, moved = conv.last_seq, conv.moved
+                headers = {DELETED_HEADER: str(last), "Nats-Expected-Last-Subject-Sequence": str(conv.last_stream_seq)}
+                try:
+                    await self._js.publish(subject, b"", stream=self.config.stream, headers=headers)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code != _WRONG_LAST and exc.err_code not in _RETRY_CODES and exc.code not in (409, 503):
+                        raise StorageError(f"the stream refused the deletion: {exc.description}") from None
+                    await (self._wait(moved, deadline) if exc.err_code == _WRONG_LAST else self._pause(deadline))
+                    continue
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+                    await self._pause(deadline)
+                    continue
+                await retrying(lambda: self._js_purge(subject))
+                while self._convs.get(cid) is conv:  # the feed brings the tombstone: then it is gone here
+                    await self._wait(conv.moved, deadline)
+                return last
+
+    async def _js_purge(self, subject: str) -> None:
+        assert self._js is not None
+        await self._js.purge_stream(self.config.stream, subject=subject, keep=1)  # the tombstone stays
 
     async def _append_locked(self, conv: _Conversation, new: NewEvent) -> AppendResult:
         assert self._js is not None
         event_id = new.id or new_event_id(self.clock.now_ns() // 1_000_000)
         deadline = time.monotonic() + RETRY_S
         while True:
+            if conv.gone:
+                raise _Gone
             known = self._ids.get(event_id)
             if known is not None and known[0] == new.conversation_id:
                 return await self._existing(known[0], known[1])
@@ -295,11 +364,15 @@ class JetStreamLog:
                 {"field": "events", "events": len(news), "max_events": MAX_BATCH},
             )
         cids = sorted({new.conversation_id for new in news})
-        convs = {cid: self._convs.setdefault(cid, _Conversation()) for cid in cids}
-        async with contextlib.AsyncExitStack() as held:
-            for cid in cids:  # in one order everywhere: two batches never wait on each other
-                await held.enter_async_context(convs[cid].lock)
-            return await self._batch_locked(convs, news)
+        while True:
+            convs = {cid: self._convs.setdefault(cid, _Conversation()) for cid in cids}
+            async with contextlib.AsyncExitStack() as held:
+                for cid in cids:  # in one order everywhere: two batches never wait on each other
+                    await held.enter_async_context(convs[cid].lock)
+                try:
+                    return await self._batch_locked(convs, news)
+                except _Gone:
+                    continue
 
     async def _batch_locked(self, convs: dict[str, _Conversation], news: list[NewEvent]) -> list[AppendResult]:
         assert self._nc is not None
@@ -307,6 +380,8 @@ class JetStreamLog:
         ids = [new.id or new_event_id(now_ms) for new in news]
         deadline = time.monotonic() + RETRY_S
         while True:
+            if any(conv.gone for conv in convs.values()):
+                raise _Gone
             results: list[AppendResult | None] = [None] * len(news)
             for i, (new, event_id) in enumerate(zip(news, ids)):
                 known = self._ids.get(event_id)
@@ -502,20 +577,28 @@ class JetStreamLog:
         return conv.last_seq if conv is not None else 0
 
 
+class _Gone(Exception):
+    """The conversation was deleted while an append waited: it starts again on the new one."""
+
+
 def _result(event: Event, *, duplicate: bool = False) -> AppendResult:
     return AppendResult(id=event.id, seq=event.seq, timestamp=event.timestamp, clock=event.clock, duplicate=duplicate)
 
 
-async def _retrying(call: Callable[[], object]) -> None:
-    """``call`` until it gets an answer from the cluster (a stream just made, an election)."""
+async def retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()`` until the cluster answers it: a stream or bucket another daemon has
+    just made has no leader yet, an election is on (no responders, no stream response,
+    timeouts, 503)."""
     deadline = time.monotonic() + RETRY_S
     while True:
         try:
-            result = call()
-            if asyncio.iscoroutine(result):
-                await result
-            return
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            return await call()
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.NoStreamResponseError,
+            nats.js.errors.ServiceUnavailableError,
+        ):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
-from sidecar.errors import ForbiddenError, SidecarError, StorageError
+from sidecar.errors import SidecarError, StorageError
 from sidecar.jetstream.log import JetStreamLog
 from sidecar.log.aio import AsyncAppender
 from sidecar.log.events import AppendResult, Event, NewEvent
@@ -45,15 +45,22 @@ class JetStreamAppender:
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._fault = fault
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queued: dict[str, int] = {}  # copies handed to the copy's writer, not yet answered
+        self._drained: dict[str, asyncio.Event] = {}  # set when a conversation has none queued
+        self._held: dict[str, list[Event]] = {}  # events of a conversation being forgotten, in order
+        self._forgetting: dict[str, asyncio.Task[None]] = {}
         self._in_flight = 0
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
         stream.on_event = self._copy
+        stream.on_deleted = self._deleted
 
     async def start(self) -> None:
         """Connect and copy what the stream has and the copy lacks, before serving."""
         await self.stream.start()
+        while self._forgetting:  # conversations deleted while this daemon was away
+            await asyncio.wait(list(self._forgetting.values()))
         for cid, seq in self._copied.items():
             if seq > self.stream.last_seq(cid):
                 self._stop_copying(
@@ -64,13 +71,55 @@ class JetStreamAppender:
 
     def _copy(self, event: Event) -> None:
         """The stream's next event (any daemon's), in order: into the copy's next batch."""
-        if event.conversation_id not in self._broken:
+        cid = event.conversation_id
+        held = self._held.get(cid)
+        if held is not None:  # after a tombstone: once the copy of what went is deleted
+            held.append(event)
+        elif cid not in self._broken:
+            self._queued[cid] = self._queued.get(cid, 0) + 1
             self._copier.append_soon([], self._copied_one, placed=[event])
+
+    def _deleted(self, cid: str) -> None:
+        """A tombstone in the stream (log.delete_conversation on any daemon): the copy of the
+        conversation is deleted after what was queued before it, and before anything after it."""
+        if cid in self._held:
+            self._held[cid] = []  # deleted again before the first was done: those went too
+            return
+        self._held[cid] = []
+        task = asyncio.get_running_loop().create_task(self._forget(cid))
+        self._forgetting[cid] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forget(self, cid: str) -> None:
+        try:
+            while self._queued.get(cid):
+                await self._drained.setdefault(cid, asyncio.Event()).wait()
+            if self._copied.get(cid, 0) or cid in self._broken:
+                await self._copier.delete_conversation(cid)  # the daemon forgets its views in order
+        except Exception as exc:  # a bug, or the disk: this conversation's copy is stale
+            self._stop_copying(cid, f"could not delete it: {exc}")
+            return
+        finally:
+            self._forgetting.pop(cid, None)
+            held = self._held.pop(cid, [])
+        self._copied.pop(cid, None)
+        self._broken.pop(cid, None)
+        for event in held:
+            self._copy(event)
 
     def _copied_one(self, req: AppendRequest) -> None:
         assert req.placed is not None
         event = req.placed[0]
         cid = event.conversation_id
+        left = self._queued.get(cid, 1) - 1
+        if left:
+            self._queued[cid] = left
+        else:
+            self._queued.pop(cid, None)
+            drained = self._drained.pop(cid, None)
+            if drained is not None:
+                drained.set()
         if req.error is not None:
             self._stop_copying(cid, req.error.message)
             return
@@ -162,9 +211,13 @@ class JetStreamAppender:
                 log.exception("jetstream.answer_failed")
 
     async def delete_conversation(self, cid: str) -> int:
-        raise ForbiddenError(
-            "log.delete_conversation is not served by the jetstream backend yet", {"conversation_id": cid}
-        )
+        """Delete ``cid`` for every daemon (a tombstone in the stream); answered once this
+        daemon's copy of it is gone too."""
+        last = await self.stream.delete(cid)
+        forgetting = self._forgetting.get(cid)
+        if forgetting is not None:
+            await asyncio.shield(forgetting)
+        return last
 
     def depth(self) -> int:
         """Appends on their way to the cluster (``append_queue``)."""

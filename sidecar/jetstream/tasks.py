@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import ConflictError, NotFoundError, StorageError
+from sidecar.jetstream.log import retrying
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
 from sidecar.tasks.model import Renew, Task
 from sidecar.tasks.service import DEFAULT_MAX_PENDING, AuditSink, Sweep, TaskService, _Change
@@ -76,8 +77,8 @@ class SharedTaskService(TaskService):
     async def start(self) -> None:
         """Make or open the bucket and take in every task, before serving."""
         js = self.nc.jetstream()
-        self._kv = await js.create_key_value(bucket=self.bucket, history=1, replicas=self.replicas)
-        self._watcher = await self._kv.watchall()
+        self._kv = await retrying(lambda: js.create_key_value(bucket=self.bucket, history=1, replicas=self.replicas))
+        self._watcher = await retrying(self._kv.watchall)
         while True:  # what the bucket holds now, then a None
             entry = await self._watcher.updates(timeout=30.0)
             if entry is None:

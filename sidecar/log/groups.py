@@ -19,6 +19,7 @@ import os
 import threading
 import time
 
+import anyio
 import msgspec
 import structlog
 
@@ -106,6 +107,17 @@ class Positions:
                 del self.acked[key]
             self._dirty = self._dirty or bool(keys)
             return len(keys)
+
+    async def save(self) -> None:
+        """:meth:`flush`, from the event loop (the daemon's, every half second and at the end)."""
+        await anyio.to_thread.run_sync(self.flush)
+
+    async def reserve(self, group: str, cid: str) -> None:
+        """Before a group's subscription: here, the daemon's own holders say who is live (see
+        :meth:`hold`). Several daemons sharing positions (jetstream) check each other too."""
+
+    def unreserve(self, group: str, cid: str) -> None:
+        """A reserved subscription did not start, or its holder let go."""
 
     def flush(self) -> bool:
         """Write the positions if they changed (call from a thread); whether it wrote."""

@@ -12,7 +12,7 @@ import anyio
 import msgspec
 import structlog
 
-from sidecar.errors import ForbiddenError, SidecarError
+from sidecar.errors import SidecarError
 from sidecar.rpc.explain import REF_TEMPLATE, close_names, did_you_mean, explain, with_string_enums
 from sidecar.rpc.protocol import (
     INTERNAL_ERROR,
@@ -166,9 +166,6 @@ class Registry(Generic[C]):
         # when it took the request (and will answer it), False to use the general path.
         self.fast: dict[str, Callable[[Request, C], bool]] = {}
         self.internal_errors = 0  # answered -32603: each one is a bug worth a report
-        # Why a method is not served to ``ctx`` (say, by its storage backend), or None: then
-        # it is answered -32003 with that reason, and its handler never runs.
-        self.unserved: Callable[[str, C], str | None] = lambda name, ctx: None
 
     def fast_path(self, name: str) -> Callable[[Callable[[Request, C], bool]], Callable[[Request, C], bool]]:
         def register(handler: Callable[[Request, C], bool]) -> Callable[[Request, C], bool]:
@@ -285,7 +282,7 @@ class Registry(Generic[C]):
 
     async def call(self, req: Request, ctx: C) -> dict[str, Any]:
         """Run one request; whatever happens inside, the answer is a JSON-RPC reply."""
-        prepared = self._prepare(req, ctx)
+        prepared = self._prepare(req)
         if isinstance(prepared, dict):
             return prepared
         method, params = prepared
@@ -309,7 +306,7 @@ class Registry(Generic[C]):
         method = self.methods.get(req.method)
         if method is not None and not method.inline:
             return None
-        prepared = self._prepare(req, ctx)
+        prepared = self._prepare(req)
         if isinstance(prepared, dict):
             return prepared
         method, params = prepared
@@ -328,14 +325,11 @@ class Registry(Generic[C]):
         coro.close()  # it suspended after all: start again where waiting is allowed
         return None
 
-    def _prepare(self, req: Request, ctx: C) -> tuple[Method[C], Any] | dict[str, Any]:
+    def _prepare(self, req: Request) -> tuple[Method[C], Any] | dict[str, Any]:
         """The method and decoded params of ``req``, or the error reply it has earned."""
         method = self.methods.get(req.method)
         if method is None:
             return self._not_found(req)
-        why = self.unserved(req.method, ctx)
-        if why is not None:
-            return error_response(req.id, ForbiddenError.code, why, {"method": req.method})
         try:
             return method, self.params_of(req, method.params)
         except BadParams as exc:

@@ -24,13 +24,24 @@ from sidecar.tasks.model import TASK_CARRIED, Task
 log = structlog.get_logger("sidecar.tasks")
 
 _NAMESPACE = uuid.UUID("7d3b1f0e-5c0a-4e21-9a57-2f0c8b6d4e19")
-_CHUNK = 1000  # carried events per append: the writer's batch stays bounded
+CHUNK = 1000  # carried events per append: the writer's batch stays bounded
 
 
 def carry_forward(store: EventStore, conversation_id: str, through_seq: int, *, into: str | None = None) -> int:
     """Write ``task.carried`` for each task whose newest version in ``conversation_id`` is
     at or below ``through_seq`` (into ``into``, else the same conversation); returns how many.
     Durable when it returns: the caller drops the old events only then."""
+    events = carried_events(store, conversation_id, through_seq, into=into)
+    for i in range(0, len(events), CHUNK):
+        store.append_many(events[i : i + CHUNK])
+    return len(events)
+
+
+def carried_events(
+    store: EventStore, conversation_id: str, through_seq: int, *, into: str | None = None
+) -> list[NewEvent]:
+    """The ``task.carried`` events :func:`carry_forward` writes (for a caller that appends
+    them its own way: the daemon, through its storage backend), in chunks of :data:`CHUNK`."""
     dropped: dict[str, tuple[Task, int]] = {}
     kept: dict[str, int] = {}
     for event in task_events(store, conversation_id=conversation_id):
@@ -49,13 +60,11 @@ def carry_forward(store: EventStore, conversation_id: str, through_seq: int, *, 
         for task, seq in dropped.values()
         if kept.get(task.id, -1) < task.version
     ]
-    for i in range(0, len(events), _CHUNK):
-        store.append_many(events[i : i + _CHUNK])
     if events:
         log.info(
             "tasks.carried", conversation_id=conversation_id, into=target, tasks=len(events), through_seq=through_seq
         )
-    return len(events)
+    return events
 
 
 def _carried(target: str, source: str, task: Task, seq: int) -> NewEvent:

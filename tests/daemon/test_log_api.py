@@ -116,3 +116,20 @@ def test_append_many_is_all_or_none(backend_daemon: DaemonProc) -> None:
             },
         )
         assert (again[0]["duplicate"], again[0]["seq"], again[1]["seq"]) == (True, 2, 4)
+
+
+def test_a_deleted_conversation_starts_over(backend_daemon: DaemonProc) -> None:
+    with Client(backend_daemon.socket_path) as c:
+        first = append(c, "d")
+        append(c, "d")
+        c.call("tasks.create", {"id": "kept", "type": "t", "conversation_id": "d"})
+        deleted = c.call("log.delete_conversation", {"conversation_id": "d", "confirm": "d"})
+        assert (deleted["last_seq"], deleted["tasks_carried"]) == (3, 1)
+        assert c.call("log.tail", {"conversation_id": "d"})["events"] == []
+        with pytest.raises(RpcError) as missing:
+            c.call("log.get", {"event_id": first["id"]})
+        assert missing.value.code == -32002
+        assert c.call("tasks.get", {"id": "kept"})["conversation_id"] == "d"  # tasks stay
+        assert append(c, "d")["seq"] == 1
+        carried = c.call("log.by_type", {"types": ["task.carried"]})["events"]
+        assert [e["task_id"] for e in carried] == ["kept"]

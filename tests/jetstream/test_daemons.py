@@ -125,18 +125,30 @@ def ca_id(d: DaemonProc) -> str:
         return str(c.call("log.tail", {"conversation_id": "before", "limit": 1})["events"][0]["id"])
 
 
-def test_what_jetstream_does_not_serve_yet_is_refused_by_name(start_shared: Any) -> None:
-    a = start_shared(1)
-    with Client(a.socket_path) as c:
-        for method, params in [
-            ("log.delete_conversation", {"conversation_id": "x", "confirm": "x"}),
-            ("log.ack", {"group": "g", "conversation_id": "x", "seq": 1}),
-            ("log.subscribe", {"conversation_id": "x", "group": "g"}),
-        ]:
-            with pytest.raises(RpcError) as refused:
-                c.call(method, params)
-            assert refused.value.code == -32003 and "jetstream" in refused.value.message, method
-        assert c.call("log.tail", {"conversation_id": "x"})["events"] == []  # nothing was written
+def test_a_conversation_deleted_through_one_daemon_is_gone_from_every_copy(start_shared: Any) -> None:
+    a, b, c = start_shared(1), start_shared(2), start_shared(3)
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        old = [progress(ca, "gone", data={"n": n}) for n in range(3)]
+        cb.call("summary.persist", {"conversation_id": "gone"})
+    assert c.stop() == 0  # c is away while it happens
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        within(10.0, lambda: len(tail(cb, "gone", 10)) == 3)
+        deleted = ca.call("log.delete_conversation", {"conversation_id": "gone", "confirm": "gone"})
+        assert deleted["last_seq"] == 3
+        assert tail(ca, "gone", 10) == []  # gone here once answered
+        within(10.0, lambda: tail(cb, "gone", 10) == [])  # and from the other copy
+        with pytest.raises(RpcError) as missing:
+            cb.call("log.get", {"event_id": old[0]["id"]})
+        assert missing.value.code == -32002
+        with pytest.raises(RpcError) as no_summary:  # b's persisted summary went with it
+            cb.call("summary.get", {"conversation_id": "gone"})
+        assert no_summary.value.code == -32002
+        assert progress(cb, "gone", data={"n": "new"})["seq"] == 1  # it starts over, on any daemon
+        assert [e["seq"] for e in within(10.0, lambda: tail(ca, "gone", 10))] == [1]
+    c = start_shared(3)  # back: its copy of the old conversation is deleted, the new one copied
+    with Client(c.socket_path) as cc:
+        assert [e["data"]["n"] for e in tail(cc, "gone", 10)] == ["new"]
+        assert cc.call("sys.stats")["faults"] == {}
 
 
 def test_a_data_directory_keeps_to_one_backend(
@@ -160,8 +172,11 @@ def test_killing_a_nats_node_under_load_loses_no_acknowledged_event(
 ) -> None:
     """Two daemons append while the stream's leader node is killed -9 and started again: every
     acknowledged event is in both daemons' copies, at its seq, with no gap, and the node that
-    came back has caught up (it reports healthy only then)."""
+    came back has caught up (it reports healthy only then). A subscription open on one daemon
+    all along sees every event once, in order, across the leader change."""
     a, b = start_shared(1), start_shared(2)
+    watcher = Client(a.socket_path, timeout=60)
+    sub = watcher.subscribe({"conversation_id": "load", "from_seq": 1})
     acked: list[tuple[int, str]] = []
     failed: list[BaseException] = []
     stop = threading.Event()
@@ -202,6 +217,8 @@ def test_killing_a_nats_node_under_load_loses_no_acknowledged_event(
             assert [e["seq"] for e in events] == list(range(1, last + 1))
             by_seq = {e["seq"]: e["id"] for e in events}
             assert all(by_seq[seq] == event_id for seq, event_id in acked)
+    with watcher:
+        assert [next(sub)["seq"] for _ in range(last)] == list(range(1, last + 1))
 
 
 def tail(c: Client, cid: str, n: int) -> list[dict[str, Any]]:
@@ -281,3 +298,51 @@ def test_claims_stay_exclusive_across_daemons_and_versions_are_checked(start_sha
         for task, name in claimed:  # and both daemons agree on who holds it
             assert ca.call("tasks.get", {"id": task})["lease_owner"] == name
             assert within(5.0, lambda task=task: cb.call("tasks.get", {"id": task})["lease_owner"]) == name
+
+
+def test_a_consumer_group_resumes_on_any_daemon_and_has_one_live_subscriber(start_shared: Any) -> None:
+    a, b = start_shared(1), start_shared(2)
+    with Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        for n in range(5):
+            progress(ca, "q", data={"n": n})
+        consumer = ca.subscribe({"conversation_id": "q", "group": "indexer"})
+        assert [next(consumer)["seq"] for _ in range(3)] == [1, 2, 3]
+        ca.call("log.ack", {"group": "indexer", "conversation_id": "q", "seq": 3})
+        with pytest.raises(RpcError) as busy:  # the live subscriber is on a, whichever daemon asks
+            cb.call("log.subscribe", {"conversation_id": "q", "group": "indexer"})
+        assert busy.value.code == -32001
+        consumer.close()
+        # b learns the ack (saved to the cluster within half a second) and the subscriber's end
+        within(10.0, lambda: [g["acked_seq"] for g in cb.call("log.groups")["groups"]] == [3])
+        resumed = within(10.0, lambda: _subscribed(cb, {"conversation_id": "q", "group": "indexer"}))
+        assert [next(resumed)["seq"] for _ in range(2)] == [4, 5]
+
+
+def _subscribed(c: Client, params: dict[str, Any]) -> Any:
+    """A subscription, or None while the group's previous subscriber is still live."""
+    try:
+        return c.subscribe(params)
+    except RpcError as exc:
+        assert exc.code == -32001, exc
+        return None
+
+
+@pytest.mark.slow
+def test_a_group_held_by_a_killed_daemon_is_taken_over(start_shared: Any) -> None:
+    a, b = start_shared(1), start_shared(2)
+    with Client(a.socket_path) as ca:
+        progress(ca, "k")
+        ca.subscribe({"conversation_id": "k", "group": "g"})
+        a.stop(signal.SIGKILL)  # its key in the daemons' bucket ages out after the lease
+    with Client(b.socket_path) as cb:
+        taken = within(20.0, lambda: _subscribed(cb, {"conversation_id": "k", "group": "g"}))
+        assert next(taken)["seq"] == 1
+
+
+def test_daemons_started_at_once_on_a_new_stream_all_come_up(start_shared: Any) -> None:
+    """They race to make the stream and the buckets, each of which has no leader for a moment."""
+    daemons = [start_shared(n, wait=False) for n in range(1, 4)]
+    for d in daemons:
+        d.wait_for("READY=1")
+    with Client(daemons[0].socket_path) as c:
+        assert progress(c, "first")["seq"] == 1
