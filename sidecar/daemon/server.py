@@ -14,8 +14,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -63,13 +63,11 @@ from sidecar.tasks.service import TaskService
 from sidecar.tokens import DEFAULT_COUNTER, LlamaCppTokenizer, TokenCounter
 
 if TYPE_CHECKING:  # the jetstream extra is optional: imported when the backend is chosen
-    from sidecar.jetstream.control import ControlPlane
-    from sidecar.jetstream.mirror import JetStreamAppender
+    from sidecar.jetstream.backend import SharedBackend
 
 log = structlog.get_logger("sidecar.daemon")
 
 DRAIN_SECONDS = 4.0
-JETSTREAM_START_S = 60.0  # connecting to the cluster and copying what the stream has that we lack
 KEEPER_EVERY_S = 60.0  # a retention pass at least this often (and soon after each sealed segment)
 GROUPS_FLUSH_S = 0.5  # consumer groups' acks reach the disk at least this often (contract: within 1 s)
 
@@ -101,7 +99,6 @@ class Daemon:
         self._consumers: dict[str, Callable[[list[Event]], None]] = {}  # of every commit
         self.store: EventStore
         self.appender: Appender
-        self.control: ControlPlane | None = None  # the jetstream backend's controller leases
         self._forgotten: list[str] = []  # conversations deleted before the indexer was made
         self.services: Services
 
@@ -221,26 +218,26 @@ class Daemon:
             self.store = await anyio.to_thread.run_sync(self._load_store)
             writer = AsyncAppender(self.store, on_commit=self._fan_out, on_forget=self._forget)
             shared = None if self.config.log.backend == "file" else await self._jetstream(writer)
-            self.appender = writer if shared is None else shared
+            self.appender = writer if shared is None else shared.opened
             self.counter = await anyio.to_thread.run_sync(self._token_counter)
             self.prompts = PromptLibrary(os.path.join(self.store.data_dir, "prompts"))
             self.playbooks = await anyio.to_thread.run_sync(
                 PlaybookLibrary, os.path.join(self.store.data_dir, "playbooks")
             )
-            self.groups = Positions(self.store.data_dir)  # on jetstream, shared ones (below)
-            await anyio.to_thread.run_sync(self.groups.load)
+            service: dict[str, Any] = {
+                "audit": self.appender.append_valid,
+                "clock": self.clock,
+                "max_pending": self.config.tasks.max_pending,
+                "max_event_bytes": self.config.log.max_event_bytes,
+            }
             if shared is None:
-                self.tasks = TaskService(
-                    self.store.data_dir,
-                    audit=self.appender.append_valid,
-                    clock=self.clock,
-                    max_pending=self.config.tasks.max_pending,
-                    max_event_bytes=self.config.log.max_event_bytes,
-                )
+                self.groups = Positions(self.store.data_dir)
+                await anyio.to_thread.run_sync(self.groups.load)
+                self.tasks = TaskService(self.store.data_dir, **service)
                 await anyio.to_thread.run_sync(rebuild_missing, self.store, self.tasks.path)  # the log knows them
                 await anyio.to_thread.run_sync(self.tasks.load)
             else:
-                self.tasks = await self._shared_tasks(shared)
+                self.tasks = await shared.tasks(self.store.data_dir, **service)
             self.search_index = SearchIndex(self.store.data_dir)  # read here; written by the indexer process
             self.indexer = IndexerProcess(
                 self.store.data_dir, enabled=self.config.search.enabled, log_format=self.config.server.log_format
@@ -288,8 +285,9 @@ class Daemon:
             )
 
             if shared is not None:
-                self.control = await self._control_plane(shared)
-                self.groups = await self._shared_groups(shared, self.control)
+                leases = await shared.control(self.controller)
+                log.info("daemon.controller_leases", daemon=leases.name, lease_s=leases.lease_s)
+                self.groups = await shared.groups(self.store.data_dir)
 
             self.services = Services(
                 store=self.store,
@@ -322,9 +320,8 @@ class Daemon:
                 self._tg = tg
                 await tg.start(supervise, "tasks", self.tasks.run, self.fault)
                 await tg.start(supervise, "controller", self.controller.run, self.fault)
-                if self.control is not None:
-                    await tg.start(supervise, "controller-leases", self._leases, self.fault)
-                    await tg.start(supervise, "groups-follow", self._follow_groups, self.fault)
+                for name, run in shared.background().items() if shared is not None else ():
+                    await tg.start(supervise, name, _started(run), self.fault)
                 await tg.start(supervise, "prompts", self.prompts.watch, self.fault)
                 await tg.start(supervise, "playbooks", self.playbooks.watch, self.fault)
                 await tg.start(supervise, "llm-watch", self.llm_watch.run, self.fault)
@@ -350,13 +347,7 @@ class Daemon:
                         if self.connections:
                             await self._all_closed.wait()
                     conns.cancel_scope.cancel()
-                if self.control is not None:
-                    try:
-                        await self.groups.save()  # the last acks, in the cluster
-                    except SidecarError as exc:
-                        log.error("daemon.groups_flush_failed", error=exc.message)
-                    await self.control.close()
-                await self.appender.aclose()
+                await (self.appender.aclose() if shared is None else shared.close())
                 tg.cancel_scope.cancel()
         finally:
             listener.close()
@@ -381,100 +372,25 @@ class Daemon:
             self._cleanup()
             log.info("daemon.stopped")
 
-    async def _jetstream(self, writer: AsyncAppender) -> JetStreamAppender:
+    async def _jetstream(self, writer: AsyncAppender) -> SharedBackend:
         """The ``jetstream`` backend: appends to the shared stream, this data directory a copy
         of it (read everything from; fed to subscriptions, the controller and search)."""
         try:
-            from sidecar.jetstream.log import JetStreamLog
-            from sidecar.jetstream.mirror import JetStreamAppender
+            from sidecar.jetstream.backend import CannotStart, SharedBackend
         except ImportError as exc:
             raise ConfigError(
                 f"[log] backend = 'jetstream' needs the jetstream extra (pip install 'sidecar[jetstream]'): {exc}"
             ) from None
         jc = self.config.jetstream
-        stream = JetStreamLog(jc, clock=self.clock, max_event_bytes=self.config.log.max_event_bytes)
-        copied = {
-            info.conversation_id: info.last_seq for info in await anyio.to_thread.run_sync(self.store.conversations)
-        }
-        appender = JetStreamAppender(stream, writer, copied, self.fault)
+        shared = SharedBackend(jc, clock=self.clock, max_event_bytes=self.config.log.max_event_bytes)
+        known = await anyio.to_thread.run_sync(self.store.conversations)
         log.info("daemon.jetstream_connecting", servers=jc.servers, stream=jc.stream, replicas=jc.replicas)
         try:
-            with anyio.fail_after(JETSTREAM_START_S):
-                await appender.start()
-        except Exception as exc:
-            with anyio.CancelScope(shield=True):
-                await stream.close()
-            why = f"no answer within {JETSTREAM_START_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
-            raise ConfigError(
-                f"cannot use the JetStream stream {jc.stream!r} at {', '.join(jc.servers)}: {why}"
-            ) from None
-        log.info("daemon.jetstream_ready", stream=jc.stream, conversations=len(copied))
-        return appender
-
-    async def _shared_tasks(self, appender: JetStreamAppender) -> TaskService:
-        """The task graph in the stream's KV bucket, shared by its daemons."""
-        from sidecar.jetstream.tasks import SharedTaskService
-
-        jc = self.config.jetstream
-        tasks = SharedTaskService(
-            appender.stream.client,
-            jc.stream,
-            data_dir=self.store.data_dir,
-            replicas=jc.replicas,
-            audit=self.appender.append_valid,
-            clock=self.clock,
-            max_pending=self.config.tasks.max_pending,
-            max_event_bytes=self.config.log.max_event_bytes,
-        )
-        await tasks.start()
-        return tasks
-
-    async def _control_plane(self, appender: JetStreamAppender) -> ControlPlane:
-        """One controller per conversation across the stream's daemons (KV leases)."""
-        from sidecar.jetstream.control import ControlPlane
-
-        jc = self.config.jetstream
-        control = ControlPlane(
-            appender.stream.client,
-            jc.stream,
-            replicas=jc.replicas,
-            lease_s=jc.controller_lease_s,
-            on_takeover=self.controller.taken_over,
-            on_heartbeat=self.controller.heard,
-        )
-        await control.start()
-        self.controller.acts_for = control.acts_for
-        self.controller.relay = control.relay
-        log.info("daemon.controller_leases", daemon=control.name, lease_s=jc.controller_lease_s)
-        return control
-
-    async def _shared_groups(self, appender: JetStreamAppender, control: ControlPlane) -> Positions:
-        """Consumer groups' positions and live subscribers in the stream's KV bucket."""
-        from sidecar.jetstream.groups import SharedPositions
-
-        jc = self.config.jetstream
-        groups = SharedPositions(
-            appender.stream.client,
-            jc.stream,
-            data_dir=self.store.data_dir,
-            replicas=jc.replicas,
-            name=lambda: control.name,
-            is_alive=control.is_alive,
-        )
-        await groups.start()
-        return groups
-
-    async def _follow_groups(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        from sidecar.jetstream.groups import SharedPositions
-
-        assert isinstance(self.groups, SharedPositions)
-        task_status.started()
-        await self.groups.follow()
-
-    async def _leases(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        assert self.control is not None
-        task_status.started()
-        await self.control.run()
+            await shared.open(writer, {info.conversation_id: info.last_seq for info in known}, self.fault)
+        except CannotStart as exc:
+            raise ConfigError(str(exc)) from None
+        log.info("daemon.jetstream_ready", stream=jc.stream, conversations=len(known))
+        return shared
 
     async def _flush_groups(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consumer groups' acks on disk within a second, batched: never an fsync per ack."""
@@ -707,6 +623,16 @@ class Daemon:
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
+
+
+def _started(run: Callable[[], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """``run`` as :func:`supervise` starts work: started at once."""
+
+    async def work(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await run()
+
+    return work
 
 
 def _limits(config: Config) -> Limits:
