@@ -31,11 +31,13 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import ConflictError, NotFoundError, StorageError
 from sidecar.jetstream.log import retrying
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
+from sidecar.tasks.graph import TaskGraph
 from sidecar.tasks.model import Renew, Task
 from sidecar.tasks.service import DEFAULT_MAX_PENDING, AuditSink, Sweep, TaskService, _Change
 
 log = structlog.get_logger("sidecar.jetstream")
 
+CATCH_UP_S = 30.0  # the watch bringing what the bucket has, before a request is applied again
 ATTEMPTS = 8  # a request applied again at most this often when other daemons keep writing first
 _decode_task = msgspec.json.Decoder(Task).decode
 _encode = msgspec.json.Encoder().encode
@@ -123,11 +125,13 @@ class SharedTaskService(TaskService):
 
     async def _catch_up(self) -> None:
         """Wait until the watch has brought every write the bucket had when asked."""
-        info = await self.nc.jetstream().stream_info(f"KV_{self.bucket}")
-        last = info.state.last_seq
-        with anyio.fail_after(30.0):
-            while self._seen < last:
-                await self._moved.wait()
+        try:
+            info = await self.nc.jetstream().stream_info(f"KV_{self.bucket}")
+            with anyio.fail_after(CATCH_UP_S):
+                while self._seen < info.state.last_seq:
+                    await self._moved.wait()
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise StorageError(f"could not catch up with {self.path}: {exc or 'no answer'}; nothing changed") from None
 
     # --- changes --------------------------------------------------------------------------------------
 
@@ -136,12 +140,20 @@ class SharedTaskService(TaskService):
             for attempt in range(ATTEMPTS):
                 if attempt:
                     change = _Change(change.what)
+                before = self.graph.copy()  # cheap: the copy shares the graph until written
                 change.apply(self.graph, self.queue, self.clock.now_ns(), self.max_pending, self.max_event_bytes)
                 self._note_queue()
                 if isinstance(change.error, (ConflictError, NotFoundError)) and attempt == 0:
                     await self._catch_up()  # maybe a write of another daemon we have not seen yet
                     continue
-                if change.error is not None or await self._put(change):
+                if change.error is not None:
+                    break
+                try:
+                    if await self._put(change):
+                        break
+                except StorageError as exc:  # the cluster did not take it: this daemon's graph neither
+                    self._undo(change, before)
+                    change.error, change.changes, change.events = exc, [], []
                     break
                 self.conflicts += 1
                 await self._catch_up()
@@ -157,6 +169,18 @@ class SharedTaskService(TaskService):
         if change.error is not None:
             raise change.error
         return change.result
+
+    def _undo(self, change: _Change, before: TaskGraph) -> None:
+        """Put back the tasks ``change`` made and could not write (unless the watch has
+        brought a newer version of one meanwhile), and the claim queue with them."""
+        for task in change.changes or ([change.result] if change.result is not None else []):
+            if self.graph.tasks.get(task.id) is task:
+                old = before.tasks.get(task.id)
+                if old is None:
+                    del self.graph.tasks[task.id]
+                else:
+                    self.graph.tasks[task.id] = old
+        self._index()
 
     async def _put(self, change: _Change) -> bool:
         """Each task the change made, with a compare-and-set; False when another daemon wrote

@@ -346,3 +346,36 @@ def test_daemons_started_at_once_on_a_new_stream_all_come_up(start_shared: Any) 
         d.wait_for("READY=1")
     with Client(daemons[0].socket_path) as c:
         assert progress(c, "first")["seq"] == 1
+
+
+@pytest.mark.slow
+def test_a_task_change_the_cluster_does_not_take_is_not_kept(
+    start_shared: Any, nats_cluster: NatsCluster, nats_urls: list[str]
+) -> None:
+    """Every node down: a change fails with -32006 and this daemon's graph does not show it;
+    once the cluster is back, the daemon goes on where it was."""
+    a = start_shared(1)
+    with Client(a.socket_path, timeout=120) as c:
+        c.call("tasks.create", {"id": "before", "type": "t"})
+        for i in range(nats_cluster.n):
+            nats_cluster.kill(i)
+        with pytest.raises(RpcError) as refused:
+            c.call("tasks.create", {"id": "lost", "type": "t"})
+        assert refused.value.code == -32006
+        with pytest.raises(RpcError) as missing:
+            c.call("tasks.get", {"id": "lost"})
+        assert missing.value.code == -32002
+        assert [t["id"] for t in c.call("tasks.list_active")["tasks"]] == ["before"]
+        for i in range(nats_cluster.n):
+            nats_cluster.start(i, wait=False)
+        nats_cluster.wait_healthy()
+        assert within(60.0, lambda: _created(c, "after"))["version"] == 1
+        assert progress(c, "back")["seq"] == 1
+
+
+def _created(c: Client, task_id: str) -> Any:
+    try:
+        return c.call("tasks.create", {"id": task_id, "type": "t"})
+    except RpcError as exc:
+        assert exc.code == -32006, exc  # the cluster is still electing its leaders
+        return None
