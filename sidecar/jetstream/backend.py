@@ -51,12 +51,12 @@ class SharedBackend:
         conversation's last seq there); then appends go to the stream."""
         appender = JetStreamAppender(self.stream, writer, copied, fault)
         try:
-            with anyio.fail_after(START_S):
+            with anyio.fail_after(START_S) as scope:
                 await appender.start()
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 await self.stream.close()
-            why = f"no answer within {START_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
+            why = f"not done within {START_S:g} s" if scope.cancel_called else f"{type(exc).__name__}: {exc}"
             where = ", ".join(self.config.servers)
             raise CannotStart(f"cannot use the JetStream stream {self.config.stream!r} at {where}: {why}") from None
         self.appender = appender

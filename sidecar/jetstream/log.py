@@ -129,11 +129,13 @@ class JetStreamLog:
         """Connect, make sure the stream exists, and take in the whole log (the feed)."""
         self._nc = await nats.connect(self.config.servers, max_reconnect_attempts=-1, name="sidecar")
         self._js = self._nc.jetstream()
+        js, stream = self._js, self.config.stream
         await self._ensure_stream()
-        info = await self._js.stream_info(self.config.stream)
+        # A stream another process has just made may have no leader for a moment: retried.
+        info = await retrying(lambda: js.stream_info(stream))
         target = info.state.last_seq
-        self._feed = await self._js.subscribe(
-            f"{self.config.stream}.log.>", stream=self.config.stream, ordered_consumer=True, cb=self._on_msg
+        self._feed = await retrying(
+            lambda: js.subscribe(f"{stream}.log.>", stream=stream, ordered_consumer=True, cb=self._on_msg)
         )
         if target == 0:
             self.caught_up.set()
@@ -153,13 +155,14 @@ class JetStreamLog:
             allow_atomic=True,  # log.append_many: all or none (nats-server 2.12 and later)
             max_msg_size=self.max_event_bytes + 4096,
         )
+        js = self._js
         try:
-            info = await self._js.stream_info(self.config.stream)
+            info = await retrying(lambda: js.stream_info(cfg.name or ""))
         except nats.js.errors.NotFoundError:
             await retrying(lambda: self._js_add(cfg))
             return
         if not info.config.allow_atomic:  # made by an earlier version: atomic batches are needed now
-            await self._js.update_stream(dataclasses.replace(info.config, allow_atomic=True))
+            await retrying(lambda: js.update_stream(dataclasses.replace(info.config, allow_atomic=True)))
 
     async def _js_add(self, cfg: api.StreamConfig) -> None:
         assert self._js is not None
