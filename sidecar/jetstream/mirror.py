@@ -204,11 +204,7 @@ class JetStreamAppender:
 
     def deliver(self, done: list[AppendRequest]) -> None:
         for req in done:
-            assert req.answer is not None
-            try:
-                req.answer(req)
-            except Exception:
-                log.exception("jetstream.answer_failed")
+            req.give_answer()
 
     async def delete_conversation(self, cid: str) -> int:
         """Delete ``cid`` for every daemon (a tombstone in the stream); answered once this

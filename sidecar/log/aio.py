@@ -152,11 +152,7 @@ class AsyncAppender:
 
     def _answer(self, done: list[AppendRequest]) -> None:
         for req in done:
-            assert req.answer is not None
-            try:
-                req.answer(req)
-            except Exception:
-                log.exception("log.answer_failed")
+            req.give_answer()
         self._in_flight -= len(done)
         self._handed = False
         self._hand_over()  # what gathered meanwhile

@@ -6,8 +6,12 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+import structlog
+
 from sidecar.errors import SidecarError
 from sidecar.log.events import AppendResult, Event, NewEvent
+
+log = structlog.get_logger("sidecar.log")
 
 
 class Sink(Protocol):
@@ -48,6 +52,15 @@ class AppendRequest:
         if sink is None:  # held until finished: a raw lock is the cheapest wakeup for a thread
             self._pending = threading.Lock()
             self._pending.acquire()
+
+    def give_answer(self) -> None:
+        """Call ``answer(self)``, in the sink's loop; a failure in it is logged, and never
+        reaches the other requests answered with it."""
+        assert self.answer is not None
+        try:
+            self.answer(self)
+        except Exception:
+            log.exception("log.answer_failed")
 
     def release(self) -> None:
         """Wake the thread waiting in :meth:`wait` (the commit thread's last word)."""
