@@ -17,6 +17,11 @@ processes on several hosts append to the same conversations and each sees all of
   subject (the *feed*): each conversation's last seq, its stream sequence, the writers'
   clocks, and where each event is. Reads go straight to the stream by sequence (direct
   get); the newest events of a conversation come from memory.
+- **All or none.** Several events of one call go out as one atomic batch publish; the first
+  of each conversation in it carries the expectation (:meth:`JetStreamLog.append_batch`).
+- **Deletion** is a tombstone on the conversation's subject (header ``Sidecar-Deleted``),
+  checked against its last message, and everything older purged; every process's feed meets
+  it in order and starts the conversation over (:meth:`JetStreamLog.delete`).
 - **Retries.** Appends are retried with the same id and the same expectation while the
   cluster elects a leader or has a write in flight (no responders, a timeout, NATS errors
   10158, 10163 and 10164), within a deadline. The id makes a retry of a write that landed

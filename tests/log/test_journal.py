@@ -115,7 +115,10 @@ def test_two_dead_journals_replay_in_seq_order(data_dir: Path, python: str, pyth
     before = path.read_bytes()
     path.write_bytes(b"".join(before.splitlines(keepends=True)[:10]))
     with EventStore(data_dir) as s:
-        assert s.append(ev("shared")).seq == len(before.splitlines()) + 1
+        new = s.append(ev("shared")).seq
+    # The journals give back every acknowledged event. A batch that reached the file but not its
+    # journal when its writer was killed was never acknowledged: it may be cut off with the rest.
+    assert max(acked.values()) < new <= len(before.splitlines()) + 1
     seqs = [json.loads(line)["seq"] for line in path.read_bytes().splitlines()]
     assert seqs == list(range(1, len(seqs) + 1))
     got = {json.loads(line)["id"]: json.loads(line)["seq"] for line in path.read_bytes().splitlines()}
