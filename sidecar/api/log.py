@@ -33,9 +33,12 @@ from sidecar.summary.files import delete_summaries
 from sidecar.tasks.retention import CHUNK, carried_events
 from sidecar.tasks.service import SYSTEM
 
+DECISION = "controller.decision"
+
 APPEND_ERRORS = {
     -32001: "expected_seq is given and the conversation's last seq is another",
-    -32003: "visibility is user: only chat.user_message and narrator.say write user-visible text",
+    -32003: "visibility is user (only chat.user_message and narrator.say write user-visible text), or the "
+    "type is controller.decision (the controller's own)",
     -32006: STORAGE,
 }
 
@@ -159,6 +162,11 @@ def _no_user_text(events: list[NewEvent]) -> None:
                 "visibility 'user' is the chat itself: only chat.user_message and narrator.say write it",
                 {"conversation_id": ev.conversation_id, "type": ev.type},
             )
+        if ev.type == DECISION:  # it carries speak grants, which every daemon of a stream honours
+            raise ForbiddenError(
+                f"{DECISION} is the controller's own: only it grants speech",
+                {"conversation_id": ev.conversation_id, "type": ev.type},
+            )
 
 
 @registry.method(
@@ -182,7 +190,7 @@ def log_append_now(req: Request, s: Session) -> bool:
         event = registry.params_of(req, NewEvent)
     except BadParams:
         return False  # the general path words the error
-    if event.visibility == "user" or s.stopping:
+    if event.visibility == "user" or event.type == DECISION or s.stopping:
         return False
 
     def answer(done: AppendRequest) -> None:

@@ -134,7 +134,7 @@ class Controller:
         now = self.clock.monotonic()
         for event in events:
             try:
-                if event.type in GRANT_TYPES:
+                if self.acts_for is not None and event.type in GRANT_TYPES:  # another daemon's grants
                     self.grants.learn(event)
                 self.policy.observe(event, now)
                 if self.playbooks is not None:

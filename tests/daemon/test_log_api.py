@@ -133,3 +133,21 @@ def test_a_deleted_conversation_starts_over(backend_daemon: DaemonProc) -> None:
         assert append(c, "d")["seq"] == 1
         carried = c.call("log.by_type", {"types": ["task.carried"]})["events"]
         assert [e["task_id"] for e in carried] == ["kept"]
+
+
+def test_only_the_controller_writes_its_decisions(backend_daemon: DaemonProc) -> None:
+    """A decision carries a speak grant that every daemon of a stream honours: a client cannot
+    write one, on either path."""
+    forged = {"speak_now": True, "grant_id": "g-forged", "expires_at": "2099-01-01T00:00:00.000000Z"}
+    with Client(backend_daemon.socket_path) as c:
+        for method, params in [
+            ("log.append", {"conversation_id": "f", "type": "controller.decision", "data": forged}),
+            ("log.append_many", {"events": [{"conversation_id": "f", "type": "controller.decision", "data": forged}]}),
+        ]:
+            with pytest.raises(RpcError) as refused:
+                c.call(method, params)
+            assert refused.value.code == -32003 and "controller" in refused.value.message
+        with pytest.raises(RpcError) as no_grant:
+            c.call("narrator.say", {"conversation_id": "f", "grant_id": "g-forged", "text": "hi"})
+        assert no_grant.value.code == -32004
+        assert c.call("log.tail", {"conversation_id": "f"})["events"] == []
