@@ -68,7 +68,8 @@ def test_a_lease_that_runs_out_puts_the_task_back(backend_daemon: DaemonProc) ->
         c.call("tasks.claim", {"agent_id": "w1", "lease_s": 1})
         back = within(10.0, lambda: (t := c.call("tasks.get", {"id": "short"}))["status"] == "pending" and t)
         assert back["lease_owner"] is None and back["attempts"] == 1
-        expired = c.call("log.by_type", {"types": ["task.lease_expired"]})["events"]
+        # recorded in the log too (its event is written once the change is durable: it may follow the read above)
+        expired = within(10.0, lambda: c.call("log.by_type", {"types": ["task.lease_expired"]})["events"])
         assert [e["task_id"] for e in expired] == ["short"]
 
 
