@@ -31,7 +31,6 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import ConflictError, NotFoundError, StorageError
 from sidecar.jetstream.log import retrying
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
-from sidecar.tasks.graph import TaskGraph
 from sidecar.tasks.model import Renew, Task
 from sidecar.tasks.service import DEFAULT_MAX_PENDING, AuditSink, Sweep, TaskService, _Change
 
@@ -74,6 +73,8 @@ class SharedTaskService(TaskService):
         self._seen = 0  # the highest revision the watch has brought
         self._moved = asyncio.Event()  # set (and replaced) whenever the watch brings something
         self._lock = asyncio.Lock()  # this daemon's changes, one at a time
+        # The tasks of the change being written, and what the watch brought of them meanwhile.
+        self._writing: dict[str, list[KeyValue.Entry]] = {}
         self.conflicts = 0  # writes another daemon made first (each one applied again)
 
     async def start(self) -> None:
@@ -108,6 +109,10 @@ class SharedTaskService(TaskService):
             return
         if entry.key != task_key(task.id) or self._revisions.get(task.id, 0) >= revision:
             return
+        waiting = self._writing.get(task.id)
+        if waiting is not None:  # this daemon is writing it: taken in once that write settles
+            waiting.append(entry)
+            return
         self._revisions[task.id] = revision
         before = self.graph.tasks.get(task.id)
         self.graph.tasks[task.id] = task
@@ -140,20 +145,31 @@ class SharedTaskService(TaskService):
             for attempt in range(ATTEMPTS):
                 if attempt:
                     change = _Change(change.what)
-                before = self.graph.copy()  # cheap: the copy shares the graph until written
-                change.apply(self.graph, self.queue, self.clock.now_ns(), self.max_pending, self.max_event_bytes)
-                self._note_queue()
+                # Applied to a copy (it shares the graph until written): readers see a change
+                # only once the bucket has it. The claim queue takes it at once, and is put
+                # back if it is not kept.
+                work = self.graph.copy()
+                change.apply(work, self.queue, self.clock.now_ns(), self.max_pending, self.max_event_bytes)
                 if isinstance(change.error, (ConflictError, NotFoundError)) and attempt == 0:
                     await self._catch_up()  # maybe a write of another daemon we have not seen yet
                     continue
                 if change.error is not None:
                     break
+                made = _made(change)
+                self._writing = {task.id: [] for task in made}
                 try:
-                    if await self._put(change):
-                        break
-                except StorageError as exc:  # the cluster did not take it: this daemon's graph neither
-                    self._undo(change, before)
-                    change.error, change.changes, change.events = exc, [], []
+                    written = await self._put(change, made)
+                except StorageError as exc:  # the cluster did not take it (or did not say)
+                    written, change.error, change.changes, change.events = {}, exc, [], []
+                self._settle(made, written)
+                if change.error is not None:
+                    break
+                if len(written) == len(made):
+                    break
+                if isinstance(change.what, Sweep):  # the expiries another daemon made first are its
+                    change.changes = [t for t in change.changes if t.id in written]
+                    change.events = [e for e in change.events if e.task_id in written]
+                    await self._catch_up()  # so that they are not found due again at once
                     break
                 self.conflicts += 1
                 await self._catch_up()
@@ -162,6 +178,7 @@ class SharedTaskService(TaskService):
                     f"other daemons kept changing the task first ({ATTEMPTS} tries); nothing changed, try again"
                 )
                 change.changes, change.events = [], []
+        self._note_queue()
         self.writes += change.writes
         await self._audit([change])
         await self._back_pressure()
@@ -170,39 +187,41 @@ class SharedTaskService(TaskService):
             raise change.error
         return change.result
 
-    def _undo(self, change: _Change, before: TaskGraph) -> None:
-        """Put back the tasks ``change`` made and could not write (unless the watch has
-        brought a newer version of one meanwhile), and the claim queue with them."""
-        for task in change.changes or ([change.result] if change.result is not None else []):
-            if self.graph.tasks.get(task.id) is task:
-                old = before.tasks.get(task.id)
-                if old is None:
-                    del self.graph.tasks[task.id]
-                else:
-                    self.graph.tasks[task.id] = old
-        self._index()
-
-    async def _put(self, change: _Change) -> bool:
-        """Each task the change made, with a compare-and-set; False when another daemon wrote
-        one of them first (that one then comes in through the watch)."""
-        written = True
-        renewed = change.result if isinstance(change.what, Renew) else None  # other daemons must see it
-        for task in change.changes or ([renewed] if renewed is not None else []):
+    async def _put(self, change: _Change, made: list[Task]) -> dict[str, int]:
+        """Each task the change made, with a compare-and-set on the revision this daemon has;
+        the revisions of those written (another daemon wrote the others first)."""
+        written: dict[str, int] = {}
+        for task in made:
             last = self._revisions.get(task.id, 0)
             try:
                 if last:
-                    revision = await self._kv.update(task_key(task.id), _encode(task), last=last)
+                    written[task.id] = await self._kv.update(task_key(task.id), _encode(task), last=last)
                 else:
-                    revision = await self._kv.create(task_key(task.id), _encode(task))
+                    written[task.id] = await self._kv.create(task_key(task.id), _encode(task))
             except nats.js.errors.KeyWrongLastSequenceError:
-                written = False
                 if not isinstance(change.what, Sweep):
-                    return False
-                continue  # an expiry another daemon made (or a renewal): the watch brings it
+                    break
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 raise StorageError(f"could not write task {task.id!r} to {self.path}: {exc}") from None
-            self._revisions[task.id] = max(self._revisions.get(task.id, 0), revision)
-        return written or isinstance(change.what, Sweep)
+        return written
+
+    def _settle(self, made: list[Task], written: dict[str, int]) -> None:
+        """Publish what was written to the graph readers see; put the claim queue back for
+        the rest; then take in what the watch brought for these tasks meanwhile."""
+        deferred, self._writing = self._writing, {}
+        for task in made:
+            live = self.graph.tasks.get(task.id)
+            revision = written.get(task.id)
+            if revision is not None:
+                self.graph.tasks[task.id] = task
+                self._revisions[task.id] = max(self._revisions.get(task.id, 0), revision)
+            elif live is not None:
+                self.queue.changed(self.graph, task, live)
+            else:
+                self.queue.removed(task)
+        for entries in deferred.values():
+            for entry in entries:
+                self._take(entry)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow the bucket and expire leases as they run out (every daemon may: the first
@@ -211,3 +230,11 @@ class SharedTaskService(TaskService):
             tg.start_soon(self._follow)
             tg.start_soon(self._expire)
             task_status.started()
+
+
+def _made(change: _Change) -> list[Task]:
+    """The tasks a change made, to write: a renewal's too (no event, no version bump, but the
+    other daemons must not expire the lease it renewed)."""
+    if change.changes:
+        return change.changes
+    return [change.result] if isinstance(change.what, Renew) and change.result is not None else []

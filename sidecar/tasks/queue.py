@@ -58,6 +58,12 @@ class ClaimQueue:
                 self._push_all(graph, [dependent, *self._descendants(dependent)])
         self._push_all(graph, self._descendants(after.id))
 
+    def removed(self, task: Task) -> None:
+        """Undo the creation of ``task`` (a change that was not kept); its heap entry, if
+        any, is dropped when it surfaces."""
+        self._unlink(task)
+        self.pending -= task.status == "pending"
+
     def take(self, graph: TaskGraph, types: Iterable[str] | None) -> Task | None:
         """The best ready task of ``types`` (any type: None), its entry removed; or None."""
         names = list(self.by_type) if types is None else [t for t in dict.fromkeys(types) if t in self.by_type]

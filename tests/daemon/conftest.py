@@ -138,13 +138,16 @@ def start_daemon(tmp_path: Path) -> Iterator:
             cmd += ["--config", str(cfg)]
         cmd += args or []
         stderr_path = tmp_path / f"daemon{n}.log"
-        proc = subprocess.Popen(
-            cmd,
-            env=child_env({"NOTIFY_SOCKET": notify_path, **(env or {})}),
-            stdout=subprocess.DEVNULL,
-            stderr=open(stderr_path, "wb"),  # noqa: SIM115 - the child owns it
-            preexec_fn=None if max_fds is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds,) * 2),
-        )
+        with open(stderr_path, "wb") as stderr:  # the child has its own descriptor of it
+            proc = subprocess.Popen(
+                cmd,
+                env=child_env({"NOTIFY_SOCKET": notify_path, **(env or {})}),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=None
+                if max_fds is None
+                else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds,) * 2),
+            )
         d = DaemonProc(proc, sock, data, notify, stderr_path)
         started.append(d)
         if wait:

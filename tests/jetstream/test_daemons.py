@@ -298,6 +298,9 @@ def test_claims_stay_exclusive_across_daemons_and_versions_are_checked(start_sha
         for task, name in claimed:  # and both daemons agree on who holds it
             assert ca.call("tasks.get", {"id": task})["lease_owner"] == name
             assert within(5.0, lambda task=task: cb.call("tasks.get", {"id": task})["lease_owner"]) == name
+        for c in (ca, cb):  # the claim queues kept count through every lost race
+            assert c.call("sys.stats")["tasks_pending"] == 1  # "doc", of another type
+            assert [t["id"] for t in c.call("tasks.ready")["tasks"]] == ["doc"]
 
 
 def test_a_consumer_group_resumes_on_any_daemon_and_has_one_live_subscriber(start_shared: Any) -> None:
