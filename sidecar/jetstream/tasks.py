@@ -3,12 +3,13 @@
 The rules, the claim queue and the audit trail are the file backend's
 (:class:`~sidecar.tasks.service.TaskService`); only where a change becomes durable differs.
 Each daemon keeps the whole graph in memory, fed by a watch on the bucket. A change is
-applied to it, then written with a compare-and-set on the revision this daemon last saw of
-that task (``create`` for a new one). When another daemon wrote first, the write is refused;
-this daemon then takes in everything the bucket has (waiting for its watch to reach the
-bucket's last revision) and applies the request again on the fresh graph: so
-``expected_version``, claims and leases stay exclusive across daemons, and a conflict or a
-"no such task" is only answered once this daemon is known to be up to date.
+applied to a copy of it, written with a compare-and-set on the revision this daemon last saw
+of that task (``create`` for a new one), and shown to readers only once written. When
+another daemon wrote first, the write is refused; this daemon then takes in everything the
+bucket has (waiting for its watch to reach the bucket's last revision) and applies the
+request again on the fresh graph: so ``expected_version``, claims and leases stay exclusive
+across daemons, and a conflict or a "no such task" is only answered once this daemon is
+known to be up to date.
 
 A task's ``version`` stays the graph's own count of its changes (the same on both backends);
 the KV revision is the compare-and-set token behind it.
@@ -32,7 +33,7 @@ from sidecar.errors import ConflictError, NotFoundError, StorageError
 from sidecar.jetstream.log import retrying
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
 from sidecar.tasks.model import Renew, Task
-from sidecar.tasks.service import DEFAULT_MAX_PENDING, AuditSink, Sweep, TaskService, _Change
+from sidecar.tasks.service import DEFAULT_MAX_PENDING, AuditSink, Change, Sweep, TaskService
 
 log = structlog.get_logger("sidecar.jetstream")
 
@@ -140,11 +141,11 @@ class SharedTaskService(TaskService):
 
     # --- changes --------------------------------------------------------------------------------------
 
-    async def _submit(self, change: _Change) -> Task | None:
+    async def _submit(self, change: Change) -> Task | None:
         async with self._lock:
             for attempt in range(ATTEMPTS):
                 if attempt:
-                    change = _Change(change.what)
+                    change = Change(change.what)
                 # Applied to a copy (it shares the graph until written): readers see a change
                 # only once the bucket has it. The claim queue takes it at once, and is put
                 # back if it is not kept.
@@ -187,7 +188,7 @@ class SharedTaskService(TaskService):
             raise change.error
         return change.result
 
-    async def _put(self, change: _Change, made: list[Task]) -> dict[str, int]:
+    async def _put(self, change: Change, made: list[Task]) -> dict[str, int]:
         """Each task the change made, with a compare-and-set on the revision this daemon has;
         the revisions of those written (another daemon wrote the others first)."""
         written: dict[str, int] = {}
@@ -232,7 +233,7 @@ class SharedTaskService(TaskService):
             task_status.started()
 
 
-def _made(change: _Change) -> list[Task]:
+def _made(change: Change) -> list[Task]:
     """The tasks a change made, to write: a renewal's too (no event, no version bump, but the
     other daemons must not expire the lease it renewed)."""
     if change.changes:

@@ -103,7 +103,7 @@ class Sweep:
 Request = NewTask | TaskPatch | Claim | Renew | Release | Sweep
 
 
-class _Change:
+class Change:
     """One queued request, and what became of it: its answer, and the changes to audit."""
 
     __slots__ = ("what", "result", "error", "changes", "events", "done", "max_event_bytes")
@@ -224,8 +224,8 @@ class TaskService:
         self.max_event_bytes = max_event_bytes  # the log's ([log] max_event_bytes); lowered if it says less
         self._stamp: tuple[int, int, int] | None = None
         # None asks the writer to look at the file (an outside edit), a change to apply it.
-        self._writer: Batcher[_Change | None] = Batcher(self._write, f"sidecar-tasks:{self.path}")
-        self._written: MemoryObjectSendStream[tuple[list[_Change], Outside]] | None = None
+        self._writer: Batcher[Change | None] = Batcher(self._write, f"sidecar-tasks:{self.path}")
+        self._written: MemoryObjectSendStream[tuple[list[Change], Outside]] | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self.writes = 0  # batches made durable
         self.checkpoints = 0  # of them, whole-file writes
@@ -281,23 +281,23 @@ class TaskService:
     # --- changes ---------------------------------------------------------------------------------
 
     async def create(self, new: NewTask) -> Task:
-        return _some(await self._submit(_Change(new)))
+        return _some(await self._submit(Change(new)))
 
     async def update(self, patch: TaskPatch) -> Task:
-        return _some(await self._submit(_Change(patch)))
+        return _some(await self._submit(Change(patch)))
 
     async def claim(self, claim: Claim) -> Task | None:
         started = anyio.current_time()
-        task = await self._submit(_Change(claim))
+        task = await self._submit(Change(claim))
         self.claims += 1
         self.claim_seconds += anyio.current_time() - started
         return task
 
     async def renew(self, renew: Renew) -> Task:
-        return _some(await self._submit(_Change(renew)))
+        return _some(await self._submit(Change(renew)))
 
     async def release(self, release: Release) -> Task:
-        return _some(await self._submit(_Change(release)))
+        return _some(await self._submit(Change(release)))
 
     async def heartbeat(self, task_id: str, agent_id: str) -> None:
         """A ``controller.heartbeat`` from a task's holder renews its lease by its last length;
@@ -305,13 +305,13 @@ class TaskService:
         task = self.graph.tasks.get(task_id)
         if task is not None and task.lease_owner == agent_id and task.status == "running":
             with contextlib.suppress(SidecarError):
-                await self._submit(_Change(Renew(id=task_id, agent_id=agent_id)))
+                await self._submit(Change(Renew(id=task_id, agent_id=agent_id)))
 
     async def sweep(self) -> None:
         """Expire what has run out by now (the expiry timer calls it; so may a test)."""
-        await self._submit(_Change(Sweep()))
+        await self._submit(Change(Sweep()))
 
-    async def _submit(self, change: _Change) -> Task | None:
+    async def _submit(self, change: Change) -> Task | None:
         if self.broken is not None:
             raise self.broken  # never write over a file we could not read: it may hold every task
         self._writer.put([change])
@@ -326,7 +326,7 @@ class TaskService:
             self.graph = _BrokenGraph(self.broken)
         if self._writer.stopped:  # a restart after a failure: a fresh writer thread
             self._writer = Batcher(self._write, f"sidecar-tasks:{self.path}")
-        send, receive = anyio.create_memory_object_stream[tuple[list[_Change], Outside]](math.inf)
+        send, receive = anyio.create_memory_object_stream[tuple[list[Change], Outside]](math.inf)
         self._written, self._token = send, anyio.lowlevel.current_token()
         try:
             async with anyio.create_task_group() as tg:
@@ -347,7 +347,7 @@ class TaskService:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._writer.stop)
 
-    def _write(self, items: list[_Change | None]) -> None:
+    def _write(self, items: list[Change | None]) -> None:
         """The writer thread's batch: the changes, applied and written at once; or, when
         there are none, a look at the file for an outside edit. Handed back to :meth:`run`."""
         batch = [c for c in items if c is not None]
@@ -362,7 +362,7 @@ class TaskService:
             written, token = self._written, self._token
             token.backend_class.run_sync_soon(written.send_nowait, ((batch, outside),), token.native_token)
 
-    def _apply_and_write(self, batch: list[_Change]) -> Outside:
+    def _apply_and_write(self, batch: list[Change]) -> Outside:
         """In the writer thread, under the exclusive lock: rebase on the file, apply, write."""
         now_ns = self.clock.now_ns()
         outside = None
@@ -394,7 +394,7 @@ class TaskService:
             return None
         return outside
 
-    def _persist(self, graph: TaskGraph, batch: list[_Change], *, whole: bool) -> None:
+    def _persist(self, graph: TaskGraph, batch: list[Change], *, whole: bool) -> None:
         """The batch's changed tasks, durably: appended to the journal, or, once the journal
         has grown past the file (at least 1 MiB, at most 64 MiB), the whole graph written and
         the journal emptied. So a batch costs what it changed, not the size of the graph."""
@@ -536,7 +536,7 @@ class TaskService:
 
     # --- the audit trail ---------------------------------------------------------------------------
 
-    async def _audit(self, batch: list[_Change]) -> None:
+    async def _audit(self, batch: list[Change]) -> None:
         await self._emit([event for c in batch for event in c.events])
 
     async def _audit_changes(self, old: TaskGraph, new: TaskGraph, *, source: str) -> None:
