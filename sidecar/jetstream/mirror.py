@@ -61,6 +61,9 @@ class JetStreamAppender:
         await self.stream.start()
         while self._forgetting:  # conversations deleted while this daemon was away
             await asyncio.wait(list(self._forgetting.values()))
+        for cid in list(self._queued):  # the copy has all of it before the daemon serves reads
+            if self._queued.get(cid):
+                await self._drained.setdefault(cid, asyncio.Event()).wait()
         for cid, seq in self._copied.items():
             if seq > self.stream.last_seq(cid):
                 self._stop_copying(
@@ -75,6 +78,9 @@ class JetStreamAppender:
         held = self._held.get(cid)
         if held is not None:  # after a tombstone: once the copy of what went is deleted
             held.append(event)
+        elif event.seq < self._copied.get(cid, 0):
+            return  # the copy has it (a restart replays the stream); its newest still goes to the
+            # writer, which checks it is the same event
         elif cid not in self._broken:
             self._queued[cid] = self._queued.get(cid, 0) + 1
             self._copier.append_soon([], self._copied_one, placed=[event])
