@@ -383,10 +383,10 @@ class Daemon:
             ) from None
         jc = self.config.jetstream
         shared = SharedBackend(jc, clock=self.clock, max_event_bytes=self.config.log.max_event_bytes)
-        known = await anyio.to_thread.run_sync(self.store.conversations)
+        known = self.store.last_seqs()  # loaded already: nothing read again
         log.info("daemon.jetstream_connecting", servers=jc.servers, stream=jc.stream, replicas=jc.replicas)
         try:
-            await shared.open(writer, {info.conversation_id: info.last_seq for info in known}, self.fault)
+            await shared.open(writer, known, self.fault)
         except CannotStart as exc:
             raise ConfigError(str(exc)) from None
         log.info("daemon.jetstream_ready", stream=jc.stream, conversations=len(known))
@@ -641,9 +641,7 @@ def _limits(config: Config) -> Limits:
 
 
 def _retention(config: Config) -> RetentionPolicy:
-    lc = config.log
-    if lc.backend == "jetstream":  # the copy keeps what the stream keeps (compressed, if asked)
-        return RetentionPolicy(compress=lc.compress_archive)
+    lc = config.log  # on jetstream retain_* are 0 (load_config): the copy keeps what the stream keeps
     return RetentionPolicy(retain_days=lc.retain_days, retain_bytes=lc.retain_bytes, compress=lc.compress_archive)
 
 

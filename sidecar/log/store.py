@@ -197,6 +197,12 @@ class EventStore:
                     progress(done, len(cids))
             self._indexed_all = True
 
+    def last_seqs(self) -> dict[str, int]:
+        """Each conversation's last seq as the writer knows it since :meth:`load`, without
+        reading a file again (the jetstream copy's starting point)."""
+        with self._write_lock:
+            return {cid: c.last_seq for cid, c in self._writer.conversations.items() if c.indexed and c.last_seq}
+
     def damaged(self) -> dict[str, str]:
         """Conversations whose logs are refused for writing, with the reason."""
         return {c.cid: c.corrupt for c in self._writer.by_no if c.corrupt is not None}

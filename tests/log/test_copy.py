@@ -28,6 +28,8 @@ def test_a_copy_holds_the_same_events_and_survives_a_restart(tmp_path: Path) -> 
         assert [r.seq for r in results] == [1, 2, 3, 4, 5] and not any(r.duplicate for r in results)
         assert copy.tail("c", 10) == events
     with EventStore(copy_dir) as copy:
+        copy.load()
+        assert copy.last_seqs() == {"c": 5}  # where a copy starts from, without reading again
         assert copy.tail("c", 10) == events
         assert copy.get(events[2].id) == events[2]
         # The copy's own appends follow on: the next seq, and the writer's clock after the copied ones.

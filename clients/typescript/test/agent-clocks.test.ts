@@ -4,7 +4,6 @@
 // wait is for a condition, polled, with a deadline.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 
 import {
   type AgentHandler,
@@ -15,17 +14,7 @@ import {
   connect,
   runAgent,
 } from "../src/index.js";
-import { type Daemon, startDaemon, stopCleanly } from "./daemon.js";
-
-/** Poll `check` every 20 ms until it returns true; fail after `deadlineMs`. */
-async function until(check: () => Promise<boolean>, what: string, deadlineMs = 10_000): Promise<void> {
-  const end = performance.now() + deadlineMs;
-  for (;;) {
-    if (await check()) return;
-    if (performance.now() > end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await delay(20);
-  }
-}
+import { type Daemon, eventually, startDaemon, stopCleanly } from "./daemon.js";
 
 describe("runAgent and clocks", { timeout: 60_000 }, () => {
   let daemon: Daemon;
@@ -47,10 +36,14 @@ describe("runAgent and clocks", { timeout: 60_000 }, () => {
     const stop = new AbortController();
     const done = runAgent({ agentId, handler, types: [id], socketPath: daemon.socket, signal: stop.signal });
     try {
-      await until(async () => {
-        const task = await client.call("tasks.get", { id });
-        return task.status === "done" || task.status === "failed";
-      }, `${id} to end`);
+      await eventually(
+        async () => {
+          const task = await client.call("tasks.get", { id });
+          return task.status === "done" || task.status === "failed";
+        },
+        `${id} to end`,
+        1000, // 10 ms apart: at least 10 s
+      );
     } finally {
       stop.abort(new Error("the test is over"));
       await done;
