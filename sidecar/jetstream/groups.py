@@ -47,11 +47,12 @@ def live_key(group: str, cid: str) -> str:
     return f"l.{_hex(group)}.{_hex(cid)}"
 
 
-def _parse(key: str) -> tuple[str, Key] | None:
-    kind, _, rest = key.partition(".")
+def _position_of(name: str) -> Key | None:
+    """The (group, conversation) of a position's key (:func:`position_key`)."""
+    _, _, rest = name.partition(".")
     group, _, cid = rest.partition(".")
     try:
-        return kind, (bytes.fromhex(group).decode(), bytes.fromhex(cid).decode())
+        return bytes.fromhex(group).decode(), bytes.fromhex(cid).decode()
     except ValueError:
         return None  # not a key of ours: never trusted
 
@@ -105,15 +106,15 @@ class SharedPositions(Positions):
                 self._take(entry)
 
     def _take(self, entry: KeyValue.Entry) -> None:
-        parsed = _parse(entry.key or "")
-        if parsed is None:
+        name = entry.key or ""
+        key = _position_of(name)
+        if key is None:
             return
         if entry.operation is not None:  # deleted with its conversation (on any daemon)
-            self.acked.pop(parsed[1], None)
+            self.acked.pop(key, None)
             return
+        self._revisions[name] = max(self._revisions.get(name, 0), entry.revision or 0)
         seq = _decode_seq(entry.value)
-        key = parsed[1]
-        self._revisions[entry.key or ""] = max(self._revisions.get(entry.key or "", 0), entry.revision or 0)
         if seq > self.acked.get(key, -1):
             self.acked[key] = seq
 
