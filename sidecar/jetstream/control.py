@@ -83,7 +83,6 @@ class ControlPlane:
         self._controllers: KeyValue
         self._watcher: KeyValue.KeyWatcher | None = None
         self._hb_sub: Subscription | None = None
-        self.takeovers = 0
         self._sending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -178,7 +177,6 @@ class ControlPlane:
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # another daemon took it first (the watch will say who)
             self._owners[cid] = (self.name, taken)
-            self.takeovers += 1
             log.info("jetstream.controller_taken_over", conversation_id=cid, previous=owner)
             self.on_takeover(cid)
 

@@ -76,7 +76,6 @@ class SharedTaskService(TaskService):
         self._lock = asyncio.Lock()  # this daemon's changes, one at a time
         # The tasks of the change being written, and what the watch brought of them meanwhile.
         self._writing: dict[str, list[KeyValue.Entry]] = {}
-        self.conflicts = 0  # writes another daemon made first (each one applied again)
 
     async def start(self) -> None:
         """Make or open the bucket and take in every task, before serving."""
@@ -172,7 +171,6 @@ class SharedTaskService(TaskService):
                     change.events = [e for e in change.events if e.task_id in written]
                     await self._catch_up()  # so that they are not found due again at once
                     break
-                self.conflicts += 1
                 await self._catch_up()
             else:
                 change.error = StorageError(
