@@ -149,13 +149,30 @@ class LogWriter:
         try:
             conv.catch_up(fd, want_index=want_index, st=st)
             if self.journal is not None and (conv.active_ident, conv.active_size, conv.loaded) != before:
-                # Lines we did not write (another process, or one that crashed) may be in the
-                # page cache only: make them durable before building on them.
-                files.fdatasync(fd)
+                self._cover_foreign(conv, fd, *before)
         except BaseException:
             self._release(cid, broken=True)
             raise
         return conv, fd
+
+    def _cover_foreign(
+        self, conv: Conversation, fd: int, ident: tuple[int, int] | None, size: int, loaded: bool
+    ) -> None:
+        """Make lines we did not write durable before we build on them.
+
+        They may be in the page cache only: another process's batch that it was killed
+        before journaling (never acknowledged, but our seqs will follow it). Lines appended
+        after those we knew are copied into our journal, made durable by our batch's one
+        fdatasync (a power cut then replays them from ours); anything else (a file we load,
+        or one rotated meanwhile) is fdatasync'd whole.
+        """
+        assert self.journal is not None
+        grown = conv.active_size - size
+        if loaded and conv.loaded and conv.corrupt is None and ident == conv.active_ident and 0 < grown <= _COPY_BYTES:
+            self.journal.write(files.pread_exact(fd, grown, size))
+            self._dirty.add(conv.cid)  # a checkpoint must sync the file before retiring the copy
+        else:
+            files.fdatasync(fd)
 
     def _release(self, cid: str, *, broken: bool = False) -> None:
         fd = self._fds.get(cid)
@@ -679,6 +696,7 @@ class WriterStats:
 
 
 _READ_CLOCKS = 16_384  # clocks of causes read from disk, remembered
+_COPY_BYTES = 1 << 20  # another writer's new lines copied into our journal, at most; else fdatasync
 
 
 def _names_conversation(name: str, cid: str) -> bool:

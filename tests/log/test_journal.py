@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from sidecar.log import EventStore
 from sidecar.log import files as log_files
+from sidecar.log.timestamps import format_timestamp
 
 WRITER = str(Path(__file__).with_name("writer_proc.py"))
 
@@ -117,12 +119,40 @@ def test_two_dead_journals_replay_in_seq_order(data_dir: Path, python: str, pyth
     with EventStore(data_dir) as s:
         new = s.append(ev("shared")).seq
     # The journals give back every acknowledged event. A batch that reached the file but not its
-    # journal when its writer was killed was never acknowledged: it may be cut off with the rest.
+    # journal when its writer was killed was never acknowledged: it may be cut off with the rest,
+    # unless the other writer built on it (then its journal has a copy).
     assert max(acked.values()) < new <= len(before.splitlines()) + 1
     seqs = [json.loads(line)["seq"] for line in path.read_bytes().splitlines()]
     assert seqs == list(range(1, len(seqs) + 1))
     got = {json.loads(line)["id"]: json.loads(line)["seq"] for line in path.read_bytes().splitlines()}
     assert all(got.get(eid) == seq for eid, seq in acked.items())
+
+
+def test_lines_another_writer_never_journaled_are_copied_into_ours(data_dir: Path) -> None:
+    path = data_dir / "logs" / "shared.jsonl"
+    with EventStore(data_dir) as s:
+        s.append(ev("shared"))
+        cut = path.stat().st_size
+        # A writer killed between its file and its journal: its line is in the page cache only.
+        stranger = {
+            "id": "0192a3b4-0000-7000-8000-000000000002",
+            "seq": 2,
+            "timestamp": format_timestamp(time.time_ns()),
+            "conversation_id": "shared",
+            "type": "a.b",
+            "visibility": "internal",
+            "level": "action",
+            "caused_by": [],
+            "data": {},
+        }
+        with path.open("ab") as f:
+            f.write(json.dumps(stranger).encode() + b"\n")
+        assert s.append(ev("shared")).seq == 3  # acknowledged, and built on seq 2
+        s._writer.journal.detach()  # the power goes before a checkpoint: the journal is left
+    path.write_bytes(path.read_bytes()[:cut])  # and the page cache with it
+    with EventStore(data_dir) as again:
+        assert [e.seq for e in again.tail("shared")] == [1, 2, 3]
+        assert again.get(stranger["id"]) is not None
 
 
 def test_a_live_writers_journal_is_left_alone(data_dir: Path) -> None:
