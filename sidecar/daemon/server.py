@@ -386,7 +386,7 @@ class Daemon:
         known = self.store.last_seqs()  # loaded already: nothing read again
         log.info("daemon.jetstream_connecting", servers=jc.servers, stream=jc.stream, replicas=jc.replicas)
         try:
-            await shared.open(writer, known, self.fault)
+            await shared.open(writer, known, self.fault, self.store.data_dir)
         except CannotStart as exc:
             raise ConfigError(str(exc)) from None
         log.info("daemon.jetstream_ready", stream=jc.stream, conversations=len(known))

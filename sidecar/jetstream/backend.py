@@ -45,11 +45,11 @@ class SharedBackend:
         self.positions: SharedPositions | None = None
 
     async def open(
-        self, writer: AsyncAppender, copied: dict[str, int], fault: Callable[[str], None]
+        self, writer: AsyncAppender, copied: dict[str, int], fault: Callable[[str], None], data_dir: str
     ) -> JetStreamAppender:
-        """Connect, and copy into ``writer``'s store what it lacks (``copied``: each
-        conversation's last seq there); then appends go to the stream."""
-        appender = JetStreamAppender(self.stream, writer, copied, fault)
+        """Connect, and copy into ``writer``'s store (in ``data_dir``) what it lacks
+        (``copied``: each conversation's last seq there); then appends go to the stream."""
+        appender = JetStreamAppender(self.stream, writer, copied, fault, data_dir)
         try:
             with anyio.fail_after(START_S) as scope:
                 await appender.start()
@@ -112,7 +112,11 @@ class SharedBackend:
     def background(self) -> dict[str, Callable[[], Awaitable[None]]]:
         """What runs beside the daemon's own tasks, by name (each supervised)."""
         assert self.leases is not None and self.positions is not None
-        return {"controller-leases": self.leases.run, "groups-follow": self.positions.follow}
+        return {
+            "controller-leases": self.leases.run,
+            "groups-follow": self.positions.follow,
+            "jetstream-position": self.opened.keep_position,
+        }
 
     async def close(self) -> None:
         """The last acks to the cluster, this daemon's lease given up, the appends drained and

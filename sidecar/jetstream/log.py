@@ -13,10 +13,15 @@ processes on several hosts append to the same conversations and each sees all of
   daemons sending the same id at once, is written once within the stream's duplicate
   window. Beyond the window, ids this process has seen (every event, once caught up) are
   answered from its index.
-- **Every process keeps an index**, fed by one ordered consumer over every conversation's
-  subject (the *feed*): each conversation's last seq, its stream sequence, the writers'
-  clocks, and where each event is. Reads go straight to the stream by sequence (direct
-  get); the newest events of a conversation come from memory.
+- **One feed, and an index of what this process uses.** One ordered consumer over every
+  conversation's subject (the *feed*) passes each message on once, in stream order
+  (``on_event``, ``on_deleted``), from the beginning or from where the caller's copy of the
+  stream already is (:meth:`JetStreamLog.start`). A conversation is indexed when this
+  process first uses it, by reading its subject's history once: its last seq and stream
+  sequence, the writers' clocks, its ids, and where each event is; the feed keeps it
+  current from then on. A process so holds the conversations it uses, not the whole
+  stream. Reads go straight to the stream by sequence (direct get); the newest events of
+  a conversation come from memory.
 - **All or none.** Several events of one call go out as one atomic batch publish; the first
   of each conversation in it carries the expectation (:meth:`JetStreamLog.append_batch`).
 - **Deletion** is a tombstone on the conversation's subject (header ``Sidecar-Deleted``),
@@ -90,17 +95,27 @@ def cid_of(stream: str, subject: str) -> str:
 
 @dataclass
 class _Conversation:
-    """What this process knows of one conversation, from its feed and its own appends."""
+    """What this process knows of one conversation: its history, then its feed and appends."""
 
     last_seq: int = 0
     last_stream_seq: int = 0  # the stream sequence of its newest message (0: none)
     last_ts: str = ""
     clocks: ClockState = field(default_factory=ClockState)
     where: dict[int, int] = field(default_factory=dict)  # seq -> stream sequence
+    ids: dict[str, int] = field(default_factory=dict)  # event id -> seq
     recent: list[Event] = field(default_factory=list)  # the newest, oldest first
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # this process's appends, one at a time
     gone: bool = False  # deleted: a fresh _Conversation stands for it now
     moved: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever the feed moves it on
+    # While its history is read: what the feed brought meanwhile, (stream seq, event or None
+    # for a tombstone), taken in after it. None once the history is in.
+    early: list[tuple[int, Event | None]] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # its history is in (or failed)
+
+    def restart(self, stream_seq: int) -> None:
+        """A tombstone at ``stream_seq`` in its history: what came before is gone."""
+        self.last_seq, self.last_stream_seq, self.last_ts = 0, stream_seq, ""
+        self.clocks, self.where, self.ids, self.recent = ClockState(), {}, {}, []
 
 
 class JetStreamLog:
@@ -112,37 +127,51 @@ class JetStreamLog:
         *,
         clock: Clock = SYSTEM_CLOCK,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        on_event: Callable[[Event], None] | None = None,
+        on_event: Callable[[Event, int], None] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.max_event_bytes = max_event_bytes
-        self.on_event = on_event  # every event, in stream order, once (subscriptions, the controller)
-        self.on_deleted: Callable[[str], None] | None = None  # a conversation deleted (by any process)
+        # Every event after the start, in stream order, once, with its stream sequence.
+        self.on_event = on_event
+        self.on_deleted: Callable[[str, int], None] | None = None  # a tombstone (any process's), likewise
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._feed: JetStreamContext.PushSubscription | None = None
-        self._convs: dict[str, _Conversation] = {}
-        self._ids: dict[str, tuple[str, int]] = {}  # event id -> (conversation, seq)
-        self._applied = 0  # the stream sequence the feed has taken in
+        self._convs: dict[str, _Conversation] = {}  # the conversations this process has used
+        self._passed_early: set[int] = set()  # our appends, passed on when acknowledged: the feed skips them
+        self.applied = 0  # the stream sequence the feed has passed on everything up to
+        self.created = ""  # when the stream was made: a stream made again is another stream
+        self.resumed_from = 0  # the stream sequence the feed started after
         self._catch_up_target = 0  # the stream's last sequence at start: caught up once the feed is there
         self.caught_up = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Connect, make sure the stream exists, and take in the whole log (the feed)."""
+    async def start(self, resume: Callable[[str], int] | None = None) -> None:
+        """Connect, make sure the stream exists, and pass on every message up to its end.
+
+        ``resume(created)`` names the stream sequence the caller has everything up to, for
+        the stream made at ``created``; the feed starts after it (else at the beginning).
+        """
         self._nc = await nats.connect(self.config.servers, max_reconnect_attempts=-1, name="sidecar")
         self._js = self._nc.jetstream()
         js, stream = self._js, self.config.stream
         await self._ensure_stream()
         # A stream another process has just made may have no leader for a moment: retried.
         info = await retrying(lambda: js.stream_info(stream))
+        self.created = info.created.isoformat() if info.created is not None else ""
         target = info.state.last_seq
+        after = resume(self.created) if resume is not None else 0
+        if not 0 <= after <= target:
+            log.warning("jetstream.resume_refused", stream_seq=after, stream_last_seq=target)
+            after = 0
+        self.applied = self.resumed_from = after
+        start = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
         self._feed = await retrying(
-            lambda: js.subscribe(f"{stream}.log.>", stream=stream, ordered_consumer=True, cb=self._on_msg)
+            lambda: js.subscribe(f"{stream}.log.>", stream=stream, ordered_consumer=True, cb=self._on_msg, config=start)
         )
-        if target == 0:
+        if target <= after:
             self.caught_up.set()
         else:
             self._catch_up_target = target
@@ -194,62 +223,124 @@ class JetStreamLog:
     async def _on_msg(self, msg: Msg) -> None:
         meta = msg.metadata
         stream_seq = meta.sequence.stream
-        if msg.headers and msg.headers.get(DELETED_HEADER):
-            self._deleted(cid_of(self.config.stream, msg.subject), stream_seq)
-        else:
-            self._event_msg(msg, stream_seq)
-        self._applied = stream_seq
+        cid, event = self._message(msg, stream_seq)
+        if cid is not None:
+            conv = self._convs.get(cid)
+            if conv is not None and conv.early is not None:
+                conv.early.append((stream_seq, event))  # its history is being read: after it
+            elif conv is not None:
+                self._take_in(cid, conv, stream_seq, event)
+            self._pass_on(cid, stream_seq, event)
+        self.applied = stream_seq
         if not self.caught_up.is_set() and (stream_seq >= self._catch_up_target or meta.num_pending == 0):
             self.caught_up.set()
 
-    def _event_msg(self, msg: Msg, stream_seq: int) -> None:
+    def _message(self, msg: Msg, stream_seq: int) -> tuple[str | None, Event | None]:
+        """``(conversation, event)`` of a message, the event None for a tombstone; the
+        conversation None for a message that is not ours (written by hand?): never trusted."""
+        cid = cid_of(self.config.stream, msg.subject)
+        if msg.headers and msg.headers.get(DELETED_HEADER):
+            return cid, None
         try:
             event = decode_event(msg.data)
-        except DECODE_ERRORS as exc:  # not ours (written by hand?): skipped, never trusted
+        except DECODE_ERRORS as exc:
             log.warning("jetstream.bad_message", subject=msg.subject, stream_seq=stream_seq, error=str(exc))
-        else:
-            if event.conversation_id == cid_of(self.config.stream, msg.subject):
-                self._take(event, stream_seq)
+            return None, None
+        return (cid, event) if event.conversation_id == cid else (None, None)
 
-    def _deleted(self, cid: str, stream_seq: int) -> None:
+    def _take_in(self, cid: str, conv: _Conversation, stream_seq: int, event: Event | None) -> None:
+        if event is None:
+            self._deleted(cid, conv, stream_seq)
+        else:
+            self._index(conv, event, stream_seq)
+
+    def _pass_on(self, cid: str, stream_seq: int, event: Event | None) -> None:
+        if stream_seq in self._passed_early:
+            self._passed_early.discard(stream_seq)
+            return
+        try:
+            if event is None:
+                if self.on_deleted is not None:
+                    self.on_deleted(cid, stream_seq)
+            elif self.on_event is not None:
+                self.on_event(event, stream_seq)
+        except Exception:
+            log.exception("jetstream.pass_on_failed", conversation_id=cid, stream_seq=stream_seq)
+
+    def _deleted(self, cid: str, old: _Conversation, stream_seq: int) -> None:
         """A conversation's tombstone (:meth:`delete`, by any process): everything before it is
         gone, and the conversation starts again at seq 1 after it."""
-        old = self._convs.get(cid)
-        if old is not None and stream_seq <= old.last_stream_seq:
+        if stream_seq <= old.last_stream_seq:
             return  # seen already
         fresh = _Conversation(last_stream_seq=stream_seq)
+        fresh.ready.set()
         self._convs[cid] = fresh
-        if old is not None:
-            old.gone = True  # an append waiting on it starts again on the fresh one
-            old.moved.set()
-            for event_id in [i for i, (c, _) in self._ids.items() if c == cid]:
-                del self._ids[event_id]
+        old.gone = True  # an append waiting on it starts again on the fresh one
+        old.moved.set()
         fresh.moved.set()
-        if self.on_deleted is not None:
-            try:
-                self.on_deleted(cid)
-            except Exception:
-                log.exception("jetstream.on_deleted_failed")
 
-    def _take(self, event: Event, stream_seq: int) -> None:
-        """Take in an event written to the stream (by us or another process), once."""
-        conv = self._convs.setdefault(event.conversation_id, _Conversation())
+    def _index(self, conv: _Conversation, event: Event, stream_seq: int) -> bool:
+        """Take in an event of the stream (ours or another process's), once; False if known."""
         if stream_seq <= conv.last_stream_seq:
-            return  # ours, taken in when it was acknowledged
+            return False  # ours, taken in when it was acknowledged
         conv.last_seq, conv.last_stream_seq, conv.last_ts = event.seq, stream_seq, event.timestamp
         conv.clocks.observe(event.agent_id or DEFAULT_WRITER, event.clock)
         conv.where[event.seq] = stream_seq
-        self._ids[event.id] = (event.conversation_id, event.seq)
+        conv.ids[event.id] = event.seq
         conv.recent.append(event)
         if len(conv.recent) > 2 * RECENT:
             del conv.recent[:-RECENT]
         conv.moved.set()
         conv.moved = asyncio.Event()
-        if self.on_event is not None:
+        return True
+
+    # --- a conversation's history --------------------------------------------------------------------
+
+    async def _conversation(self, cid: str) -> _Conversation:
+        """``cid`` as this process knows it, its history read from the stream on first use."""
+        while True:
+            conv = self._convs.get(cid)
+            if conv is None:
+                conv = _Conversation(early=[])
+                self._convs[cid] = conv
+                try:
+                    await self._read_history(cid, conv)
+                finally:
+                    if conv.early is not None:  # failed (or cancelled): the next use reads it again
+                        self._convs.pop(cid, None)
+                    conv.ready.set()
+            elif conv.early is not None:
+                await conv.ready.wait()
+            else:
+                return conv
+
+    async def _read_history(self, cid: str, conv: _Conversation) -> None:
+        """Every message of ``cid`` up to its last now, then what the feed brought meanwhile."""
+        js, stream, subject = self._js, self.config.stream, subject_of(self.config.stream, cid)
+        assert js is not None
+        try:
+            last = await retrying(lambda: js.get_last_msg(stream, subject))
+        except nats.js.errors.NotFoundError:
+            last = None
+        if last is not None and last.seq is not None:
+            sub = await retrying(lambda: js.subscribe(subject, stream=stream, ordered_consumer=True))
             try:
-                self.on_event(event)
-            except Exception:
-                log.exception("jetstream.on_event_failed")
+                while True:
+                    msg = await sub.next_msg(timeout=RETRY_S)
+                    stream_seq = msg.metadata.sequence.stream
+                    msg_cid, event = self._message(msg, stream_seq)
+                    if event is None and msg_cid is not None:
+                        conv.restart(stream_seq)
+                    elif event is not None:
+                        self._index(conv, event, stream_seq)
+                    if stream_seq >= last.seq:
+                        break
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+        early, conv.early = conv.early or [], None
+        for stream_seq, event in early:
+            self._take_in(cid, self._convs[cid], stream_seq, event)
 
     # --- appending -------------------------------------------------------------------------------
 
@@ -261,7 +352,7 @@ class JetStreamLog:
         """:meth:`append` for an event already validated (decoded from a request, or built
         by the daemon itself)."""
         while True:
-            conv = self._convs.setdefault(new.conversation_id, _Conversation())
+            conv = await self._conversation(new.conversation_id)
             async with conv.lock:
                 try:
                     return await self._append_locked(conv, new)
@@ -275,7 +366,7 @@ class JetStreamLog:
         subject = subject_of(self.config.stream, cid)
         deadline = time.monotonic() + RETRY_S
         while True:
-            conv = self._convs.setdefault(cid, _Conversation())
+            conv = await self._conversation(cid)
             async with conv.lock:
                 if conv.gone:
                     continue
@@ -307,9 +398,9 @@ class JetStreamLog:
         while True:
             if conv.gone:
                 raise _Gone
-            known = self._ids.get(event_id)
-            if known is not None and known[0] == new.conversation_id:
-                return await self._existing(known[0], known[1])
+            known = conv.ids.get(event_id)
+            if known is not None:
+                return await self._existing(new.conversation_id, known)
             if new.expected_seq is not None and new.expected_seq != conv.last_seq:
                 seen = conv.last_stream_seq
                 await self._behind(conv, new.conversation_id, deadline)
@@ -329,7 +420,7 @@ class JetStreamLog:
                 staged.check_sent(writer, new.clock, new.conversation_id)
                 clock = dict(new.clock)
             else:
-                clock = staged.next_clock(writer, await self._cause_clocks(new.conversation_id, new.caused_by))
+                clock = staged.next_clock(writer, await self._cause_clocks(conv, new.conversation_id, new.caused_by))
             stamp = format_timestamp(self.clock.now_ns())
             built = placed(
                 new, event_id=event_id, seq=conv.last_seq + 1, timestamp=max(stamp, conv.last_ts), clock=clock
@@ -360,7 +451,9 @@ class JetStreamLog:
                 continue
             if ack.duplicate:  # written before (a retry whose first try landed, or the same id elsewhere)
                 return _result(await self._read(ack.seq), duplicate=True)
-            self._take(built, ack.seq)
+            if self._index(conv, built, ack.seq):  # else the feed was first: passed on already
+                self._pass_on(new.conversation_id, ack.seq, built)
+                self._passed_early.add(ack.seq)  # the feed brings it later: not passed on again
             return _result(built)
 
     async def append_batch(self, news: list[NewEvent]) -> list[AppendResult]:
@@ -373,7 +466,7 @@ class JetStreamLog:
             )
         cids = sorted({new.conversation_id for new in news})
         while True:
-            convs = {cid: self._convs.setdefault(cid, _Conversation()) for cid in cids}
+            convs = {cid: await self._conversation(cid) for cid in cids}
             async with contextlib.AsyncExitStack() as held:
                 for cid in cids:  # in one order everywhere: two batches never wait on each other
                     await held.enter_async_context(convs[cid].lock)
@@ -392,9 +485,9 @@ class JetStreamLog:
                 raise _Gone
             results: list[AppendResult | None] = [None] * len(news)
             for i, (new, event_id) in enumerate(zip(news, ids)):
-                known = self._ids.get(event_id)
-                if known is not None and known[0] == new.conversation_id:
-                    results[i] = await self._existing(*known)
+                known = convs[new.conversation_id].ids.get(event_id)
+                if known is not None:
+                    results[i] = await self._existing(new.conversation_id, known)
             built, lines = await self._build_batch(convs, news, ids, results, deadline)
             if built is None:
                 continue  # the conversation moved under an expected_seq: looked again
@@ -454,7 +547,9 @@ class JetStreamLog:
                 staged[cid].observe(writer, clock)
             else:
                 causes = [in_batch[ref].clock for ref in new.caused_by or () if ref in in_batch]
-                causes += await self._cause_clocks(cid, [ref for ref in new.caused_by or () if ref not in in_batch])
+                causes += await self._cause_clocks(
+                    conv, cid, [ref for ref in new.caused_by or () if ref not in in_batch]
+                )
                 clock = staged[cid].next_clock(writer, causes)
             event = placed(new, event_id=event_id, seq=next_seq[cid], timestamp=max(stamp, last_ts[cid]), clock=clock)
             line = encode_within(event, self.max_event_bytes)
@@ -499,14 +594,14 @@ class JetStreamLog:
             raise StorageError(f"the stream refused the events: {error.get('description')}")
         return code
 
-    async def _cause_clocks(self, cid: str, caused_by: list[str] | None) -> list[dict[str, int]]:
+    async def _cause_clocks(self, conv: _Conversation, cid: str, caused_by: list[str] | None) -> list[dict[str, int]]:
         """The clocks of the events in ``caused_by`` that are in this conversation (as the file
         backend's writer merges them): from memory, else read from the stream."""
         clocks = []
         for ref in caused_by or ():
-            found = self._ids.get(ref)
-            if found is not None and found[0] == cid:
-                event = await self.event_at(cid, found[1])
+            seq = conv.ids.get(ref)
+            if seq is not None:
+                event = await self.event_at(cid, seq)
                 if event is not None and event.id == ref:
                     clocks.append(event.clock)
         return clocks
@@ -546,9 +641,7 @@ class JetStreamLog:
     # --- reading -----------------------------------------------------------------------------------
 
     async def event_at(self, cid: str, seq: int) -> Event | None:
-        conv = self._convs.get(cid)
-        if conv is None:
-            return None
+        conv = await self._conversation(cid)
         if conv.recent and conv.recent[0].seq <= seq <= conv.recent[-1].seq:
             event = conv.recent[seq - conv.recent[0].seq]
             if event.seq == seq:
@@ -568,21 +661,21 @@ class JetStreamLog:
             msg = await self._js.get_msg(self.config.stream, stream_seq)
         return decode_event(msg.data or b"")
 
-    async def get(self, event_id: str) -> Event | None:
-        found = self._ids.get(event_id.lower())
-        return None if found is None else await self.event_at(*found)
+    async def get(self, cid: str, event_id: str) -> Event | None:
+        """The event ``event_id`` of conversation ``cid``."""
+        seq = (await self._conversation(cid)).ids.get(event_id.lower())
+        return None if seq is None else await self.event_at(cid, seq)
 
     async def tail(self, cid: str, limit: int = 20) -> list[Event]:
-        conv = self._convs.get(cid)
-        if conv is None or limit <= 0:
+        conv = await self._conversation(cid)
+        if limit <= 0:
             return []
         first = max(1, conv.last_seq - limit + 1)
         events = [await self.event_at(cid, seq) for seq in range(first, conv.last_seq + 1)]
         return [e for e in events if e is not None]
 
-    def last_seq(self, cid: str) -> int:
-        conv = self._convs.get(cid)
-        return conv.last_seq if conv is not None else 0
+    async def last_seq(self, cid: str) -> int:
+        return (await self._conversation(cid)).last_seq
 
 
 class _Gone(Exception):

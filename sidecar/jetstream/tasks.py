@@ -18,6 +18,8 @@ the KV revision is the compare-and-set token behind it.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
 import anyio
 import anyio.abc
@@ -32,13 +34,17 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.errors import ConflictError, NotFoundError, StorageError
 from sidecar.jetstream.log import retrying
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
-from sidecar.tasks.model import Renew, Task
+from sidecar.tasks.model import Claim, Renew, Task
 from sidecar.tasks.service import DEFAULT_MAX_PENDING, AuditSink, Change, Sweep, TaskService
 
 log = structlog.get_logger("sidecar.jetstream")
 
 CATCH_UP_S = 30.0  # the watch bringing what the bucket has, before a request is applied again
 ATTEMPTS = 8  # a request applied again at most this often when other daemons keep writing first
+# A claim that lost its task to another daemon tries the next for this long, past ATTEMPTS: each
+# loss is another daemon's claim (progress), and the winner, never needing to catch up, can
+# otherwise win eight times running while its agents claim in a loop.
+CLAIM_RETRY_S = 10.0
 _decode_task = msgspec.json.Decoder(Task).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -142,7 +148,14 @@ class SharedTaskService(TaskService):
 
     async def _submit(self, change: Change) -> Task | None:
         async with self._lock:
-            for attempt in range(ATTEMPTS):
+            deadline = time.monotonic() + CLAIM_RETRY_S
+            for attempt in itertools.count():
+                if attempt >= ATTEMPTS and not (isinstance(change.what, Claim) and time.monotonic() < deadline):
+                    change.error = StorageError(
+                        f"other daemons kept changing the task first ({attempt} tries); nothing changed, try again"
+                    )
+                    change.changes, change.events = [], []
+                    break
                 if attempt:
                     change = Change(change.what)
                 # Applied to a copy (it shares the graph until written): readers see a change
@@ -172,11 +185,6 @@ class SharedTaskService(TaskService):
                     await self._catch_up()  # so that they are not found due again at once
                     break
                 await self._catch_up()
-            else:
-                change.error = StorageError(
-                    f"other daemons kept changing the task first ({ATTEMPTS} tries); nothing changed, try again"
-                )
-                change.changes, change.events = [], []
         self._note_queue()
         self.writes += change.writes
         await self._audit([change])

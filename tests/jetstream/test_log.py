@@ -5,6 +5,7 @@ repeated ids across them, and see each other's appends."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from sidecar.errors import ConflictError
 from sidecar.jetstream.log import JetStreamConfig, JetStreamLog, subject_of
+from sidecar.log.clocks import DEFAULT_WRITER
 from sidecar.log.events import Event
 from tests.support_nats import NatsCluster
 
@@ -23,9 +25,9 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())
 
 
-async def started(urls: list[str], stream: str, **kw: Any) -> JetStreamLog:
+async def started(urls: list[str], stream: str, resume: Callable[[str], int] | None = None, **kw: Any) -> JetStreamLog:
     log = JetStreamLog(JetStreamConfig(servers=urls, stream=stream, replicas=3), **kw)
-    await log.start()
+    await log.start(resume)
     return log
 
 
@@ -48,7 +50,7 @@ def test_two_processes_append_to_one_conversation_and_seqs_stay_gapless(nats_url
             seqs_a, seqs_b = await asyncio.gather(writer(a, "A"), writer(b, "B"))
             assert sorted(seqs_a + seqs_b) == list(range(1, 81))  # gapless, none twice
             for log in (a, b):
-                await until(lambda log=log: log.last_seq("c") == 80)
+                await until(lambda log=log: log.last_seq("c"), 80)
                 events = await log.tail("c", 80)
                 assert [e.seq for e in events] == list(range(1, 81))
                 stamps = [e.timestamp for e in events]
@@ -79,7 +81,8 @@ def test_expected_seq_and_repeated_ids_are_caught_across_processes(nats_urls: li
             assert one.seq == two.seq == 3 and one.id == two.id == same and (one.duplicate or two.duplicate)
             again = await a.append(ev("x", id=same))
             assert again.duplicate and again.seq == 3
-            await until(lambda: a.last_seq("x") == b.last_seq("x") == 3)
+            await until(lambda: a.last_seq("x"), 3)
+            await until(lambda: b.last_seq("x"), 3)
         finally:
             await a.close()
             await b.close()
@@ -91,18 +94,18 @@ def test_a_process_sees_what_another_appended_and_a_new_one_catches_up(nats_urls
     async def test() -> None:
         seen: list[Event] = []
         a = await started(nats_urls, token)
-        b = await started(nats_urls, token, on_event=seen.append)
+        b = await started(nats_urls, token, on_event=lambda event, _: seen.append(event))
         try:
             acks = [await a.append(ev(cid, n=i)) for i in range(5) for cid in ("p", "q.r")]
-            await until(lambda: len(seen) == 10)
+            await until(lambda: len(seen), 10)
             assert [(e.conversation_id, e.seq) for e in seen if e.conversation_id == "q.r"] == [
                 ("q.r", s) for s in range(1, 6)
             ]
-            got = await b.get(acks[-1].id)
+            got = await b.get("q.r", acks[-1].id)
             assert got is not None and got.id == acks[-1].id
-            late = await started(nats_urls, token)  # started after the fact: the feed brings it all
+            late = await started(nats_urls, token)  # started after the fact: reads what it uses
             try:
-                assert late.last_seq("p") == 5 and [e.seq for e in await late.tail("q.r", 3)] == [3, 4, 5]
+                assert await late.last_seq("p") == 5 and [e.seq for e in await late.tail("q.r", 3)] == [3, 4, 5]
                 assert (await late.append(ev("p"))).seq == 6
             finally:
                 await late.close()
@@ -113,10 +116,66 @@ def test_a_process_sees_what_another_appended_and_a_new_one_catches_up(nats_urls
     run(test)
 
 
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a process's feed to take in what another wrote: ask again until the deadline."""
+def test_a_process_resumes_after_a_position_and_reads_only_the_conversations_it_uses(
+    nats_urls: list[str], token: str
+) -> None:
+    async def test() -> None:
+        a = await started(nats_urls, token)
+        try:
+            for i in range(3):
+                await a.append(ev("old", n=i))
+            await a.append(ev("gone"))
+            await a.delete("gone")
+            await a.append(ev("gone", n=1))
+            mark = (await a.client.jetstream().stream_info(token)).state.last_seq
+            seen: list[tuple[str, int]] = []
+            asked: list[str] = []
+
+            def resume(created: str) -> int:
+                asked.append(created)
+                return mark
+
+            late = await started(
+                nats_urls, token, resume, on_event=lambda e, _: seen.append((e.conversation_id, e.seq))
+            )
+            try:
+                assert asked and asked[0] and late.resumed_from == mark
+                await a.append(ev("new"))
+                await until(lambda: len(seen), 1)
+                assert seen == [("new", 1)]  # only what came after the position is passed on
+                assert late._convs == {}  # and nothing is read until used
+                assert await late.last_seq("old") == 3 and await late.last_seq("gone") == 1  # after its tombstone
+                mine = await late.append(ev("old"))
+                assert mine.seq == 4 and mine.clock == {DEFAULT_WRITER: 4}  # the clocks read from its history
+                # A conversation read while another process appends to it: none missed, none twice.
+                writes = asyncio.gather(*[a.append(ev("busy", n=i)) for i in range(40)])
+                assert 0 <= await late.last_seq("busy") <= 40  # read while the appends go on
+                await writes
+                await until(lambda: late.last_seq("busy"), 40)
+                assert [e.seq for e in await late.tail("busy", 50)] == list(range(1, 41))
+                assert (await late.append(ev("busy"))).seq == 41
+                assert set(late._convs) == {"old", "gone", "busy"}
+            finally:
+                await late.close()
+            beyond = await started(nats_urls, token, lambda created: mark + 10**6)  # not this stream's
+            try:
+                assert beyond.resumed_from == 0 and await beyond.last_seq("old") == 4
+            finally:
+                await beyond.close()
+        finally:
+            await a.close()
+
+    run(test)
+
+
+async def until(check: Callable[[], object], want: object = True, timeout: float = 10.0) -> None:
+    """Wait for a process's feed to take in what another wrote: ask again until ``check()``
+    gives ``want`` or the deadline passes."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
+    while True:
+        got = check()
+        if (await got if inspect.isawaitable(got) else got) == want:
+            return
         assert asyncio.get_running_loop().time() < deadline, "the feed never brought it"
         await asyncio.sleep(0.01)
 
