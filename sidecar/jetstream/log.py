@@ -45,6 +45,7 @@ import dataclasses
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -72,7 +73,11 @@ T = TypeVar("T")
 
 RETRY_S = 30.0  # an append keeps retrying (leader changes, writes in flight) this long
 DUPLICATE_WINDOW_S = 600.0  # the stream's: a retried or repeated id within it is written once
-RECENT = 256  # newest events of each conversation kept in memory
+RECENT_BYTES = 16 * 1024  # each conversation's newest events kept in memory, as sent (up to twice that)
+# The index holds at most this many conversations, and events of them (ids and places), beyond
+# those being appended to: the least recently used are forgotten, and read again on next use.
+MAX_CONVERSATIONS = 1024
+MAX_INDEXED = 400_000
 _RETRY_CODES = {10158, 10163, 10164}  # id or expectation of a write still in flight; not ready
 _WRONG_LAST = 10071
 DELETED_HEADER = "Sidecar-Deleted"  # a conversation's tombstone; its value: the last seq it had
@@ -103,19 +108,22 @@ class _Conversation:
     clocks: ClockState = field(default_factory=ClockState)
     where: dict[int, int] = field(default_factory=dict)  # seq -> stream sequence
     ids: dict[str, int] = field(default_factory=dict)  # event id -> seq
-    recent: list[Event] = field(default_factory=list)  # the newest, oldest first
+    recent: list[bytes] = field(default_factory=list)  # the newest events as sent, oldest first
+    recent_first: int = 1  # the seq of recent[0]
+    recent_bytes: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # this process's appends, one at a time
     gone: bool = False  # deleted: a fresh _Conversation stands for it now
     moved: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever the feed moves it on
     # While its history is read: what the feed brought meanwhile, (stream seq, event or None
     # for a tombstone), taken in after it. None once the history is in.
-    early: list[tuple[int, Event | None]] | None = None
+    early: list[tuple[int, Event | None, bytes]] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # its history is in (or failed)
 
     def restart(self, stream_seq: int) -> None:
         """A tombstone at ``stream_seq`` in its history: what came before is gone."""
         self.last_seq, self.last_stream_seq, self.last_ts = 0, stream_seq, ""
-        self.clocks, self.where, self.ids, self.recent = ClockState(), {}, {}, []
+        self.clocks, self.where, self.ids = ClockState(), {}, {}
+        self.recent, self.recent_first, self.recent_bytes = [], 1, 0
 
 
 class JetStreamLog:
@@ -138,7 +146,8 @@ class JetStreamLog:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._feed: JetStreamContext.PushSubscription | None = None
-        self._convs: dict[str, _Conversation] = {}  # the conversations this process has used
+        # The conversations this process has used, the least recently used first.
+        self._convs: OrderedDict[str, _Conversation] = OrderedDict()
         self._passed_early: set[int] = set()  # our appends, passed on when acknowledged: the feed skips them
         self.applied = 0  # the stream sequence the feed has passed on everything up to
         self.created = ""  # when the stream was made: a stream made again is another stream
@@ -227,9 +236,9 @@ class JetStreamLog:
         if cid is not None:
             conv = self._convs.get(cid)
             if conv is not None and conv.early is not None:
-                conv.early.append((stream_seq, event))  # its history is being read: after it
+                conv.early.append((stream_seq, event, msg.data))  # its history is being read: after it
             elif conv is not None:
-                self._take_in(cid, conv, stream_seq, event)
+                self._take_in(cid, conv, stream_seq, event, msg.data)
             self._pass_on(cid, stream_seq, event)
         self.applied = stream_seq
         if not self.caught_up.is_set() and (stream_seq >= self._catch_up_target or meta.num_pending == 0):
@@ -248,11 +257,11 @@ class JetStreamLog:
             return None, None
         return (cid, event) if event.conversation_id == cid else (None, None)
 
-    def _take_in(self, cid: str, conv: _Conversation, stream_seq: int, event: Event | None) -> None:
+    def _take_in(self, cid: str, conv: _Conversation, stream_seq: int, event: Event | None, data: bytes) -> None:
         if event is None:
             self._deleted(cid, conv, stream_seq)
         else:
-            self._index(conv, event, stream_seq)
+            self._index(conv, event, stream_seq, data)
 
     def _pass_on(self, cid: str, stream_seq: int, event: Event | None) -> None:
         if stream_seq in self._passed_early:
@@ -279,17 +288,26 @@ class JetStreamLog:
         old.moved.set()
         fresh.moved.set()
 
-    def _index(self, conv: _Conversation, event: Event, stream_seq: int) -> bool:
-        """Take in an event of the stream (ours or another process's), once; False if known."""
+    def _index(self, conv: _Conversation, event: Event, stream_seq: int, data: bytes) -> bool:
+        """Take in an event of the stream (ours or another process's; ``data``: as sent),
+        once; False if known."""
         if stream_seq <= conv.last_stream_seq:
             return False  # ours, taken in when it was acknowledged
         conv.last_seq, conv.last_stream_seq, conv.last_ts = event.seq, stream_seq, event.timestamp
         conv.clocks.observe(event.agent_id or DEFAULT_WRITER, event.clock)
         conv.where[event.seq] = stream_seq
         conv.ids[event.id] = event.seq
-        conv.recent.append(event)
-        if len(conv.recent) > 2 * RECENT:
-            del conv.recent[:-RECENT]
+        if event.seq != conv.recent_first + len(conv.recent):
+            conv.recent, conv.recent_first, conv.recent_bytes = [], event.seq, 0
+        conv.recent.append(data)
+        conv.recent_bytes += len(data)
+        if conv.recent_bytes > 2 * RECENT_BYTES:  # amortized: trimmed down to RECENT_BYTES
+            drop = 0
+            while conv.recent_bytes > RECENT_BYTES and drop < len(conv.recent) - 1:
+                conv.recent_bytes -= len(conv.recent[drop])
+                drop += 1
+            del conv.recent[:drop]
+            conv.recent_first += drop
         conv.moved.set()
         conv.moved = asyncio.Event()
         return True
@@ -309,10 +327,27 @@ class JetStreamLog:
                     if conv.early is not None:  # failed (or cancelled): the next use reads it again
                         self._convs.pop(cid, None)
                     conv.ready.set()
+                self._trim(cid)
             elif conv.early is not None:
                 await conv.ready.wait()
             else:
+                self._convs.move_to_end(cid)
                 return conv
+
+    def _trim(self, keep: str) -> None:
+        """Forget the least recently used conversations past :data:`MAX_CONVERSATIONS` and
+        :data:`MAX_INDEXED`, but none being read or appended to. One that an append is
+        about to take up is marked gone, like a deleted one, so that it reads it again."""
+        indexed = sum(len(conv.where) for conv in self._convs.values())
+        for cid, conv in list(self._convs.items()):
+            if len(self._convs) <= MAX_CONVERSATIONS and indexed <= MAX_INDEXED:
+                return
+            if cid == keep or conv.early is not None or conv.lock.locked():
+                continue
+            del self._convs[cid]
+            indexed -= len(conv.where)
+            conv.gone = True
+            conv.moved.set()
 
     async def _read_history(self, cid: str, conv: _Conversation) -> None:
         """Every message of ``cid`` up to its last now, then what the feed brought meanwhile."""
@@ -332,15 +367,15 @@ class JetStreamLog:
                     if event is None and msg_cid is not None:
                         conv.restart(stream_seq)
                     elif event is not None:
-                        self._index(conv, event, stream_seq)
+                        self._index(conv, event, stream_seq, msg.data)
                     if stream_seq >= last.seq:
                         break
             finally:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
         early, conv.early = conv.early or [], None
-        for stream_seq, event in early:
-            self._take_in(cid, self._convs[cid], stream_seq, event)
+        for stream_seq, event, data in early:
+            self._take_in(cid, self._convs[cid], stream_seq, event, data)
 
     # --- appending -------------------------------------------------------------------------------
 
@@ -451,7 +486,7 @@ class JetStreamLog:
                 continue
             if ack.duplicate:  # written before (a retry whose first try landed, or the same id elsewhere)
                 return _result(await self._read(ack.seq), duplicate=True)
-            if self._index(conv, built, ack.seq):  # else the feed was first: passed on already
+            if self._index(conv, built, ack.seq, line[:-1]):  # else the feed was first: passed on already
                 self._pass_on(new.conversation_id, ack.seq, built)
                 self._passed_early.add(ack.seq)  # the feed brings it later: not passed on again
             return _result(built)
@@ -642,8 +677,8 @@ class JetStreamLog:
 
     async def event_at(self, cid: str, seq: int) -> Event | None:
         conv = await self._conversation(cid)
-        if conv.recent and conv.recent[0].seq <= seq <= conv.recent[-1].seq:
-            event = conv.recent[seq - conv.recent[0].seq]
+        if 0 <= seq - conv.recent_first < len(conv.recent):
+            event = decode_event(conv.recent[seq - conv.recent_first])
             if event.seq == seq:
                 return event
         stream_seq = conv.where.get(seq)

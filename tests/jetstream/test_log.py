@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from sidecar.errors import ConflictError
+from sidecar.jetstream import log as jetstream_log
 from sidecar.jetstream.log import JetStreamConfig, JetStreamLog, subject_of
 from sidecar.log.clocks import DEFAULT_WRITER
-from sidecar.log.events import Event
+from sidecar.log.events import Event, as_new_event
 from tests.support_nats import NatsCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,6 +163,49 @@ def test_a_process_resumes_after_a_position_and_reads_only_the_conversations_it_
                 assert beyond.resumed_from == 0 and await beyond.last_seq("old") == 4
             finally:
                 await beyond.close()
+        finally:
+            await a.close()
+
+    run(test)
+
+
+def test_the_index_forgets_the_least_used_conversations_and_reads_them_again(
+    nats_urls: list[str], token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jetstream_log, "MAX_CONVERSATIONS", 2)
+    monkeypatch.setattr(jetstream_log, "MAX_INDEXED", 5)
+
+    async def test() -> None:
+        a = await started(nats_urls, token)
+        try:
+            for cid in ("c1", "c2", "c3"):
+                assert [(await a.append(ev(cid))).seq for _ in range(2)] == [1, 2]
+            assert list(a._convs) == ["c2", "c3"]  # at most 2 conversations
+            assert (await a.append(ev("c1"))).seq == 3  # c1 read again from the stream
+            assert list(a._convs) == ["c3", "c1"]
+            await a.append(ev("c3"))
+            await a.append(ev("c4"))  # 3 + 3 + 1 events: over 5, so c1 goes, the least used
+            assert list(a._convs) == ["c3", "c4"]
+            # Appends to more conversations at once than it holds: each lands after its last.
+            got = await asyncio.gather(*[a.append(ev(cid)) for cid in ("c1", "c2", "c3", "c1", "c4", "c2")])
+            assert [r.seq for r in got] == [4, 3, 4, 5, 2, 4]
+        finally:
+            await a.close()
+
+    run(test)
+
+
+def test_the_newest_events_kept_in_memory_are_bounded_and_older_ones_read_from_the_stream(
+    nats_urls: list[str], token: str
+) -> None:
+    async def test() -> None:
+        a = await started(nats_urls, token)
+        try:
+            news = [as_new_event(ev("long", n=i)) for i in range(400)]  # about 80 KiB
+            await a.append_batch(news)
+            conv = a._convs["long"]
+            assert sum(map(len, conv.recent)) <= 2 * jetstream_log.RECENT_BYTES and conv.recent_first > 1
+            assert [e.data["n"] for e in await a.tail("long", 400)] == list(range(400))
         finally:
             await a.close()
 
