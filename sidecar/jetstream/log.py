@@ -45,6 +45,7 @@ import dataclasses
 import json
 import time
 import uuid
+from array import array
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ from sidecar.jetstream.config import JetStreamConfig
 from sidecar.log.clocks import DEFAULT_WRITER, ClockState
 from sidecar.log.events import AppendResult, Event, NewEvent, as_new_event, decode_event, encode_within, placed
 from sidecar.log.ids import new_event_id
+from sidecar.log.index import id_key
 from sidecar.log.segments import DECODE_ERRORS
 from sidecar.log.store import DEFAULT_MAX_EVENT_BYTES
 from sidecar.log.timestamps import format_timestamp
@@ -73,11 +75,11 @@ T = TypeVar("T")
 
 RETRY_S = 30.0  # an append keeps retrying (leader changes, writes in flight) this long
 DUPLICATE_WINDOW_S = 600.0  # the stream's: a retried or repeated id within it is written once
-RECENT_BYTES = 16 * 1024  # each conversation's newest events kept in memory, as sent (up to twice that)
+RECENT_BYTES = 4096  # each conversation's newest events kept in memory, as sent (up to twice that)
 # The index holds at most this many conversations, and events of them (ids and places), beyond
 # those being appended to: the least recently used are forgotten, and read again on next use.
-MAX_CONVERSATIONS = 1024
-MAX_INDEXED = 400_000
+MAX_CONVERSATIONS = 4096
+MAX_INDEXED = 1_000_000  # about 112 MiB (ids and places: 112 bytes an event, measured)
 _RETRY_CODES = {10158, 10163, 10164}  # id or expectation of a write still in flight; not ready
 _WRONG_LAST = 10071
 DELETED_HEADER = "Sidecar-Deleted"  # a conversation's tombstone; its value: the last seq it had
@@ -106,8 +108,9 @@ class _Conversation:
     last_stream_seq: int = 0  # the stream sequence of its newest message (0: none)
     last_ts: str = ""
     clocks: ClockState = field(default_factory=ClockState)
-    where: dict[int, int] = field(default_factory=dict)  # seq -> stream sequence
-    ids: dict[str, int] = field(default_factory=dict)  # event id -> seq
+    where: array[int] = field(default_factory=lambda: array("Q"))  # the stream sequence of each seq
+    where_first: int = 1  # the seq of where[0]
+    ids: dict[int, int] = field(default_factory=dict)  # id_key(event id) -> seq: a hint, checked
     recent: list[bytes] = field(default_factory=list)  # the newest events as sent, oldest first
     recent_first: int = 1  # the seq of recent[0]
     recent_bytes: int = 0
@@ -122,8 +125,13 @@ class _Conversation:
     def restart(self, stream_seq: int) -> None:
         """A tombstone at ``stream_seq`` in its history: what came before is gone."""
         self.last_seq, self.last_stream_seq, self.last_ts = 0, stream_seq, ""
-        self.clocks, self.where, self.ids = ClockState(), {}, {}
+        self.clocks, self.where, self.where_first, self.ids = ClockState(), array("Q"), 1, {}
         self.recent, self.recent_first, self.recent_bytes = [], 1, 0
+
+    def place(self, seq: int) -> int | None:
+        """The stream sequence of ``seq``, if indexed."""
+        i = seq - self.where_first
+        return self.where[i] if 0 <= i < len(self.where) else None
 
 
 class JetStreamLog:
@@ -295,8 +303,10 @@ class JetStreamLog:
             return False  # ours, taken in when it was acknowledged
         conv.last_seq, conv.last_stream_seq, conv.last_ts = event.seq, stream_seq, event.timestamp
         conv.clocks.observe(event.agent_id or DEFAULT_WRITER, event.clock)
-        conv.where[event.seq] = stream_seq
-        conv.ids[event.id] = event.seq
+        if event.seq != conv.where_first + len(conv.where):
+            conv.where, conv.where_first = array("Q"), event.seq
+        conv.where.append(stream_seq)
+        conv.ids[id_key(event.id)] = event.seq
         if event.seq != conv.recent_first + len(conv.recent):
             conv.recent, conv.recent_first, conv.recent_bytes = [], event.seq, 0
         conv.recent.append(data)
@@ -433,9 +443,10 @@ class JetStreamLog:
         while True:
             if conv.gone:
                 raise _Gone
-            known = conv.ids.get(event_id)
-            if known is not None:
-                return await self._existing(new.conversation_id, known)
+            known = conv.ids.get(id_key(event_id))
+            found = None if known is None else await self._existing(new.conversation_id, known, event_id)
+            if found is not None:
+                return found
             if new.expected_seq is not None and new.expected_seq != conv.last_seq:
                 seen = conv.last_stream_seq
                 await self._behind(conv, new.conversation_id, deadline)
@@ -520,9 +531,9 @@ class JetStreamLog:
                 raise _Gone
             results: list[AppendResult | None] = [None] * len(news)
             for i, (new, event_id) in enumerate(zip(news, ids)):
-                known = convs[new.conversation_id].ids.get(event_id)
+                known = convs[new.conversation_id].ids.get(id_key(event_id))
                 if known is not None:
-                    results[i] = await self._existing(new.conversation_id, known)
+                    results[i] = await self._existing(new.conversation_id, known, event_id)
             built, lines = await self._build_batch(convs, news, ids, results, deadline)
             if built is None:
                 continue  # the conversation moved under an expected_seq: looked again
@@ -634,7 +645,7 @@ class JetStreamLog:
         backend's writer merges them): from memory, else read from the stream."""
         clocks = []
         for ref in caused_by or ():
-            seq = conv.ids.get(ref)
+            seq = conv.ids.get(id_key(ref))
             if seq is not None:
                 event = await self.event_at(cid, seq)
                 if event is not None and event.id == ref:
@@ -667,11 +678,12 @@ class JetStreamLog:
             raise StorageError("could not append: the NATS cluster did not answer in time; nothing was acknowledged")
         await asyncio.sleep(0.05)
 
-    async def _existing(self, cid: str, seq: int) -> AppendResult:
+    async def _existing(self, cid: str, seq: int, event_id: str) -> AppendResult | None:
+        """The answer for ``event_id``, written before at ``seq`` (None: another id hashed alike)."""
         event = await self.event_at(cid, seq)
         if event is None:
             raise StorageError(f"event {cid}#{seq} is indexed but not in the stream")
-        return _result(event, duplicate=True)
+        return _result(event, duplicate=True) if event.id == event_id else None
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -681,7 +693,7 @@ class JetStreamLog:
             event = decode_event(conv.recent[seq - conv.recent_first])
             if event.seq == seq:
                 return event
-        stream_seq = conv.where.get(seq)
+        stream_seq = conv.place(seq)
         if stream_seq is None:
             return None
         return await self._read(stream_seq)
@@ -698,8 +710,10 @@ class JetStreamLog:
 
     async def get(self, cid: str, event_id: str) -> Event | None:
         """The event ``event_id`` of conversation ``cid``."""
-        seq = (await self._conversation(cid)).ids.get(event_id.lower())
-        return None if seq is None else await self.event_at(cid, seq)
+        event_id = event_id.lower()
+        seq = (await self._conversation(cid)).ids.get(id_key(event_id))
+        event = None if seq is None else await self.event_at(cid, seq)
+        return event if event is not None and event.id == event_id else None
 
     async def tail(self, cid: str, limit: int = 20) -> list[Event]:
         conv = await self._conversation(cid)
