@@ -28,6 +28,7 @@ class Config:
     calls: int = 1000  # calls per timing round of a cheap query
     out: Path = RESULTS
     tmp: Path = Path("/tmp")
+    before_tree: Path | None = None  # jetstream_restart: the same starts on another checkout's code too
 
     @classmethod
     def quick_run(cls, **overrides: Any) -> Config:

@@ -1,11 +1,12 @@
 """Every benchmark, into bench/results/: README.md (a table per section), results.json and PNG plots.
 
-    ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s), search 140 s
-                                     # and scaleout 50 s more
-    ./dev bench --quick              # small sizes, about 25 s (search 20 s, scaleout 12 s more): checks
-                                     # that it all works
+    ./dev bench                      # the full run: about 150 s on 2 cores (claims: 50 s), search 140 s,
+                                     # scaleout 50 s and jetstream_restart 90 s more
+    ./dev bench --quick              # small sizes, about 25 s (search 20 s, scaleout 12 s,
+                                     # jetstream_restart 17 s more): checks that it all works
     ./dev bench --only appends,tasks # some sections (appends, log, summary, tasks, claims, groups,
-                                     # clocks, compression, search, scaleout)
+                                     # clocks, compression, search, scaleout, jetstream_restart)
+    ./dev bench --only jetstream_restart --before-tree DIR  # and the same starts on DIR's code
 
 Sections: durable appends against clients (sidecar, the plain loop, SQLite, Redis), queries and
 daemon start-up against log size, summaries and context, the task graph's ready(), task claims
@@ -15,9 +16,11 @@ of vector clocks on appends (on against off, beside the plain loop), compressed 
 and reads against the same data plain, beside gzip and SQLite), full-text search (latency against
 the log's size beside a naive scan, the index's size and throughput, the cost of indexing on
 appends), scale-out on NATS JetStream (durable appends with 1, 2 and 3 daemons on a 3-node
-cluster of real nats-servers, beside the file backend and a single NATS node). Every figure
-sits beside a baseline measured in the same run: these machines are noisy, so compare ratios,
-not absolute numbers from different runs. Run it on a quiet machine.
+cluster of real nats-servers, beside the file backend and a single NATS node), and a daemon
+restarting over a long JetStream stream (time to READY=1 and memory, resuming from its saved
+position, from the stream's beginning and on an empty data directory, beside the file backend).
+Every figure sits beside a baseline measured in the same run: these machines are noisy, so
+compare ratios, not absolute numbers from different runs. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import bench_claims  # noqa: E402
 import bench_clocks  # noqa: E402
 import bench_compression  # noqa: E402
 import bench_groups  # noqa: E402
+import bench_jetstream_restart  # noqa: E402
 import bench_log  # noqa: E402
 import bench_scaleout  # noqa: E402
 import bench_search  # noqa: E402
@@ -61,6 +65,7 @@ SECTIONS: dict[str, Callable[[Config], list[Section]]] = {
     "compression": bench_compression.run,
     "search": bench_search.run,
     "scaleout": bench_scaleout.run,
+    "jetstream_restart": bench_jetstream_restart.run,
 }
 
 
@@ -104,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task-sizes", type=ints, help="task counts for ready()")
     parser.add_argument("--out", type=Path, help="where results go (default bench/results)")
     parser.add_argument("--tmp", type=Path, help="where the logs are built (default $TMPDIR or /tmp): a real disk")
+    parser.add_argument(
+        "--before-tree",
+        type=Path,
+        help="jetstream_restart: also start the daemon of this checkout (git archive COMMIT | tar -x -C DIR)",
+    )
     args = parser.parse_args(argv)
 
     overrides = {
@@ -116,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             "task_sizes": args.task_sizes,
             "out": args.out,
             "tmp": args.tmp or Path(os.environ.get("TMPDIR", "/tmp")),
+            "before_tree": args.before_tree,
         }.items()
         if v is not None
     }
@@ -154,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         "# Benchmark results",
         "",
         f"`./dev bench{' --quick' if cfg.quick else ''}"
-        f"{' --only ' + args.only if args.only else ''}` on {started:%Y-%m-%d %H:%M} UTC, "
+        f"{' --only ' + args.only if args.only else ''}"
+        f"{' --before-tree ' + str(args.before_tree) if args.before_tree else ''}` on {started:%Y-%m-%d %H:%M} UTC, "
         f"{took:.0f} s ({', '.join(timings)}).",
         "",
         f"- machine: {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
