@@ -65,7 +65,7 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:  # run alone: te
 
 from bench_appends import event
 from bench_daemon import ROOT, Daemon, Spawned, call, clean_env
-from bench_scaleout import check_copies, config_text, log_complaints, with_children
+from bench_scaleout import check_copies, config_text, cpu_of, log_complaints, with_children
 from report import Config, Section
 
 from sidecar.search.index import INDEX_FILE
@@ -139,16 +139,6 @@ def status_kib(pid: int, key: str) -> int:
 
 def rss_mib(pids: list[int]) -> float:
     return sum(status_kib(p, "VmRSS") for p in pids) / 1024
-
-
-def cpu_of(pids: list[int]) -> float:
-    from bench_search import cpu_seconds
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
 
 
 def short_commit(tree: Path) -> str:

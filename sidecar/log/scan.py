@@ -164,6 +164,20 @@ def run_query(
     return Page(events=out, next_cursor=cursor)
 
 
+def seq_range(flt: QueryFilter, snap: Snapshot, through_seq: int, limit: int) -> list[Event]:
+    """At most ``limit`` events of one conversation matching ``flt``, from its ``from_seq`` up
+    to ``through_seq``: read from where ``from_seq`` is (a bisection), never past the bound.
+    (A page of :func:`run_query` reads on to its limit, to the end of a long log.)"""
+    out: list[Event] = []
+    if limit <= 0:
+        return out
+    for _, event in _Plan(flt, None, flt.start, strict=True).stream(snap, bound_seq=through_seq):
+        out.append(event)
+        if len(out) >= limit:
+            break
+    return out
+
+
 class _Limit:
     """When a page is full: ``count`` events, or (with ``max_bytes``) the events that fit."""
 

@@ -44,7 +44,7 @@ from sidecar.log.index import IdIndex
 from sidecar.log.journal import Journal, replay_orphans
 from sidecar.log.reader import Snapshot
 from sidecar.log.request import AppendRequest
-from sidecar.log.scan import QueryStats, ReadBudget, decode_lines, run_query, skip_unreadable
+from sidecar.log.scan import QueryStats, ReadBudget, decode_lines, run_query, seq_range, skip_unreadable
 from sidecar.log.segments import DECODE_ERRORS, SUFFIX, ArchiveListing, active_path, head_decoder
 from sidecar.log.writer import LogWriter, WriterStats
 
@@ -346,6 +346,14 @@ class EventStore:
             self.query_stats,
             self.max_read_bytes,
         )
+
+    def seq_range(self, conversation_id: str, from_seq: int, through_seq: int, *, limit: int) -> list[Event]:
+        """Events ``from_seq`` to ``through_seq`` of one conversation, in seq order, at most
+        ``limit``: what a reader that follows a log by seq (the search indexer) asks for.
+        Unlike :meth:`query` it reads nothing past ``through_seq`` nor lists the others."""
+        flt = as_filter({"conversation_id": conversation_id, "from_seq": from_seq})
+        with self.snapshot(conversation_id) as snap:
+            return [] if snap.empty else seq_range(flt, snap, through_seq, limit)
 
     def since(self, timestamp: str, *, limit: int | None = None, cursor: str | None = None, wait: bool = True) -> Page:
         """Events of every conversation with ``timestamp >=`` the given, in time order

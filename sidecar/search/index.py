@@ -244,9 +244,9 @@ class SearchIndex:
         transaction; how many were added (a doc already there is skipped)."""
         w = self._w
         with _transaction(w):
-            before = w.total_changes
-            w.executemany(_INSERT, [d.row() for d in docs])
-            added = (w.total_changes - before) // 2  # each doc, and its fts row by the trigger
+            # The rows inserted (sqlite3_changes: never a trigger's, nor FTS5's own writes,
+            # which total_changes counted too, over-counting about 4x).
+            added = w.executemany(_INSERT, [d.row() for d in docs]).rowcount
             w.executemany(
                 "INSERT INTO progress VALUES (?, ?) "
                 "ON CONFLICT(conversation_id) DO UPDATE SET last_seq = excluded.last_seq",

@@ -94,6 +94,8 @@ class Indexer:
         self.index = index
         self.stats = IndexerStats()
         self._indexed: dict[str, int] = {}  # conversation -> last seq indexed
+        self._docs: list[Doc] = []  # read, for the next transaction
+        self._progress: dict[str, int] = {}  # and how far each conversation is read for it
         self._batcher: Batcher[Item] = Batcher(self._work, "sidecar-search")
         self.caught_up = threading.Event()
         self.on_batch: Callable[[], None] | None = None  # after each batch taken in (the worker reports it)
@@ -126,9 +128,12 @@ class Indexer:
         try:
             for item in items:
                 self._apply(item)
+            self._flush()
         except sqlite3.DatabaseError as exc:  # the file went bad under us: build it again
+            self._drop_pending()
             self._rebuild(str(exc))
         except Exception:
+            self._drop_pending()  # not indexed: the next "behind" of those conversations reads them again
             log.exception("search.indexing_failed")
         if self.on_batch is not None:
             self.on_batch()
@@ -138,30 +143,48 @@ class Indexer:
         if isinstance(item, _CatchUp):
             self._catch_up()
         elif isinstance(item, _Forget):
+            self._flush()
             self.index.remove(item.cid)
             self._indexed.pop(item.cid, None)
         elif isinstance(item, _Dropped):
+            self._flush()
             self.index.remove(item.cid, through_seq=item.through_seq)
         else:
             self._read_back(item.cid, item.seq)
 
-    def _flush(self, docs: list[Doc], progress: dict[str, int]) -> None:
-        if not progress:
+    def _take(self, docs: list[Doc], cid: str, seq: int) -> None:
+        """Docs read up to ``seq`` of ``cid``: into the transaction being gathered, written
+        once it holds a page (a commit each is most of the cost of a few events)."""
+        self._docs += docs
+        self._progress[cid] = seq
+        if len(self._docs) >= _PAGE:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the docs gathered and the progress they make, in one transaction."""
+        if not self._progress:
             return
+        docs, progress = self._docs, self._progress
+        self._drop_pending()
         self.stats.indexed += self.index.add(docs, progress)
         self.stats.batches += 1
         self._indexed.update(progress)
 
+    def _drop_pending(self) -> None:
+        self._docs, self._progress = [], {}
+
+    def _done(self, cid: str) -> int:
+        """The last seq of ``cid`` read: written, or gathered to be."""
+        return self._progress.get(cid) or self._indexed.get(cid, 0)
+
     def _read_back(self, cid: str, through_seq: int) -> None:
-        """Index ``cid`` from the log, from what is indexed up to ``through_seq``."""
-        while self._indexed.get(cid, 0) < through_seq:
-            start = self._indexed.get(cid, 0) + 1
-            page = self.store.query(conversation_id=cid, from_seq=start, limit=_PAGE).events
-            page = [e for e in page if e.seq <= through_seq]
+        """Index ``cid`` from the log, from what is read of it up to ``through_seq``."""
+        while self._done(cid) < through_seq:
+            page = self.store.seq_range(cid, self._done(cid) + 1, through_seq, limit=_PAGE)
             if not page:  # gone (retention) or not there: nothing to read up to it
-                self._flush([], {cid: through_seq})
+                self._take([], cid, through_seq)
                 return
-            self._flush([doc_of(e) for e in page], {cid: page[-1].seq})
+            self._take([doc_of(e) for e in page], cid, page[-1].seq)
             self.stats.read_back += len(page)
 
     def _catch_up(self) -> None:
@@ -171,6 +194,7 @@ class Indexer:
             if self.index.open():
                 log.info("search.index_created", path=self.index.path)
             self._indexed = self.index.progress()
+            self._drop_pending()
             self._sync_with_logs()
         finally:
             self.stats.catching_up = False
@@ -203,6 +227,7 @@ class Indexer:
             if time.monotonic() - shown > 1.0:
                 shown = time.monotonic()
                 log.info("search.indexing", events_done=done, events=total)
+        self._flush()
         log.info("search.caught_up", events=total, seconds=round(time.monotonic() - started, 3))
 
     def _rebuild(self, reason: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from sidecar.clock import ManualClock
 from sidecar.errors import InvalidParams
-from sidecar.log import EventStore
+from sidecar.log import EventStore, scan
 from sidecar.log.filter import Matcher, as_filter
 from sidecar.log.timestamps import format_timestamp
 
@@ -191,3 +191,22 @@ def test_causality_survives_cycles_and_missing_parents(store: EventStore) -> Non
     assert [e.id for e in c.upstream] == [b_id]
     assert [e.id for e in c.downstream] == [b_id]
     assert c.missing == [ghost]
+
+
+def test_seq_range_reads_from_its_first_seq_up_to_its_bound_and_no_further(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append_many([ev("long") for _ in range(300)])
+    decoded: list[int] = []
+    real = scan.decode_lines
+
+    def counting(lines: list[bytes], cid: str) -> list:
+        decoded.append(len(lines))
+        return real(lines, cid)
+
+    monkeypatch.setattr(scan, "decode_lines", counting)
+    assert [e.seq for e in store.seq_range("long", 120, 124, limit=100)] == [120, 121, 122, 123, 124]
+    assert sum(decoded) <= 6  # the lines asked for (and the one past the bound), not the 176 after them
+    assert [e.seq for e in store.seq_range("long", 3, 200, limit=2)] == [3, 4]
+    assert store.seq_range("long", 301, 400, limit=5) == []
+    assert store.seq_range("nobody", 1, 5, limit=5) == []

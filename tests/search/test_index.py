@@ -4,6 +4,7 @@ filters filter, and a damaged file is put aside and built again from the log."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,36 @@ def test_a_damaged_index_file_is_put_aside_and_built_again_from_the_log(data_dir
         assert list((data_dir / "archive").glob("search.sqlite3.*.damaged"))
         assert (index_dir / "search.sqlite3").stat().st_mode & 0o777 == 0o600
         indexer.stop()
+
+
+def test_add_counts_the_docs_it_inserted_not_the_full_text_writes(tmp_path: Path) -> None:
+    index = index_of(tmp_path, [])
+    docs = [doc(i, f"word{i} and more words") for i in range(1, 4)]
+    assert index.add(docs, {"c": 3}) == 3
+    assert index.add(docs, {"c": 3}) == 0  # already there: skipped
+    assert index.add([doc(4, "four")], {"c": 4}) == 1
+
+
+def test_what_a_batch_reads_of_many_conversations_is_one_transaction(data_dir: Path) -> None:
+    with EventStore(data_dir) as store:
+        store.append_many(
+            [{"conversation_id": f"c{j}", "type": "note.added", "data": {"text": f"n{j}"}} for j in range(40)] * 2
+        )
+        indexer = Indexer(store, SearchIndex(str(data_dir)))
+        indexer.start()
+        assert indexer.caught_up.wait(10)
+        before = indexer.stats.batches
+        store.append_many(
+            [{"conversation_id": f"c{j}", "type": "note.added", "data": {"text": "y"}} for j in range(40)]
+        )
+        done = threading.Event()
+        indexer.on_batch = done.set
+        for j in range(40):
+            indexer.behind(f"c{j}", 3)
+        assert done.wait(10)
+        indexer.stop()
+        assert indexer.stats.indexed == 120 and indexer.stats.batches - before <= 2  # not one per conversation
+        again = SearchIndex(str(data_dir))
+        again.open()
+        assert again.progress() == {f"c{j}": 3 for j in range(40)}
+        again.close()
