@@ -151,6 +151,11 @@ class JetStreamLog:
         # Every event after the start, in stream order, once, with its stream sequence.
         self.on_event = on_event
         self.on_deleted: Callable[[str, int], None] | None = None  # a tombstone (any process's), likewise
+        # Awaited before each message of the feed: the caller's consumer of what it passes on
+        # (the daemon's copy) holds it back while full. The client library then withholds its
+        # flow-control answers, so the server stops sending: a start over a long stream never
+        # holds more of it in memory than that.
+        self.pace: Callable[[], Awaitable[None]] | None = None
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._feed: JetStreamContext.PushSubscription | None = None
@@ -238,6 +243,8 @@ class JetStreamLog:
     # --- the feed --------------------------------------------------------------------------------
 
     async def _on_msg(self, msg: Msg) -> None:
+        if self.pace is not None:
+            await self.pace()
         meta = msg.metadata
         stream_seq = meta.sequence.stream
         cid, event = self._message(msg, stream_seq)

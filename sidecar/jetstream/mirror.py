@@ -33,6 +33,8 @@ from sidecar.log.request import AppendRequest
 log = structlog.get_logger("sidecar.jetstream")
 
 POSITION_EVERY_S = 1.0  # the copy's position is saved this often, when it moved
+# Events on their way into the copy, at most, before the feed waits for room (until half are in).
+COPY_BACKLOG = 10_000
 
 
 class JetStreamAppender:
@@ -58,6 +60,9 @@ class JetStreamAppender:
         self._saved = -1  # the position last saved
         # While the stream is read from its beginning: each conversation's last seq there.
         self._streamed: dict[str, int] | None = None
+        self._backlog = 0  # events handed to the copy's writer or held for it, not yet in it
+        self._room = asyncio.Event()
+        self._room.set()
         self._broken: dict[str, str] = {}  # conversations whose copy stopped following the stream
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._fault = fault
@@ -72,6 +77,7 @@ class JetStreamAppender:
         self._idle.set()
         stream.on_event = self._copy
         stream.on_deleted = self._deleted
+        stream.pace = self._pace
 
     async def start(self) -> None:
         """Connect and copy what the stream has and the copy lacks, before serving: from the
@@ -126,6 +132,19 @@ class JetStreamAppender:
             return
         self._saved = through
 
+    async def _pace(self) -> None:
+        """Hold the feed while the copy has :data:`COPY_BACKLOG` events to take in."""
+        if self._backlog >= COPY_BACKLOG:
+            self._room.clear()
+            await self._room.wait()
+
+    def _taken(self, n: int = 1) -> None:
+        """``n`` events of the backlog are in the copy (or dropped): room for the feed again
+        once half of it is."""
+        self._backlog -= n
+        if self._backlog <= COPY_BACKLOG // 2:
+            self._room.set()
+
     def _stuck(self, stream_seq: int) -> None:
         """A stopped copy did not take ``stream_seq``: the saved position stays before it, so a
         start after the copy is repaired reads it again."""
@@ -143,6 +162,7 @@ class JetStreamAppender:
         if held is not None:  # after a tombstone: once the copy of what went is deleted
             held.append((event, stream_seq))
             self._busy.add(stream_seq)
+            self._backlog += 1
         elif event.seq < self._copied.get(cid, 0):
             return  # the copy has it (a start reads some of the stream again); its newest still
             # goes to the writer, which checks it is the same event
@@ -150,6 +170,7 @@ class JetStreamAppender:
             self._stuck(stream_seq)
         else:
             self._busy.add(stream_seq)
+            self._backlog += 1
             self._queued[cid] = self._queued.get(cid, 0) + 1
             self._copier.append_soon([], functools.partial(self._copied_one, stream_seq), placed=[event])
 
@@ -161,6 +182,7 @@ class JetStreamAppender:
         held = self._held.get(cid)
         if held is not None:  # deleted again before the first was done: those went too
             self._busy.difference_update(seq for _, seq in held)
+            self._taken(len(held))
             held.clear()
             return
         self._held[cid] = []
@@ -183,6 +205,7 @@ class JetStreamAppender:
         finally:
             self._forgetting.pop(cid, None)
             held = self._held.pop(cid, [])
+            self._taken(len(held))  # copied again below, or dropped with a copy that stopped
             self._busy.discard(stream_seq)
         self._copied.pop(cid, None)
         self._broken.pop(cid, None)
@@ -192,6 +215,7 @@ class JetStreamAppender:
 
     def _copied_one(self, stream_seq: int, req: AppendRequest) -> None:
         self._busy.discard(stream_seq)
+        self._taken()
         assert req.placed is not None
         event = req.placed[0]
         cid = event.conversation_id
