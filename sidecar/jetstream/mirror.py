@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import anyio
 import structlog
@@ -55,12 +55,13 @@ class JetStreamAppender:
         self._copier = copier
         self._copied = dict(copied)
         self._data_dir = data_dir
-        self._busy: set[int] = set()  # stream seqs on their way into the copy
+        # Stream seqs on their way into the copy (events handed to its writer or held for it,
+        # tombstones being applied): what holds the saved position back, and the feed (COPY_BACKLOG).
+        self._busy: set[int] = set()
         self._stuck_at: int | None = None  # the first stream seq a stopped copy did not take
         self._saved = -1  # the position last saved
         # While the stream is read from its beginning: each conversation's last seq there.
         self._streamed: dict[str, int] | None = None
-        self._backlog = 0  # events handed to the copy's writer or held for it, not yet in it
         self._room = asyncio.Event()
         self._room.set()
         self._broken: dict[str, str] = {}  # conversations whose copy stopped following the stream
@@ -134,15 +135,14 @@ class JetStreamAppender:
 
     async def _pace(self) -> None:
         """Hold the feed while the copy has :data:`COPY_BACKLOG` events to take in."""
-        if self._backlog >= COPY_BACKLOG:
+        if len(self._busy) >= COPY_BACKLOG:
             self._room.clear()
             await self._room.wait()
 
-    def _taken(self, n: int = 1) -> None:
-        """``n`` events of the backlog are in the copy (or dropped): room for the feed again
-        once half of it is."""
-        self._backlog -= n
-        if self._backlog <= COPY_BACKLOG // 2:
+    def _done(self, stream_seqs: Iterable[int]) -> None:
+        """These are in the copy (or dropped): room for the feed again once half the backlog is."""
+        self._busy.difference_update(stream_seqs)
+        if len(self._busy) <= COPY_BACKLOG // 2:
             self._room.set()
 
     def _stuck(self, stream_seq: int) -> None:
@@ -162,7 +162,6 @@ class JetStreamAppender:
         if held is not None:  # after a tombstone: once the copy of what went is deleted
             held.append((event, stream_seq))
             self._busy.add(stream_seq)
-            self._backlog += 1
         elif event.seq < self._copied.get(cid, 0):
             return  # the copy has it (a start reads some of the stream again); its newest still
             # goes to the writer, which checks it is the same event
@@ -170,7 +169,6 @@ class JetStreamAppender:
             self._stuck(stream_seq)
         else:
             self._busy.add(stream_seq)
-            self._backlog += 1
             self._queued[cid] = self._queued.get(cid, 0) + 1
             self._copier.append_soon([], functools.partial(self._copied_one, stream_seq), placed=[event])
 
@@ -181,8 +179,7 @@ class JetStreamAppender:
             self._streamed[cid] = 0
         held = self._held.get(cid)
         if held is not None:  # deleted again before the first was done: those went too
-            self._busy.difference_update(seq for _, seq in held)
-            self._taken(len(held))
+            self._done(seq for _, seq in held)
             held.clear()
             return
         self._held[cid] = []
@@ -205,17 +202,14 @@ class JetStreamAppender:
         finally:
             self._forgetting.pop(cid, None)
             held = self._held.pop(cid, [])
-            self._taken(len(held))  # copied again below, or dropped with a copy that stopped
-            self._busy.discard(stream_seq)
+            self._done([stream_seq, *(seq for _, seq in held)])  # copied again below, or dropped
         self._copied.pop(cid, None)
         self._broken.pop(cid, None)
         for event, seq in held:
-            self._busy.discard(seq)
             self._copy(event, seq)
 
     def _copied_one(self, stream_seq: int, req: AppendRequest) -> None:
-        self._busy.discard(stream_seq)
-        self._taken()
+        self._done([stream_seq])
         assert req.placed is not None
         event = req.placed[0]
         cid = event.conversation_id
