@@ -65,7 +65,7 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:  # run alone: te
 
 from bench_appends import event
 from bench_daemon import ROOT, Daemon, Spawned, call, clean_env
-from bench_scaleout import check_copies, config_text, cpu_of, log_complaints, with_children
+from bench_scaleout import check_copies, config_text, cpu_of, log_complaints, note_complaints, with_children
 from report import Config, Section
 
 from sidecar.search.index import INDEX_FILE
@@ -458,10 +458,7 @@ def run(cfg: Config) -> list[Section]:
     )
     if before is not None:
         sec.note(f"the rows marked {short_commit(before)} ran the code of {before}, on the same stream and machine.")
-    if complaints:
-        sec.note("the daemons logged: " + "; ".join(f"`{what}` x {k}" for what, k in sorted(complaints.items())))
-    else:
-        sec.note("the daemons logged no warning or error; every copy was complete.")
+    note_complaints(sec, complaints, "the daemons logged no warning or error; every copy was complete.")
     sec.data = {
         "events": n,
         "conversations": CONVERSATIONS,

@@ -308,6 +308,14 @@ def log_complaints(ds: list[Daemon]) -> Counter[str]:
     return found
 
 
+def note_complaints(sec: Section, complaints: Counter[str], clean: str) -> None:
+    """The warnings and errors the daemons logged, as a note of ``sec``; ``clean`` when none."""
+    if complaints:
+        sec.note("the daemons logged: " + "; ".join(f"`{what}` x {n}" for what, n in sorted(complaints.items())))
+    else:
+        sec.note(clean)
+
+
 def measure(
     setup: Setup, tmp: Path, stream: str, sizes: dict[str, int], into: dict[str, Runs], complaints: Counter[str]
 ) -> None:
@@ -456,10 +464,7 @@ def run(cfg: Config) -> list[Section]:
             "3 replicas each fsync every message to the same disk, and a second or third daemon adds CPU, "
             "not a machine. These figures are what the protocol costs, not how far more hosts would scale."
         )
-    if complaints:
-        sec.note("the daemons logged: " + "; ".join(f"`{what}` x {n}" for what, n in sorted(complaints.items())))
-    else:
-        sec.note("the daemons logged no warning or error.")
+    note_complaints(sec, complaints, "the daemons logged no warning or error.")
 
     sec.data = {
         "rounds": n_rounds,
