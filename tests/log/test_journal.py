@@ -26,6 +26,21 @@ def ev(cid: str = "c1") -> dict:
     return {"conversation_id": cid, "type": "test.event", "data": {"pad": "x" * 40}}
 
 
+def placed_line(cid: str, seq: int, timestamp: str) -> dict:
+    """A whole event as a writer places it on disk, as another process (or a journal) holds it."""
+    return {
+        "id": f"0192a3b4-0000-7000-8000-{seq:012d}",
+        "seq": seq,
+        "timestamp": timestamp,
+        "conversation_id": cid,
+        "type": "a.b",
+        "visibility": "internal",
+        "level": "action",
+        "caused_by": [],
+        "data": {},
+    }
+
+
 def journals(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "journal").glob("*.wal"))
 
@@ -134,17 +149,7 @@ def test_lines_another_writer_never_journaled_are_copied_into_ours(data_dir: Pat
         s.append(ev("shared"))
         cut = path.stat().st_size
         # A writer killed between its file and its journal: its line is in the page cache only.
-        stranger = {
-            "id": "0192a3b4-0000-7000-8000-000000000002",
-            "seq": 2,
-            "timestamp": format_timestamp(time.time_ns()),
-            "conversation_id": "shared",
-            "type": "a.b",
-            "visibility": "internal",
-            "level": "action",
-            "caused_by": [],
-            "data": {},
-        }
+        stranger = placed_line("shared", 2, format_timestamp(time.time_ns()))
         with path.open("ab") as f:
             f.write(json.dumps(stranger).encode() + b"\n")
         assert s.append(ev("shared")).seq == 3  # acknowledged, and built on seq 2
@@ -168,17 +173,7 @@ def test_a_live_writers_journal_is_left_alone(data_dir: Path) -> None:
 
 def test_torn_journal_tail_is_ignored(data_dir: Path) -> None:
     (data_dir / "journal").mkdir(parents=True)
-    good = {
-        "id": "0192a3b4-0000-7000-8000-000000000001",
-        "seq": 1,
-        "timestamp": "2026-11-23T10:00:00.000000Z",
-        "conversation_id": "c1",
-        "type": "a.b",
-        "visibility": "internal",
-        "level": "action",
-        "caused_by": [],
-        "data": {},
-    }
+    good = placed_line("c1", 1, "2026-11-23T10:00:00.000000Z")
     (data_dir / "journal" / "999999-dead.wal").write_bytes(json.dumps(good).encode() + b'\n{"id": "torn')
     with EventStore(data_dir) as s:
         assert [e.id for e in s.tail("c1")] == [good["id"]]
